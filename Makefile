@@ -1,0 +1,31 @@
+# `make demo` and `make test` each create .venv when it is missing and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check -q
+
+.PHONY: demo test clean chromium
+
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) -e '.[test]'
+	touch $@
+
+# A headless browser for the HTML-report test (Debian's chromium); best effort, the test skips without it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1))) || \
+	  echo "note: chromium not installed; the browser test will be skipped"
+
+demo: $(VENV)/.core
+	$(VENV)/bin/faithmap explain --out demo_out
+
+test: $(VENV)/.test chromium
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out

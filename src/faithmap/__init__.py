@@ -1,0 +1,17 @@
+"""faithmap: saliency maps for image classifiers and the metrics that measure their faithfulness.
+
+Public API: :func:`explain`, the registries :data:`METHODS` and :data:`METRICS`,
+:mod:`faithmap.models` and :class:`Explanation`.
+"""
+
+__version__ = "0.1.0"
+
+from . import methods as _methods  # noqa: F401,E402  (registers methods)
+from . import metrics as _metrics  # noqa: F401,E402  (registers metrics)
+from . import models  # noqa: E402
+from .api import explain  # noqa: E402
+from .core.explanation import Explanation  # noqa: E402
+from .errors import FaithmapError  # noqa: E402
+from .registry import METHODS, METRICS  # noqa: E402
+
+__all__ = ["METHODS", "METRICS", "Explanation", "FaithmapError", "explain", "models", "__version__"]

@@ -1,0 +1,96 @@
+"""The public entry point :func:`explain`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .core.batching import model_guard
+from .core.explanation import Explanation
+from .core.scores import resolve_targets
+from .errors import FaithmapError
+from .models import Classifier, load, wrap
+from .registry import METHODS, MethodSpec
+
+
+def as_classifier(model) -> Classifier:
+    """A :class:`Classifier` from a Classifier, a model name, or any ``nn.Module`` (ImageNet statistics)."""
+    if isinstance(model, Classifier):
+        return model
+    if isinstance(model, str):
+        return load(model)
+    if isinstance(model, nn.Module):
+        return wrap(model)
+    raise FaithmapError(f"expected a model name, a Classifier or a torch.nn.Module, got {type(model).__name__}")
+
+
+def as_batch(clf: Classifier, images, device=None) -> torch.Tensor:
+    """Normalised (B, 3, H, W) inputs from a tensor of model inputs, or photos to preprocess."""
+    if isinstance(images, torch.Tensor):
+        x = images
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise FaithmapError(f"images must be a (B, C, H, W) tensor, got shape {tuple(images.shape)}")
+        if not x.is_floating_point():
+            raise FaithmapError(f"images must be a float tensor of model inputs, got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise FaithmapError("images contain NaN or infinite values")
+        if x.shape[0] == 0:
+            raise FaithmapError("no images to explain")
+        return x.to(device) if device is not None else x
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise FaithmapError("no images to explain")
+        x = clf.preprocess(list(images))
+        return x.to(device) if device is not None else x
+    raise FaithmapError(f"cannot explain {type(images).__name__}; pass a tensor or photos")
+
+
+def check_params(spec: MethodSpec, params: dict[str, Any]) -> None:
+    """Refuse parameters that ``spec`` does not take, and resolutions it cannot do."""
+    known = spec.params
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        raise FaithmapError(f"method {spec.name} has no parameter {unknown[0]!r}; it takes: {', '.join(known) or 'none'}")
+    if "resolution" in params and params["resolution"] is not None and spec.resolution != "mask":
+        raise FaithmapError(f"method {spec.name} has a fixed resolution ({spec.resolution} grid); "
+                            f"--resolution applies to mask methods only")
+
+
+def explain(model, images, method: str = "igos", target=None, *, device: str | torch.device | None = None,
+            **params: Any) -> Explanation:
+    """Explain ``model``'s decisions on ``images`` with a registered ``method``.
+
+    ``model``: a :class:`faithmap.models.Classifier`, a model name, or any ``nn.Module`` (taken to
+    expect ImageNet-normalised inputs). ``images``: model inputs (B, 3, H, W) or photos (PIL
+    images / uint8 arrays, preprocessed by the model). ``target``: ``None``/``"top1"``, a class
+    index or name, or one per image. ``params`` go to the method (see ``faithmap methods``).
+    Returns an :class:`Explanation` on the input's device, with the seconds and the number of
+    images the method sent through the model.
+    """
+    spec = METHODS.get(method)
+    clf = as_classifier(model)
+    if device is not None:
+        clf = clf.to(device)
+    x = as_batch(clf, images, clf.device)
+    params = {k: v for k, v in params.items() if v is not None}
+    check_params(spec, params)
+    with model_guard(clf), torch.no_grad():
+        logits = clf(x)
+    t = resolve_targets(logits, target, clf.class_names)
+    snap = clf.counter.snapshot()
+    start = time.perf_counter()
+    out = spec.fn(clf, x, t, **params)
+    out.seconds = time.perf_counter() - start
+    out.counts = clf.counter.since(snap)
+    out.method = spec.name
+    out.extras.setdefault("logits", logits.detach())
+    return out

@@ -1,0 +1,383 @@
+"""The ``faithmap`` command line.
+
+Every bad input ends with one line ``faithmap: error: ...`` on stderr and exit status 2; all inputs
+are checked before any file is written, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from .errors import FaithmapError
+
+EXIT_BAD_INPUT = 2
+
+# sub-command name -> (help, add_arguments, run); modules ``faithmap/cli_<name>.py`` add theirs with
+# :func:`command` (they are imported automatically)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str):
+    """Register a sub-command: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` is optional."""
+
+    def deco(run):
+        COMMANDS[name] = (help, getattr(run, "add_arguments", lambda p: None), run)
+        return run
+
+    return deco
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str):  # noqa: D102
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise FaithmapError(f"{sub}: {message}" if sub else message)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers shared by sub-commands
+# ----------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A Python literal when ``text`` is one (numbers, booleans, None, tuples), else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict with literal values."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FaithmapError(f"--param expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = parse_value(v)
+    return out
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FaithmapError("--device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise FaithmapError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return name
+
+
+def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
+    """(stem, uint8 array) for each path (directories are expanded), or the sample photos."""
+    from .data import load_image, load_sample, sample_names
+
+    if not paths or paths == ["samples"]:
+        return [(n, load_sample(n)) for n in sample_names()]
+    exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
+    files: list[str] = []
+    for p in paths:
+        if p.startswith("sample:"):
+            files.append(p)
+        elif os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(exts))
+            if not found:
+                raise FaithmapError(f"no images found in directory {p}")
+            files.extend(found)
+        else:
+            files.append(p)
+    out, seen = [], {}
+    for f in files:
+        if f.startswith("sample:"):
+            stem, arr = f.split(":", 1)[1], load_sample(f.split(":", 1)[1])
+        else:
+            stem, arr = os.path.splitext(os.path.basename(f))[0], load_image(f, convert=convert)
+        seen[stem] = seen.get(stem, 0) + 1
+        if seen[stem] > 1:
+            stem = f"{stem}-{seen[stem]}"
+        out.append((stem, arr))
+    return out
+
+
+def load_model(args: argparse.Namespace):
+    from . import models
+
+    model = models.load(args.model, weights=args.weights, device=pick_device(args.device))
+    model.resize = getattr(args, "resize", "crop")
+    return model
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision classifier")
+    p.add_argument("--weights", default=None, help="local state-dict file for --model ('random' for random weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resize", default="crop", choices=("crop", "squash"),
+                   help="crop: shorter side to the model's size, centre crop (default); squash: whole photo resized")
+
+
+def write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def save_npy(path: str, arr) -> None:
+    import numpy as np
+
+    tmp = f"{path}.tmp.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# faithmap explain
+# ----------------------------------------------------------------------------------------------
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    from .registry import METHODS
+
+    p.add_argument("images", nargs="*", help="image files or directories (default: the bundled sample photos)")
+    p.add_argument("--method", default="igos", help=f"one of: {', '.join(METHODS.names())}")
+    p.add_argument("--resolution", type=int, default=None, help="mask resolution of mask methods (default 28)")
+    p.add_argument("--target", default="top1", help="top1, a class index or a class name")
+    add_model_args(p)
+    p.add_argument("--out", default="faithmap_out", help="output directory")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--fast", action="store_true", help="the method's quick settings (fewer iterations)")
+    p.add_argument("--batch-size", type=int, default=None, help="maximum images per forward pass")
+    p.add_argument("--seed", type=int, default=None, help="random seed of stochastic methods")
+    p.add_argument("--fraction", type=float, default=0.1, help="fraction of cells shown in the strip's deletion/insertion images")
+    p.add_argument("--convert", action="store_true", help="convert grayscale, RGBA and 16-bit images to 8-bit RGB")
+    p.add_argument("--layer", default=None, help="layer of CAM methods (e.g. features.17)")
+    p.add_argument("--ablation", default=None, help="ablation switch of methods that have them")
+    p.add_argument("--base", default=None, help="AOP: the activation method of stage 1")
+    p.add_argument("--refine", default=None, help="AOP: the mask optimiser of stage 2")
+
+
+def method_params(spec, args: argparse.Namespace) -> dict[str, Any]:
+    """Method keyword arguments from the command line: --fast, named options, then --param."""
+    params: dict[str, Any] = dict(spec.fast) if args.fast else {}
+    named = {"resolution": args.resolution, "batch_size": args.batch_size, "seed": args.seed,
+             "layer": getattr(args, "layer", None), "ablation": getattr(args, "ablation", None),
+             "base": getattr(args, "base", None), "refine": getattr(args, "refine", None)}
+    for k, v in named.items():
+        if v is not None:
+            params[k] = v
+    params.update(parse_params(args.param))
+    if not args.fast:
+        return params
+    known = spec.params
+    return {k: v for k, v in params.items() if k in known or k not in spec.fast}
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from . import viz
+    from .api import check_params, explain
+    from .core.batching import model_guard
+    from .core.perturb import make_baseline
+    from .core.scores import resolve_targets, topk
+    from .metrics.deletion import deletion_insertion, images_at_fraction
+    from .registry import METHODS
+
+    spec = METHODS.get(args.method)
+    params = method_params(spec, args)
+    check_params(spec, params)
+    if not 0 <= args.fraction <= 1:
+        raise FaithmapError(f"--fraction must be between 0 and 1, got {args.fraction}")
+    model = load_model(args)
+    images = gather_images(args.images, args.convert)
+    # check every input before writing anything
+    batch = [(stem, model.preprocess(arr)) for stem, arr in images]
+    with model_guard(model), torch.no_grad():
+        logits = [model(x) for _, x in batch]
+    targets = [resolve_targets(lg, args.target, model.class_names) for lg in logits]
+    if spec.resolution == "mask":
+        from .core.perturb import grid_size
+
+        res = params.get("resolution", spec.params.get("resolution", 28))
+        h, w = grid_size(res)
+        if min(h, w) < spec.min_resolution or max(h, w) > model.input_size:
+            raise FaithmapError(f"method {spec.name} cannot use resolution {res}: choose "
+                                f"{spec.min_resolution} to {model.input_size}")
+    os.makedirs(args.out, exist_ok=True)
+    summaries = []
+    bar = tqdm(list(zip(batch, logits, targets)), desc=f"{spec.name}", unit="image", file=sys.stderr,
+               disable=None)
+    for (stem, x), lg, t in bar:
+        bar.set_postfix_str(stem)
+        probs, idx = topk(lg, 5)
+        exp = explain(model, x, spec.name, target=t, **params)
+        curves = deletion_insertion(model, x, exp.saliency, exp.target, batch_size=params.get("batch_size"))
+        base = make_baseline("blur", x)
+        del_img, ins_img = images_at_fraction(x, exp.saliency, args.fraction, base)
+        with model_guard(model), torch.no_grad():
+            p = torch.softmax(model(torch.cat([x, del_img, ins_img])), 1)[:, int(t)]
+        pix = model.to_pixels(x)[0]
+        sal = exp.saliency[0].detach().float().cpu()
+        cls = model.class_name(int(t))
+        prefix = os.path.join(args.out, f"{stem}_{spec.name}")
+        title = f"{stem}: {spec.name} for '{cls}' (p={float(p[0]):.3f})"
+        viz.save_heatmap(f"{prefix}_heatmap.png", pix, sal, title)
+        save_npy(f"{prefix}_map.npy", sal.numpy().astype(np.float32))
+        viz.save_curves(f"{prefix}_curves.png", curves.fractions.cpu(), curves.deletion[0].cpu(),
+                        curves.insertion[0].cpu(), title)
+        pct = f"{100 * args.fraction:.0f}%"
+        viz.save_strip(f"{prefix}_strip.png", [
+            (pix, f"input  p={float(p[0]):.3f}"),
+            (viz.overlay(pix, sal), f"{spec.name} saliency"),
+            (model.to_pixels(del_img)[0], f"deletion {pct}  p={float(p[1]):.3f}"),
+            (model.to_pixels(ins_img)[0], f"insertion {pct}  p={float(p[2]):.3f}"),
+        ], title)
+        summary = {
+            "image": stem, "method": spec.name, "model": model.name, "target": int(t), "target_name": cls,
+            "target_probability": float(p[0]),
+            "top5": [{"class": int(i), "name": model.class_name(int(i)), "probability": float(v)}
+                     for v, i in zip(probs[0], idx[0])],
+            "deletion_auc": float(curves.deletion_auc[0]), "insertion_auc": float(curves.insertion_auc[0]),
+            "overall": float(curves.overall[0]), "seconds": round(exp.seconds, 3), "model_images": exp.counts,
+            "map_resolution": list(exp.resolution), "params": {k: _jsonable(v) for k, v in exp.params.items()},
+            "files": {k: f"{stem}_{spec.name}_{k}.{ext}" for k, ext in
+                      (("heatmap", "png"), ("map", "npy"), ("curves", "png"), ("strip", "png"))},
+        }
+        if "loss" in exp.history:
+            summary["history"] = {"loss": exp.history["loss"][0].tolist(), "alpha": exp.history["alpha"][0].tolist()}
+        write_json(f"{prefix}_summary.json", summary)
+        summaries.append(summary)
+        top = ", ".join(f"{d['name']} {d['probability']:.3f}" for d in summary["top5"])
+        tqdm.write(f"{stem}: top-5 {top}", file=sys.stdout)
+        tqdm.write(f"{stem}: {spec.name} for '{cls}'  deletion {summary['deletion_auc']:.3f}  "
+                   f"insertion {summary['insertion_auc']:.3f}  {exp.seconds:.1f} s  "
+                   f"{exp.counts['images']} model images", file=sys.stdout)
+    print(f"wrote {len(summaries) * 5} files for {len(summaries)} image(s) to {args.out}")
+    return 0
+
+
+run_explain.add_arguments = _explain_args  # type: ignore[attr-defined]
+command("explain", "explain a classifier's decisions with a saliency method")(run_explain)
+
+
+def _jsonable(v):
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(u) for u in v]
+    return str(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# faithmap methods / metrics / models
+# ----------------------------------------------------------------------------------------------
+def run_methods(args: argparse.Namespace) -> int:
+    from .registry import METHODS
+
+    width = max(len(s.name) for s in METHODS)
+    for s in METHODS:
+        alias = f" (also {', '.join(s.aliases)})" if s.aliases else ""
+        print(f"{s.name:<{width}}  [{s.family}] {s.summary}{alias}")
+    return 0
+
+
+command("methods", "list the registered explanation methods")(run_methods)
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    from .registry import METRICS
+
+    width = max(len(s.name) for s in METRICS)
+    for s in METRICS:
+        print(f"{s.name:<{width}}  {s.arrow} [{s.category}] {s.summary}")
+    return 0
+
+
+command("metrics", "list the registered metrics with their direction")(run_metrics)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    print(f"{models.DEFAULT_MODEL}  (default, pretrained ImageNet weights shipped with the package)")
+    print("torchvision classifiers (need --weights PATH): " + ", ".join(models.torchvision_models()))
+    return 0
+
+
+command("models", "list the models faithmap can load")(run_models)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .benchmarks import BENCHES
+
+    if args.name not in BENCHES:
+        raise FaithmapError(f"unknown benchmark {args.name!r}; choose from: {', '.join(BENCHES)}")
+    return BENCHES[args.name](args) or 0
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from .benchmarks import BENCHES
+
+    p.add_argument("name", help=f"one of: {', '.join(BENCHES)}")
+    p.add_argument("images", nargs="*", help="image files (default: the sample photos)")
+    add_model_args(p)
+    p.add_argument("--resolution", default=None, help="mask resolution(s), comma-separated")
+    p.add_argument("--iterations", type=int, default=None, help="iterations of optimisation methods")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--batch-size", type=int, default=None, help="maximum images per forward pass")
+    p.add_argument("--repeats", type=int, default=1, help="timing repeats (best is reported)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--convert", action="store_true", help="convert non-RGB images")
+
+
+run_bench.add_arguments = _bench_args  # type: ignore[attr-defined]
+command("bench", "benchmarks: seconds and model images against reference figures or peer libraries")(run_bench)
+
+
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    import faithmap
+
+    from . import __version__
+    from ._discover import import_submodules
+
+    import_submodules("faithmap", faithmap.__path__, prefix="cli_")  # cli_<name>.py modules add commands
+
+    parser = _Parser(prog="faithmap", description="Saliency maps for image classifiers and how faithful they are.")
+    parser.add_argument("--version", action="version", version=f"faithmap {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    for name, (help_, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``faithmap`` command."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        return int(COMMANDS[args.command][2](args) or 0)
+    except FaithmapError as exc:
+        print(f"faithmap: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("faithmap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Batching, model-evaluation counting and the guard that leaves the user's model as it was."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+DEFAULT_BATCH_SIZE = None
+"""``batch_size=None`` picks :func:`resolve_batch_size`'s default for the device."""
+
+
+def resolve_batch_size(batch_size: int | None, device) -> int:
+    """The memory bound ``batch_size`` (maximum images per forward pass) as an int.
+
+    ``None`` gives 20 on CPU (per-image cost is lowest around 16-20 images at 224 px on a 2-core
+    machine; larger batches fall out of cache) and 64 on accelerators.
+    """
+    if batch_size is None:
+        return 20 if torch.device(device).type == "cpu" else 64
+    if int(batch_size) < 1:
+        from ..errors import FaithmapError
+
+        raise FaithmapError(f"batch_size must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
+@dataclass
+class EvalCounter:
+    """Counts images sent through a model, with and without autograd."""
+
+    images: int = 0
+    grad_images: int = 0
+    calls: int = 0
+
+    def record(self, x: torch.Tensor) -> None:
+        n = int(x.shape[0])
+        self.calls += 1
+        self.images += n
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_images += n
+
+    @property
+    def nograd_images(self) -> int:
+        return self.images - self.grad_images
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.images, self.grad_images
+
+    def since(self, snap: tuple[int, int]) -> dict[str, int]:
+        """Counts accumulated since ``snap`` (from :meth:`snapshot`)."""
+        images, grad = self.images - snap[0], self.grad_images - snap[1]
+        return {"images": images, "grad_images": grad, "nograd_images": images - grad}
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Slices that cover ``range(n)`` in pieces of at most ``size``."""
+    size = max(1, int(size))
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def forward_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``fn`` over ``x`` in chunks of at most ``batch_size`` images, concatenated."""
+    if x.shape[0] <= batch_size:
+        return fn(x)
+    return torch.cat([fn(x[s]) for s in chunks(x.shape[0], batch_size)])
+
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True):
+    """Put ``model`` in eval mode with frozen parameters, and restore both afterwards, always.
+
+    Freezing the parameters makes backward passes compute input gradients only (about 2.5x
+    cheaper on CPU for EfficientNet-Lite0). Every module's ``training`` flag and every parameter's
+    ``requires_grad`` are restored in ``finally``, also when the body raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+def per_image_generators(seed: int | None, n: int, device: torch.device | str) -> list[torch.Generator]:
+    """One random generator per image, each seeded with ``seed``.
+
+    Every image draws from its own stream, so an image's noise does not depend on which other
+    images share its batch: batched runs equal one-by-one runs with the same seed.
+    """
+    device = torch.device(device)
+    gens = []
+    for _ in range(n):
+        g = torch.Generator(device=device)
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(int(seed))
+        gens.append(g)
+    return gens
+
+
+def randn_per_image(gens: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+    """Stack of ``torch.randn(shape)`` drawn from each image's generator: (len(gens), *shape)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens])
+
+
+def rand_per_image(gens: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+    """Stack of ``torch.rand(shape)`` drawn from each image's generator."""
+    return torch.stack([torch.rand(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens])

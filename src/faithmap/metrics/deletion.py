@@ -1,0 +1,139 @@
+"""Deletion and insertion curves and their AUCs (Petsiuk et al. 2018, as run in ``igos.txt`` sec. 4).
+
+The cells of a saliency map, at the map's own resolution, are ordered by importance (ties by
+cell index). Deletion replaces the most important cells with the blur baseline, ``step`` cells at a
+time; insertion reveals them on the blurred image. The score is the softmax probability of the
+target. AUC is the trapezoid over the fraction of cells, from 0 to 1 with both ends included (no
+constant added at the last step, unlike the authors' code; see ``shared/notes``).
+
+Images are deduplicated: deletion's first and insertion's last image are the photo itself,
+deletion's last and insertion's first the baseline, so one photo's two curves with T steps cost
+exactly 2T model images, all sent in batches of at most ``batch_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size
+from ..core.perturb import make_baseline, phi, upsample
+from ..core.scores import score_of
+from ..errors import FaithmapError
+from ..registry import register_metric
+
+
+@dataclass
+class Curves:
+    """Deletion/insertion curves (B, T+1) over ``fractions`` (T+1,), with AUCs (B,)."""
+
+    fractions: torch.Tensor
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+    images: int = 0
+
+    @property
+    def deletion_auc(self) -> torch.Tensor:
+        return torch.trapezoid(self.deletion, self.fractions, dim=-1)
+
+    @property
+    def insertion_auc(self) -> torch.Tensor:
+        return torch.trapezoid(self.insertion, self.fractions, dim=-1)
+
+    @property
+    def overall(self) -> torch.Tensor:
+        """Insertion AUC minus deletion AUC (the over-all score of ``aop_sigcam.txt``)."""
+        return self.insertion_auc - self.deletion_auc
+
+
+def default_step(cells: int) -> int:
+    """Cells per step: ``max(1, cells // 50)`` as in the authors' code (15 at 28 x 28)."""
+    return max(1, cells // 50)
+
+
+def ranking(saliency: torch.Tensor) -> torch.Tensor:
+    """Cell indices (B, cells) from most to least important; ties broken by the lower index."""
+    flat = saliency.flatten(1)
+    return torch.sort(-flat, dim=1, stable=True).indices
+
+
+def deletion_insertion(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, *,
+                       step: int | None = None, baseline: str | torch.Tensor = "blur", score: str = "prob",
+                       batch_size: int | None = DEFAULT_BATCH_SIZE) -> Curves:
+    """Deletion and insertion curves of maps ``saliency`` (B, h, w) for images ``x`` (B, 3, H, W)."""
+    if saliency.dim() == 4 and saliency.shape[1] == 1:
+        saliency = saliency[:, 0]
+    if saliency.dim() != 3 or saliency.shape[0] != x.shape[0]:
+        raise FaithmapError(f"saliency maps must be (B, h, w) with B = {x.shape[0]}, got {tuple(saliency.shape)}")
+    if not torch.isfinite(saliency).all():
+        raise FaithmapError("saliency maps contain NaN or infinite values")
+    b, h, w = saliency.shape
+    batch_size = resolve_batch_size(batch_size, x.device)
+    cells = h * w
+    step = int(step or default_step(cells))
+    counts = list(range(0, cells, step)) + [cells]  # cells removed at each point, 0 .. cells
+    n_steps = len(counts) - 1
+    fractions = torch.tensor(counts, dtype=torch.float64, device=x.device) / cells
+    order = ranking(saliency.to(x.device))
+    base = make_baseline(baseline, x, getattr(model, "mean", None), getattr(model, "std", None))
+    fn = score_of(score)
+    # rank of each cell in the order (0 = most important)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(cells, device=x.device).expand(b, cells))
+    interior = torch.tensor(counts[1:-1], device=x.device)  # the T - 1 points strictly inside
+    # each job: (image, kind, point) with kind 0 = deletion, 1 = insertion; plus 2 end images
+    jobs = [(i, k, p) for i in range(b) for k in (0, 1) for p in range(len(interior))]
+    inner = torch.empty(b, 2, len(interior), device=x.device)
+    ends = torch.empty(b, 2, device=x.device)  # score of the photo, score of the baseline
+    with model_guard(model), torch.no_grad():
+        end_imgs = torch.cat([x, base])
+        end_t = torch.cat([target, target])
+        end_scores = torch.cat([fn(model(end_imgs[s]), end_t[s]) for s in chunks(2 * b, batch_size)])
+        ends[:, 0], ends[:, 1] = end_scores[:b], end_scores[b:]
+        for sl in chunks(len(jobs), batch_size):
+            part = jobs[sl]
+            img = torch.tensor([j[0] for j in part], device=x.device)
+            kind = torch.tensor([j[1] for j in part], device=x.device)
+            pt = torch.tensor([j[2] for j in part], device=x.device)
+            removed = (rank[img] < interior[pt].view(-1, 1)).to(x.dtype)  # 1 = among the top cells
+            keep = torch.where(kind.view(-1, 1) == 0, 1 - removed, removed).view(-1, 1, h, w)
+            images = phi(x[img], base[img], upsample(keep, x.shape[-2:]))
+            s = fn(model(images), target[img])
+            inner[img, kind, pt] = s
+    deletion = torch.cat([ends[:, :1], inner[:, 0], ends[:, 1:]], 1).double()
+    insertion = torch.cat([ends[:, 1:], inner[:, 1], ends[:, :1]], 1).double()
+    return Curves(fractions, deletion, insertion, images=2 * b * n_steps)
+
+
+@register_metric("deletion", higher_is_better=False, category="faithfulness", paper="igos.txt",
+                 summary="area under the probability curve as the most salient cells are blurred")
+def deletion_auc(model, x, saliency, target, **kw) -> torch.Tensor:
+    """Deletion AUC per image (lower is better)."""
+    return deletion_insertion(model, x, saliency, target, **kw).deletion_auc
+
+
+@register_metric("insertion", higher_is_better=True, category="faithfulness", paper="igos.txt",
+                 summary="area under the probability curve as the most salient cells are revealed on the blur")
+def insertion_auc(model, x, saliency, target, **kw) -> torch.Tensor:
+    """Insertion AUC per image (higher is better)."""
+    return deletion_insertion(model, x, saliency, target, **kw).insertion_auc
+
+
+@register_metric("overall", higher_is_better=True, category="faithfulness", paper="aop_sigcam.txt",
+                 summary="insertion AUC minus deletion AUC (the over-all score of AOP/SIGCAM)")
+def overall_score(model, x, saliency, target, **kw) -> torch.Tensor:
+    """Insertion AUC minus deletion AUC per image (higher is better)."""
+    return deletion_insertion(model, x, saliency, target, **kw).overall
+
+
+def images_at_fraction(x: torch.Tensor, saliency: torch.Tensor, fraction: float, baseline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deletion and insertion images after ``fraction`` of the cells (most important first)."""
+    b, h, w = saliency.shape
+    cells = h * w
+    n = int(round(fraction * cells))
+    order = ranking(saliency.to(x.device))
+    removed = torch.zeros(b, cells, device=x.device, dtype=x.dtype)
+    removed.scatter_(1, order[:, :n], 1.0)
+    up = upsample(removed.view(b, 1, h, w), x.shape[-2:])
+    return phi(x, baseline, 1 - up), phi(x, baseline, up)

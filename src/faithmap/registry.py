@@ -1,0 +1,145 @@
+"""Registries: the single source of truth for methods and metrics.
+
+The command line's choices, the README's tables and the parametrised tests all read these.
+Adding a method means decorating one function with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from .errors import FaithmapError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name -> spec mapping with aliases and a helpful error for unknown names."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._specs: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, name: str, spec: T, aliases: tuple[str, ...] = ()) -> T:
+        for key in (name, *aliases):
+            if key in self._specs or key in self._aliases:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+        self._specs[name] = spec
+        for alias in aliases:
+            self._aliases[alias] = name
+        return spec
+
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` or one of its aliases (case-insensitive)."""
+        key = name.strip().lower()
+        if key in self._specs:
+            return key
+        if key in self._aliases:
+            return self._aliases[key]
+        raise FaithmapError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
+
+    def get(self, name: str) -> T:
+        return self._specs[self.canonical(name)]
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.canonical(name)
+        except FaithmapError:
+            return False
+        return True
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered explanation method.
+
+    ``fn(model, x, target, **params) -> Explanation`` takes a :class:`faithmap.models.Classifier`,
+    normalised images ``x`` of shape (B, 3, H, W) and integer targets of shape (B,).
+    ``resolution`` is ``"mask"`` when the map's grid is a parameter (``resolution=``), ``"input"``
+    when maps are at input size, ``"layer"`` when they live on a layer's grid.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    family: str
+    summary: str
+    paper: str = ""
+    resolution: str = "input"
+    min_resolution: int = 1
+    aliases: tuple[str, ...] = ()
+    fast: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Keyword parameters and their defaults, read from the function signature."""
+        sig = inspect.signature(self.fn)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+        }
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: its direction, category and the inputs it needs, as data.
+
+    ``higher_is_better`` drives the arrows in reports; ``needs`` names inputs beyond
+    (model, images, maps, targets), e.g. ``("boxes",)`` for localisation metrics.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    higher_is_better: bool
+    category: str
+    summary: str
+    paper: str = ""
+    needs: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+METRICS: Registry[MetricSpec] = Registry("metric")
+
+
+def register_method(name: str, *, family: str, summary: str, paper: str = "", resolution: str = "input",
+                    min_resolution: int = 1, aliases: tuple[str, ...] = (), fast: dict | None = None):
+    """Decorator that registers an explanation method (see :class:`MethodSpec`).
+
+    ``fast`` holds parameter overrides for quick runs (tests, demos, ``--fast`` evaluations).
+    """
+
+    def deco(fn):
+        METHODS.add(name, MethodSpec(name, fn, family, summary, paper, resolution, min_resolution,
+                                     aliases, dict(fast or {})), aliases)
+        return fn
+
+    return deco
+
+
+def register_metric(name: str, *, higher_is_better: bool, category: str, summary: str, paper: str = "",
+                    needs: tuple[str, ...] = (), aliases: tuple[str, ...] = ()):
+    """Decorator that registers a metric (see :class:`MetricSpec`)."""
+
+    def deco(fn):
+        METRICS.add(name, MetricSpec(name, fn, higher_is_better, category, summary, paper, needs, aliases),
+                    aliases)
+        return fn
+
+    return deco

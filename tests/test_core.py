@@ -1,0 +1,99 @@
+"""Core operations against literal references and a peer (OpenCV's Gaussian blur)."""
+
+import numpy as np
+import pytest
+import torch
+
+from faithmap.core import blur_baseline, gaussian_blur, phi, resolve_targets, tv, upsample
+from faithmap.core.perturb import blur_params, make_baseline
+from faithmap.errors import FaithmapError
+
+
+def test_phi_literal():
+    g = torch.Generator().manual_seed(0)
+    img, base = torch.rand(2, 3, 5, 5, generator=g), torch.rand(2, 3, 5, 5, generator=g)
+    m = torch.rand(2, 1, 5, 5, generator=g)
+    expected = torch.empty_like(img)
+    for b in range(2):
+        for c in range(3):
+            for i in range(5):
+                for j in range(5):
+                    expected[b, c, i, j] = img[b, c, i, j] * m[b, 0, i, j] + base[b, c, i, j] * (1 - m[b, 0, i, j])
+    assert torch.allclose(phi(img, base, m), expected, atol=1e-6)
+
+
+def test_blur_matches_opencv():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    ref = cv2.GaussianBlur(img.astype(np.float32), (51, 51), sigmaX=50)
+    ours = gaussian_blur(torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None], 51, 50.0)[0]
+    assert np.allclose(ours.permute(1, 2, 0).numpy(), ref, atol=1e-2)
+
+
+def test_blur_literal_small():
+    # literal 2-D convolution with reflect-101 borders
+    x = torch.arange(49, dtype=torch.float64).view(1, 1, 7, 7)
+    k, s = 5, 2.0
+    w1 = torch.exp(-((torch.arange(k) - 2.0) ** 2) / (2 * s * s))
+    w1 = w1 / w1.sum()
+    def refl(i, n):
+        return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+    out = torch.zeros(7, 7, dtype=torch.float64)
+    for i in range(7):
+        for j in range(7):
+            out[i, j] = sum(w1[a] * w1[b] * x[0, 0, refl(i + a - 2, 7), refl(j + b - 2, 7)]
+                            for a in range(k) for b in range(k))
+    assert torch.allclose(gaussian_blur(x, k, s)[0, 0], out, atol=1e-9)
+
+
+def test_blur_params_and_baseline_commutes_with_normalisation():
+    assert blur_params(224) == (51, 50.0) and blur_params(600) == (151, 150.0) and blur_params(900) == (201, 200.0)
+    g = torch.Generator().manual_seed(1)
+    pix = torch.rand(1, 3, 64, 64, generator=g)
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    assert torch.allclose(blur_baseline((pix - mean) / std), (blur_baseline(pix) - mean) / std, atol=1e-5)
+
+
+def test_tv_literal():
+    g = torch.Generator().manual_seed(2)
+    m = torch.rand(2, 1, 6, 5, generator=g)
+    for b in range(2):
+        v = sum((m[b, 0, i + 1, j] - m[b, 0, i, j]) ** 2 for i in range(5) for j in range(5)) / 25
+        h = sum((m[b, 0, i, j + 1] - m[b, 0, i, j]) ** 2 for i in range(6) for j in range(4)) / 24
+        assert torch.isclose(tv(m)[b], v + h, atol=1e-6)
+    assert torch.equal(tv(torch.ones(1, 1, 4, 4)), torch.zeros(1))
+
+
+def test_upsample_align_corners():
+    m = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    up = upsample(m, 3)
+    assert torch.allclose(up[0, 0], torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.5, 2.0], [2.0, 2.5, 3.0]]))
+    assert torch.equal(upsample(torch.ones(1, 1, 7, 7), 224), torch.ones(1, 1, 224, 224))
+
+
+def test_baselines():
+    x = torch.zeros(1, 3, 4, 4)
+    mean = torch.full((1, 3, 1, 1), 0.5)
+    std = torch.full((1, 3, 1, 1), 0.5)
+    assert torch.allclose(make_baseline("black", x, mean, std), torch.full_like(x, -1.0))
+    with pytest.raises(FaithmapError):
+        make_baseline("purple", x)
+
+
+def test_targets():
+    logits = torch.tensor([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0]])
+    names = ["cat", "dog", "hot dog"]
+    assert resolve_targets(logits, None).tolist() == [1, 0]
+    assert resolve_targets(logits, "top1").tolist() == [1, 0]
+    assert resolve_targets(logits, 2).tolist() == [2, 2]
+    assert resolve_targets(logits, "Hot Dog", names).tolist() == [2, 2]
+    assert resolve_targets(logits, ["cat", 1], names).tolist() == [0, 1]
+    with pytest.raises(FaithmapError, match="out of range"):
+        resolve_targets(logits, 3)
+    assert resolve_targets(logits, "dog", names).tolist() == [1, 1]  # exact match wins
+    with pytest.raises(FaithmapError, match="several classes"):
+        resolve_targets(logits, "do", names)
+    with pytest.raises(FaithmapError, match="unknown target"):
+        resolve_targets(logits, "zebra", names)

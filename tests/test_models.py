@@ -1,0 +1,91 @@
+"""Models: the EfficientNet-Lite0 port against the package it comes from, preprocessing, loading."""
+
+import numpy as np
+import pytest
+import torch
+
+import faithmap
+from faithmap import models
+from faithmap.errors import FaithmapError
+
+
+def test_port_matches_efficientnet_lite_pytorch():
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    from faithmap.models.efficientnet_lite import efficientnet_lite0, weights_path
+
+    ref = ref_pkg.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path()).eval()
+    ours = efficientnet_lite0()
+    fused = efficientnet_lite0(fuse=True)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b, c = ref(x), ours(x), fused(x)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, c, atol=1e-3)
+    assert (a.argmax(1) == c.argmax(1)).all()
+
+
+def test_default_model(lite0):
+    assert lite0.cam_layer == "features.17" and lite0.input_size == 224
+    assert len(lite0.class_names) == 1000 and lite0.class_names[967] == "espresso"
+    assert torch.allclose(lite0.mean, torch.full((1, 3, 1, 1), 0.5))
+    # an image already 224 x 224 passes unchanged (only normalised)
+    img = (np.random.default_rng(0).random((224, 224, 3)) * 255).astype(np.uint8)
+    x = lite0.preprocess(img)
+    assert torch.allclose(x[0], (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - 0.5) / 0.5)
+    # shorter side to 224, centre crop
+    wide = (np.random.default_rng(1).random((300, 600, 3)) * 255).astype(np.uint8)
+    assert lite0.preprocess(wide).shape == (1, 3, 224, 224)
+
+
+def test_default_model_classifies_samples(lite0):
+    from faithmap.data import load_sample
+
+    x = lite0.preprocess([load_sample("coffee"), load_sample("chelsea")])
+    with torch.no_grad():
+        top = lite0(x).argmax(1).tolist()
+    assert [lite0.class_name(i) for i in top] == ["espresso", "Egyptian cat"]
+
+
+def test_torchvision_model_with_weights_file(tmp_path):
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=7)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    clf = models.load("resnet18", weights=str(path))
+    assert clf.class_names == [f"class {i}" for i in range(7)] and clf.cam_layer == "layer4"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(clf(x), net.eval()(x), atol=1e-4)
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(FaithmapError, match="unknown model"):
+        models.load("notanet")
+    with pytest.raises(FaithmapError, match="needs --weights"):
+        models.load("resnet18")
+    bad = tmp_path / "bad.pth"
+    bad.write_text("garbage")
+    with pytest.raises(FaithmapError, match="cannot read"):
+        models.load("resnet18", weights=str(bad))
+
+
+def test_wrap_any_module_and_explain_leaves_it_alone():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net.train()
+    clf = models.wrap(net, mean=(0, 0, 0), std=(1, 1, 1), input_size=32)
+    e = faithmap.explain(clf, torch.rand(2, 3, 32, 32), "igos", resolution=4, iterations=2, ig_steps=3)
+    assert e.saliency.shape == (2, 4, 4)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+
+
+def test_docs_tables_are_current():
+    import pathlib
+
+    from faithmap.docs import render
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    assert render(readme) == readme, "run `faithmap docs README.md`"
+    for spec in faithmap.METHODS:
+        assert f"`{spec.name}`" in readme
