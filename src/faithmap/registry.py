@@ -96,8 +96,14 @@ class MethodSpec:
 class MetricSpec:
     """A registered metric: its direction, category and the inputs it needs, as data.
 
-    ``higher_is_better`` drives the arrows in reports; ``needs`` names inputs beyond
-    (model, images, maps, targets), e.g. ``("boxes",)`` for localisation metrics.
+    Call contract: ``fn(model, x, saliency, target, *, batch_size=None, seed=0, **needs)`` with a
+    :class:`faithmap.models.Classifier`, normalised images ``x`` (B, 3, H, W), maps ``saliency``
+    (B, h, w) at their native resolution (larger = more important) and targets (B,); it returns the
+    per-image scores as a tensor (B,) (or an object with a ``scores`` tensor (B,) and its curves).
+    ``higher_is_better`` drives the arrows in reports; ``needs`` names the extra keyword inputs,
+    from: ``explain`` (a callable ``(x, target) -> saliency`` that re-explains perturbed inputs,
+    for robustness metrics), ``masks`` (ground-truth regions (B, H, W) bool), ``boxes`` (per image a
+    (k, 4) tensor of x0, y0, x1, y1 in input pixels).
     """
 
     name: str

@@ -1,0 +1,95 @@
+"""Invariants every registered method must meet, parametrised from the registry:
+maps on the input's device with one map per image, batched equals one-by-one with the same seed,
+and the user's model unchanged afterwards (modes, requires_grad, hooks, parameters), also when the
+method raises."""
+
+import pytest
+import torch
+from torch import nn
+
+import faithmap
+from faithmap.models import wrap
+
+from conftest import assert_state_equal, model_state
+
+METHODS = faithmap.METHODS.names()
+
+
+class TinyNet(nn.Module):
+    """A small random CNN with ReLUs, a conv layer for CAMs and a linear head (4 classes)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 4)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return wrap(TinyNet().eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=32,
+                cam_layer="features.4", name="tiny")
+
+
+def tiny_inputs(n=3):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def fast_params(name):
+    spec = faithmap.METHODS.get(name)
+    params = dict(spec.fast)
+    if spec.resolution == "mask":
+        params["resolution"] = 8
+    return params
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_batched_equals_one_by_one(name):
+    model, x = tiny_model(), tiny_inputs()
+    params = fast_params(name)
+    target = torch.tensor([0, 1, 2])
+    both = faithmap.explain(model, x, name, target=target, seed=3, **params)
+    assert both.saliency.shape[0] == 3 and both.saliency.dim() == 3
+    assert both.saliency.device == x.device and torch.isfinite(both.saliency).all()
+    for i in range(3):
+        one = faithmap.explain(model, x[i:i + 1], name, target=target[i:i + 1], seed=3, **params)
+        scale = both.saliency[i].abs().max().clamp_min(1e-12)
+        assert torch.allclose(both.saliency[i] / scale, one.saliency[0] / scale, atol=1e-4), name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_model_unchanged(name):
+    model, x = tiny_model(), tiny_inputs(2)
+    model.net.train()
+    model.net.features[0].weight.requires_grad_(False)
+    before = model_state(model)
+    faithmap.explain(model, x, name, seed=0, **fast_params(name))
+    assert_state_equal(before, model_state(model))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_model_unchanged_when_method_raises(name):
+    model, x = tiny_model(), tiny_inputs(2)
+    before = model_state(model)
+    calls = {"n": 0}
+
+    def boom(m, args):
+        calls["n"] += 1
+        if calls["n"] > 1:  # let target selection through, fail inside the method
+            raise RuntimeError("boom")
+
+    h = model.net.fc.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            faithmap.explain(model, x, name, seed=0, **fast_params(name))
+    finally:
+        h.remove()
+    assert_state_equal(before, model_state(model))
