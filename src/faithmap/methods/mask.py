@@ -270,6 +270,7 @@ class MaskOptimizer:
     iterations: int = 15
     ig_steps: int = 20
     ls_points: int = 1
+    ls_rule: str = "right"
     noise_std: float = 0.2
     direction_scale: float = 1.0
 
@@ -283,7 +284,8 @@ class MaskOptimizer:
         itself, the objective of I-GOS eq. 2 and 9), without noise; the regulariser is added.
         """
         n, k = cand.shape[:2]
-        ts = self.path_points(self.ls_points)
+        ts = self.path_points(self.ls_points) if self.ls_rule == "right" else \
+            [(s - 0.5) / self.ls_points for s in range(1, self.ls_points + 1)]
         entries, weights = [], []
         for row in range(n):
             for j in range(k):
@@ -420,7 +422,7 @@ def run_mask_method(optimizer: MaskOptimizer, model, x, target, *, name: str, pa
 def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28, iterations: int = 15,
          ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, noise_std: float = 0.2,
          alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4, alpha_min: float = 1e-5,
-         ls_points: int = 3, ls_window: int = 3, warm_start: bool = True, baseline: str | torch.Tensor = "blur", score: str = "prob",
+         ls_points: int = 3, ls_window: int = 3, warm_start: bool = True, ls_rule: str = "right", baseline: str | torch.Tensor = "blur", score: str = "prob",
          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
     """I-GOS (Qi, Khorram & Li, AAAI 2020; ``igos.txt`` section 3).
 
@@ -439,7 +441,7 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28, 
         terms=[PathTerm("deletion", 0, integrated=True, noise=noise_std > 0)],
         regularizer=L1TV(l1, l2),
         step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start),
-        iterations=iterations, ig_steps=ig_steps, ls_points=ls_points, noise_std=noise_std)
+        iterations=iterations, ig_steps=ig_steps, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule)
     params = dict(resolution=(h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, noise_std=noise_std,
                   ls_points=ls_points, seed=seed)
     return run_mask_method(opt, model, x, target, name="igos", params=params, resolution=(h, w), baseline=baseline,
