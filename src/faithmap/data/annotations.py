@@ -418,15 +418,21 @@ def _rasterise(polys: list[list[float]], rle: dict | None, photo_hw) -> np.ndarr
         return m
     if not polys:
         return None
-    from PIL import Image, ImageDraw
+    from matplotlib.path import Path
 
     h, w = photo_hw
-    im = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(im)
+    m = np.zeros((h, w), dtype=bool)
     for p in polys:
-        # polygon vertices are on pixel edges; PIL fills pixels by their integer coordinates, so shift by half
-        draw.polygon([(p[i] - 0.5, p[i + 1] - 0.5) for i in range(0, len(p), 2)], fill=1, outline=1)
-    return np.asarray(im, dtype=bool)
+        xy = np.asarray(p, dtype=np.float64).reshape(-1, 2)
+        # pixels whose centre lies inside the polygon (the rule boxes follow), searched within its bounding box
+        c0, c1 = max(0, int(np.floor(xy[:, 0].min()))), min(w, int(np.ceil(xy[:, 0].max())) + 1)
+        r0, r1 = max(0, int(np.floor(xy[:, 1].min()))), min(h, int(np.ceil(xy[:, 1].max())) + 1)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        cy, cx = np.mgrid[r0:r1, c0:c1]
+        pts = np.stack([cx.ravel() + 0.5, cy.ravel() + 0.5], 1)
+        m[r0:r1, c0:c1] |= Path(xy).contains_points(pts).reshape(r1 - r0, c1 - c0)
+    return m
 
 
 def resolve_classes(obj: AnnotatedObject, class_names: Sequence[str] | None, num_classes: int | None,
