@@ -232,7 +232,7 @@ def _grid_figures(out: str, run: dict, images: dict, summaries: list[MetricSumma
         rows = [(n, pix[n], [r["box"] for r in images[n].get("regions", [])]) for n in names]
         labels = [f"{_plain_label(run, m)}\n{g}" for m, _, g in part]
         path = os.path.join(out, f"heatmap_grid_{tag}.png")
-        save_heatmap_grid(path, rows, labels, cells, points)
+        save_heatmap_grid(path, rows, labels, cells, points, cell_inches=max(1.7, min(2.8, 12.0 / (len(part) + 1))))
         files.append((tag, path))
     return files
 
@@ -324,6 +324,7 @@ table.facts td:first-child{font-weight:600;color:#555}
 img.fig{max-width:100%;border:1px solid #e3e3e8;margin:8px 0}
 details{margin:12px 0}summary{cursor:pointer;font-weight:600}
 .scroll{overflow-x:auto}
+table.cost td:last-child{white-space:normal;text-align:left;min-width:180px}
 """
 
 

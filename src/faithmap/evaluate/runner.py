@@ -350,7 +350,14 @@ class EvalResult:
 
 
 def _settings_equal(a: dict, b: dict) -> list[str]:
-    return [k for k in sorted(set(a) | set(b)) if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
+    """Names of the settings that differ; method parameters are compared for the methods both runs have."""
+    def same(x, y):
+        return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+    diff = [k for k in sorted(set(a) | set(b)) if k != "params" and not same(a.get(k), b.get(k))]
+    pa, pb = a.get("params") or {}, b.get("params") or {}
+    diff += [f"params of {m}" for m in sorted(set(pa) & set(pb)) if not same(pa[m], pb[m])]
+    return diff
 
 
 def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples", *, out: str = "faithmap_eval",
@@ -618,6 +625,7 @@ def _merge_run(old: dict | None, settings: dict, methods, resolutions, items, la
     def union(a, b):
         return list(dict.fromkeys(list(a or []) + list(b)))
 
+    settings = dict(settings, params={**(old.get("settings", {}).get("params") or {}), **settings["params"]})
     digests = dict(old.get("image_digests", {}))
     digests.update({it.name: it.digest for it in items})
     return {
