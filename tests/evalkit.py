@@ -140,6 +140,6 @@ def run_eval(out, **kw):
     """``faithmap.evaluate`` on the tiny model and photos, quietly."""
     args = dict(methods="test-blob,test-random,test-gradient", images=photos(), out=str(out), model=tiny_model(),
                 resolutions="4,8", metrics="deletion,insertion,overall,average_drop,increase_confidence",
-                progress=False)
+                progress=False, report=False)
     args.update(kw)
     return faithmap.evaluate(**args)

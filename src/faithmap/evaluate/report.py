@@ -79,8 +79,16 @@ def _plain_label(run: dict, method: str) -> str:
     return run.get("labels", {}).get(method) or method
 
 
+_ROW_DIRECTIONS: dict[str, bool] = {}
+
+
 def _arrow(metric: str) -> str:
-    return METRICS.get(metric).arrow if metric in METRICS else ""
+    """The metric's arrow from its :class:`MetricSpec`; for a metric no longer registered, from the results."""
+    if metric in METRICS:
+        return METRICS.get(metric).arrow
+    if metric in _ROW_DIRECTIONS:
+        return "↑" if _ROW_DIRECTIONS[metric] else "↓"
+    return ""
 
 
 def _best(summaries: Sequence[MetricSummary]) -> set[tuple[str, str, str]]:
@@ -249,6 +257,7 @@ def write_report(out: str) -> tuple[dict[str, str], str]:
     """Write ``summary.md``, ``summary.csv``, the PNGs and ``report.html`` into ``out``; return (files, markdown)."""
     run, images, rows, curves = load_output(out)
     metrics = [m for m in run.get("metrics", []) if any(r["metric"] == m for r in rows)]
+    _ROW_DIRECTIONS.update({r["metric"]: r["higher_is_better"] == "true" for r in rows})
     res_order = list(run["resolutions"]) + ["native"]
     aggregates = {m: METRICS.get(m).aggregate if m in METRICS else "mean" for m in metrics}
     summaries = summarize(rows, run["methods"], res_order, metrics, aggregates)

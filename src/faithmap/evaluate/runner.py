@@ -456,6 +456,7 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
     mopts = metric_options(metric_names, {**preset_metric_params, **(metric_params or {})}, tolerance, min_score)
 
     # -- model and methods ----------------------------------------------------------------------
+    mparams = method_params(method_names, params, fast, preset_params)
     clf = _load_model(model, weights, device, resize)
     bs = resolve_batch_size(batch_size, clf.device)
     for m in method_names:
@@ -465,7 +466,6 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
             if bad:
                 raise FaithmapError(f"method {m} cannot use resolution {bad[0]}: choose {spec.min_resolution} to "
                                     f"{clf.input_size}")
-    mparams = method_params(method_names, params, fast, preset_params)
     if implicit and clf.num_classes != 1000:  # the sample boxes name ImageNet classes
         ann = None
         if metrics is None:
