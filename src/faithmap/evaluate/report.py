@@ -25,6 +25,7 @@ from .store import read_curves, read_rows, write_atomic
 
 MAX_GRID_ROWS = 12
 MAX_GRID_COLUMNS = 10
+MAX_HTML_ROWS = 2000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,9 +368,10 @@ def _html(title, facts, run, summaries, metrics, cats, ct, curve_pngs, grid_pngs
     seen: dict[tuple, dict] = {}
     for r in rows:
         seen.setdefault((r["image"], r["target_name"], _plain_label(run, r["method"]), r["grid"]), {})[r["metric"]] = r["value"]
-    for k, vals in seen.items():
+    for k, vals in list(seen.items())[:MAX_HTML_ROWS]:
         per.append(list(k) + [_fmt_value(vals.get(m)) for m in metrics])
-    parts.append(f"<details><summary>Per-image results ({len(per) - 1} rows)</summary><div class='scroll'>"
+    shown = f"{len(per) - 1} rows" if len(seen) <= MAX_HTML_ROWS else f"the first {MAX_HTML_ROWS} of {len(seen)} rows; all are in results.csv"
+    parts.append(f"<details><summary>Per-image results ({shown})</summary><div class='scroll'>"
                  f"{html_table(per, 'per-image')}</div></details>")
     parts.append("<script>window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);"
                  "document.body.setAttribute('data-images-loaded',i.filter(function(x){return x.complete&&x.naturalWidth>0}).length);"
