@@ -340,6 +340,7 @@ def image_dir(tmp_path):
     (["--preset", "nosuch"], "unknown preset"),
     (["--param", "nosuch=1"], "no method being evaluated has a parameter 'nosuch'"),
     (["--tolerance", "3", "--metrics", "deletion"], "applies to the pointing game"),
+    (["--param", "igos.resolution=7"], "give resolution with --resolution"),
 ])
 def test_cli_errors(tmp_path, image_dir, capsys, args, needle):
     bad = tmp_path / "bad.json"

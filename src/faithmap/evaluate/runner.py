@@ -42,6 +42,8 @@ KNOWN_NEEDS = ("explain", "boxes", "masks")
 DEFAULT_METRICS = ("deletion", "insertion", "overall", "average_drop", "increase_confidence", "pointing")
 """Metrics scored when none are named (those registered; localisation ones only with annotations)."""
 NATIVE = "native"
+RUNNER_PARAMS = ("resolution", "seed", "batch_size")
+"""Method parameters the runner sets itself (from --resolution, --seed, --batch-size)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,14 +270,17 @@ def method_params(methods: Sequence[str], params: dict | None, fast: bool, extra
     for m in methods:
         spec = METHODS.get(m)
         known = spec.params
-        p = {k: v for k, v in spec.fast.items() if k in known} if fast else {}
-        p.update({k: v for k, v in shared_p.items() if k in known})
+        # the runner sets the resolution of mask methods (and seed, batch size) itself
+        p = {k: v for k, v in spec.fast.items() if k in known and k not in RUNNER_PARAMS} if fast else {}
+        given = {k: v for k, v in shared_p.items() if k in known}
         for k, v in per.get(m, {}).items():
             if k not in known:
                 raise FaithmapError(f"method {m} has no parameter {k!r}; it takes: {', '.join(known) or 'none'}")
-            p[k] = v
-        if "resolution" in p:
-            raise FaithmapError("give resolutions with --resolution (resolutions=...), not as a method parameter")
+            given[k] = v
+        taken = [k for k in given if k in RUNNER_PARAMS]
+        if taken:
+            raise FaithmapError(f"give {taken[0]} with --{taken[0].replace('_', '-')}, not as a method parameter")
+        p.update(given)
         out[m] = p
     return out
 
