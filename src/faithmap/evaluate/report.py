@@ -283,7 +283,7 @@ def write_report(out: str) -> tuple[dict[str, str], str]:
         ("metrics", ", ".join(f"{m} {_arrow(m)}" for m in metrics)),
         ("target", s.get("target")), ("seed", s.get("seed")), ("fast settings", "yes" if s.get("fast") else "no"),
         ("annotations", (s.get("annotations") or {}).get("source", "none")),
-        ("faithmap", f"{run.get('faithmap')}, run {run.get('created')} – {run.get('updated', '')}"),
+        ("faithmap", f"{run.get('faithmap')}; run created {run.get('created')}, last started {run.get('updated', '')}"),
     ]
     if run.get("skipped_methods"):
         facts.append(("skipped (not registered)", ", ".join(run["skipped_methods"])))
