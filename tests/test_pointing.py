@@ -138,6 +138,7 @@ def test_boxes_map_through_the_preprocessing_by_hand():
     assert r.box == pytest.approx((172 * 224 / 600, 17 * 224 / 400, 410 * 224 / 600, 305 * 224 / 400))
 
 
+@pytest.mark.slow
 def test_sample_boxes_cover_every_sample_and_its_top1(lite0):
     from faithmap.data import load_sample, sample_names
 
