@@ -106,7 +106,6 @@ def test_rows_and_one_shared_deletion_insertion_pass(reference):
         # the blob peaks in the patch box (rows 8-16, cols 16-24): a hit; same numbers as a direct call
         assert by[(img, "test-blob", "pointing")]["value"] == "1.0"
         assert by[(img, "test-blob", "pointing")]["category"] == "patch"
-    x = faithmap.models.wrap  # noqa: F841 (the tiny model is rebuilt below)
     model = evalkit.tiny_model()
     photo = evalkit.photos(1)[0][1]
     xx = model.preprocess(photo)
@@ -120,6 +119,29 @@ def test_rows_and_one_shared_deletion_insertion_pass(reference):
     rec = next(k for k in reference.curves if k["image"] == "img0" and k["method"] == "test-blob")
     assert rec["deletion"] == pytest.approx(c.deletion[0].tolist()) and len(reference.curves) == 9
     assert set(metrics) == {r["metric"] for r in rows}
+
+
+def test_sharing_scope_computes_once_per_map():
+    from faithmap.core.memo import sharing
+    from faithmap.metrics import deletion_insertion
+
+    model = evalkit.tiny_model()
+    x = model.preprocess(evalkit.photos(1)[0][1])
+    s, t = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0])
+    n0 = model.counter.images
+    deletion_insertion(model, x, s, t)
+    deletion_insertion(model, x, s, t)
+    assert model.counter.images - n0 == 2 * 32  # outside a scope: computed every time
+    with sharing():
+        a = deletion_insertion(model, x, s, t, batch_size=3)
+        b = deletion_insertion(model, x, s, t, step=None)  # same call once defaults are bound
+        assert a is b and deletion_insertion.peek(model, x, s, t) is a
+        assert model.counter.images - n0 == 3 * 32
+        s.mul_(2.0)  # an in-place change is a new input
+        assert deletion_insertion.peek(model, x, s, t) is None
+        deletion_insertion(model, x, s, t)
+        assert model.counter.images - n0 == 4 * 32
+    assert deletion_insertion.peek(model, x, s, t) is None  # the scope is gone
 
 
 def test_files_written(reference):
