@@ -17,7 +17,6 @@ import datetime as _dt
 import hashlib
 import inspect
 import json
-import math
 import os
 import re
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..core.batching import chunks, model_guard, resolve_batch_size
+from ..core.batching import model_guard, resolve_batch_size
 from ..core.memo import sharing
 from ..data.annotations import (Annotations, Region, annotated_targets, box_mask, load_annotations, map_to_input,
                                 regions_for_target, sample_annotations)
