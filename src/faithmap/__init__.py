@@ -1,6 +1,6 @@
 """faithmap: saliency maps for image classifiers and the metrics that measure their faithfulness.
 
-Public API: :func:`explain`, the registries :data:`METHODS` and :data:`METRICS`,
+Public API: :func:`explain`, :func:`evaluate` (benchmarks many methods on many images), the registries :data:`METHODS` and :data:`METRICS`,
 :mod:`faithmap.models` and :class:`Explanation`.
 """
 
@@ -10,8 +10,9 @@ from . import methods as _methods  # noqa: F401,E402  (registers methods)
 from . import metrics as _metrics  # noqa: F401,E402  (registers metrics)
 from . import models  # noqa: E402
 from .api import explain  # noqa: E402
+from . import evaluate  # noqa: E402  (a callable module: faithmap.evaluate(...) runs an evaluation)
 from .core.explanation import Explanation  # noqa: E402
 from .errors import FaithmapError  # noqa: E402
 from .registry import METHODS, METRICS  # noqa: E402
 
-__all__ = ["METHODS", "METRICS", "Explanation", "FaithmapError", "explain", "models", "__version__"]
+__all__ = ["METHODS", "METRICS", "Explanation", "FaithmapError", "evaluate", "explain", "models", "__version__"]

@@ -380,4 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m faithmap.cli`` runs this file as ``__main__``, a second copy whose COMMANDS the
+    # ``cli_<name>.py`` modules do not see; call the package's own module instead.
+    from faithmap.cli import main as _main
+
+    sys.exit(_main())

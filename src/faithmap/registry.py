@@ -104,6 +104,8 @@ class MetricSpec:
     from: ``explain`` (a callable ``(x, target) -> saliency`` that re-explains perturbed inputs,
     for robustness metrics), ``masks`` (ground-truth regions (B, H, W) bool), ``boxes`` (per image a
     (k, 4) tensor of x0, y0, x1, y1 in input pixels).
+    ``aggregate`` says how reports pool the per-image scores: ``"mean"`` (the default) or
+    ``"category_mean"`` (per category first, then the mean over categories, as the pointing game).
     """
 
     name: str
@@ -114,6 +116,7 @@ class MetricSpec:
     paper: str = ""
     needs: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    aggregate: str = "mean"
 
     @property
     def arrow(self) -> str:
@@ -140,12 +143,14 @@ def register_method(name: str, *, family: str, summary: str, paper: str = "", re
 
 
 def register_metric(name: str, *, higher_is_better: bool, category: str, summary: str, paper: str = "",
-                    needs: tuple[str, ...] = (), aliases: tuple[str, ...] = ()):
+                    needs: tuple[str, ...] = (), aliases: tuple[str, ...] = (), aggregate: str = "mean"):
     """Decorator that registers a metric (see :class:`MetricSpec`)."""
+    if aggregate not in ("mean", "category_mean"):
+        raise ValueError(f"metric {name!r}: aggregate must be 'mean' or 'category_mean', got {aggregate!r}")
 
     def deco(fn):
-        METRICS.add(name, MetricSpec(name, fn, higher_is_better, category, summary, paper, needs, aliases),
-                    aliases)
+        METRICS.add(name, MetricSpec(name, fn, higher_is_better, category, summary, paper, needs, aliases,
+                                     aggregate), aliases)
         return fn
 
     return deco

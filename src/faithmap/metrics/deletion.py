@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size
+from ..core.memo import shared
 from ..core.perturb import make_baseline, phi, upsample
 from ..core.scores import score_of
 from ..errors import FaithmapError
@@ -58,6 +59,7 @@ def ranking(saliency: torch.Tensor) -> torch.Tensor:
     return torch.sort(-flat, dim=1, stable=True).indices
 
 
+@shared  # deletion, insertion and overall share one computation inside a sharing() scope
 def deletion_insertion(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, *,
                        step: int | None = None, baseline: str | torch.Tensor = "blur", score: str = "prob",
                        batch_size: int | None = DEFAULT_BATCH_SIZE) -> Curves:

@@ -1,0 +1,397 @@
+"""``faithmap evaluate``: statistics, one shared deletion/insertion pass, resume after a kill, shards,
+presets and one-line errors. On a tiny model with test-only methods (registered for this module only)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import faithmap
+from faithmap.cli import main
+from faithmap.errors import FaithmapError
+from faithmap.evaluate import runner as runner_mod
+from faithmap.evaluate import store as store_mod
+from faithmap.evaluate.runner import comparable
+from faithmap.evaluate.stats import t_interval
+from faithmap.registry import METRICS, register_metric
+
+import evalkit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METRICS_ALL = "deletion,insertion,overall,average_drop,increase_confidence,pointing"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_methods():
+    with evalkit.registered():
+        yield
+
+
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory):
+    p = tmp_path_factory.mktemp("ann") / "boxes.json"
+    evalkit.boxes_json(p, n=4)
+    return str(p)
+
+
+def run(out, boxes, **kw):
+    args = dict(methods="test-blob,test-random,test-gradient", resolutions="4", metrics=METRICS_ALL,
+                annotations=boxes, images=evalkit.photos(3))
+    args.update(kw)
+    return evalkit.run_eval(out, **args)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, boxes, test_methods):
+    """One uninterrupted run that the resumed and merged runs must reproduce."""
+    return run(tmp_path_factory.mktemp("ref") / "out", boxes, report=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+# ----------------------------------------------------------------------------------------------
+def test_t_interval_against_the_literal_formula():
+    v = [0.2, 0.4, 0.9, 0.5, 0.3]
+    mean = sum(v) / 5
+    s = math.sqrt(sum((x - mean) ** 2 for x in v) / 4)
+    t_975_4 = 2.7764451051977987  # Student t, 0.975 quantile, 4 degrees of freedom (tables)
+    iv = t_interval(v + [float("nan")])  # NaN (not applicable) is left out
+    assert iv.n == 5 and iv.mean == pytest.approx(0.46)
+    assert iv.sd == pytest.approx(s) and iv.half == pytest.approx(t_975_4 * s / math.sqrt(5), rel=1e-12)
+    assert (iv.low, iv.high) == pytest.approx((0.46 - iv.half, 0.46 + iv.half))
+    t_975_1 = 12.706204736174698
+    assert t_interval([1.0, 2.0]).half == pytest.approx(t_975_1 * math.sqrt(0.5) / math.sqrt(2))
+    one = t_interval([0.7])
+    assert one.mean == 0.7 and math.isnan(one.half) and t_interval([]).n == 0
+
+
+def test_summary_matches_results(reference):
+    rows = [r for r in reference.rows if r["method"] == "test-random" and r["metric"] == "deletion"]
+    vals = [float(r["value"]) for r in rows]
+    (s,) = [x for x in reference.summary() if x.method == "test-random" and x.metric == "deletion"]
+    assert s.interval.mean == pytest.approx(sum(vals) / len(vals)) and s.n_images == 3
+    with open(os.path.join(reference.out, "summary.csv")) as fh:
+        text = fh.read()
+    assert f"test-random,4,4x4,deletion,false,mean,3,{s.interval.mean!r}" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# what the runner writes
+# ----------------------------------------------------------------------------------------------
+def test_rows_and_one_shared_deletion_insertion_pass(reference):
+    rows = reference.rows
+    metrics = METRICS_ALL.split(",")
+    # 3 images x (test-blob@4, test-random@4, test-gradient native) x 6 metrics
+    assert len(rows) == 3 * 3 * 6
+    assert {(r["method"], r["resolution"], r["grid"]) for r in rows} == {
+        ("test-blob", "4", "4x4"), ("test-random", "4", "4x4"), ("test-gradient", "native", "32x32")}
+    for r in rows:
+        assert r["seed"] == "0" and r["fast"] == "false" and r["task_rows"] == "6"
+        assert r["higher_is_better"] == ("true" if METRICS.get(r["metric"]).higher_is_better else "false")
+    # one deletion_insertion call per map: 2 x steps model images under deletion, none under insertion/overall
+    by = {(r["image"], r["method"], r["metric"]): r for r in rows}
+    for img in ("img0", "img1", "img2"):
+        assert by[(img, "test-blob", "deletion")]["metric_images"] == str(2 * 16)  # 4x4 cells, 1 cell a step
+        assert by[(img, "test-gradient", "deletion")]["metric_images"] == str(2 * 52)  # 1024 cells, 20 a step
+        for m in ("insertion", "overall"):
+            assert by[(img, "test-blob", m)]["metric_images"] == "0"
+        assert by[(img, "test-blob", "average_drop")]["metric_images"] == "2"
+        assert by[(img, "test-blob", "increase_confidence")]["metric_images"] == "0"
+        # the blob peaks in the patch box (rows 8-16, cols 16-24): a hit; same numbers as a direct call
+        assert by[(img, "test-blob", "pointing")]["value"] == "1.0"
+        assert by[(img, "test-blob", "pointing")]["category"] == "patch"
+    model = evalkit.tiny_model()
+    photo = evalkit.photos(1)[0][1]
+    xx = model.preprocess(photo)
+    sal = evalkit.blob(4, 4, 0.375, 0.625)[None]
+    c = faithmap.metrics.deletion_insertion(model, xx, sal, torch.tensor([0]))
+    r = by[("img0", "test-blob", "deletion")]
+    assert float(r["value"]) == pytest.approx(float(c.deletion_auc[0]), abs=1e-12)
+    assert float(by[("img0", "test-blob", "overall")]["value"]) == pytest.approx(float(c.overall[0]), abs=1e-12)
+    assert c.images == 32
+    # curves stored per task and target, equal to the direct computation
+    rec = next(k for k in reference.curves if k["image"] == "img0" and k["method"] == "test-blob")
+    assert rec["deletion"] == pytest.approx(c.deletion[0].tolist()) and len(reference.curves) == 9
+    assert set(metrics) == {r["metric"] for r in rows}
+
+
+def test_sharing_scope_computes_once_per_map():
+    from faithmap.core.memo import sharing
+    from faithmap.metrics import deletion_insertion
+
+    model = evalkit.tiny_model()
+    x = model.preprocess(evalkit.photos(1)[0][1])
+    s, t = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0])
+    n0 = model.counter.images
+    deletion_insertion(model, x, s, t)
+    deletion_insertion(model, x, s, t)
+    assert model.counter.images - n0 == 2 * 32  # outside a scope: computed every time
+    with sharing():
+        a = deletion_insertion(model, x, s, t, batch_size=3)
+        b = deletion_insertion(model, x, s, t, step=None)  # same call once defaults are bound
+        assert a is b and deletion_insertion.peek(model, x, s, t) is a
+        assert model.counter.images - n0 == 3 * 32
+        s.mul_(2.0)  # an in-place change is a new input
+        assert deletion_insertion.peek(model, x, s, t) is None
+        deletion_insertion(model, x, s, t)
+        assert model.counter.images - n0 == 4 * 32
+    assert deletion_insertion.peek(model, x, s, t) is None  # the scope is gone
+
+
+def test_files_written(reference):
+    names = set(os.listdir(reference.out))
+    assert {"results.csv", "curves.jsonl", "run.json", "images.json", "summary.md", "summary.csv", "report.html",
+            "mean_curves_4x4.png", "mean_curves_32x32.png", "heatmap_grid_all.png", "maps", "images"} <= names
+    run = json.load(open(os.path.join(reference.out, "run.json")))
+    assert run["methods"] == ["test-blob", "test-random", "test-gradient"] and run["resolutions"] == ["4"]
+    assert run["settings"]["metrics"] == METRICS_ALL.split(",")
+    assert os.path.exists(os.path.join(reference.out, "maps", "img0", "test-blob@4.npy"))
+
+
+# ----------------------------------------------------------------------------------------------
+# resume
+# ----------------------------------------------------------------------------------------------
+def test_resume_after_a_write_cut_in_the_middle(tmp_path, boxes, reference, monkeypatch):
+    """The process dies half-way through writing the 4th task's rows; the rerun repairs and finishes."""
+    real = store_mod.append_durable
+    calls = {"n": 0}
+
+    def torn(path, data):
+        if path.endswith(".csv"):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                real(path, data[: len(data) // 2])  # half the rows, the last one cut mid-line
+                raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(store_mod, "append_durable", torn)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, boxes)
+    with open(out / "results.csv", "rb") as fh:
+        raw = fh.read()
+    assert not raw.endswith(b"\n")  # a torn line is really there
+    monkeypatch.setattr(store_mod, "append_durable", real)
+    res = run(out, boxes)
+    assert res.tasks_done_before == 3 and res.tasks_run == 6 and res.rows_dropped > 0
+    assert comparable(res.rows) == comparable(reference.rows)
+    assert [(c["key"], c["target"], c["deletion"]) for c in res.curves] == \
+        [(c["key"], c["target"], c["deletion"]) for c in reference.curves]
+    again = run(out, boxes)  # a finished run resumes to nothing
+    assert again.tasks_run == 0 and comparable(again.rows) == comparable(reference.rows)
+
+
+KILL_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {here!r})
+torch.set_num_threads(min(2, os.cpu_count() or 1))  # as conftest.py: the same float reductions as the test
+import evalkit
+evalkit.register()
+evalkit.run_eval({out!r}, methods="test-slow,test-blob", resolutions="4", images=evalkit.photos(4),
+                 metrics="deletion,insertion,overall,pointing", annotations={boxes!r}, params={{"delay": 0.4}})
+"""
+
+
+def test_resume_after_sigkill(tmp_path, boxes):
+    out = str(tmp_path / "killed")
+    kw = dict(methods="test-slow,test-blob", resolutions="4", images=evalkit.photos(4),
+              metrics="deletion,insertion,overall,pointing", annotations=boxes, params={"delay": 0.0})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(here=HERE, out=out, boxes=boxes)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = os.path.join(out, "results.csv")
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until at least two tasks (4 rows each) are on disk
+            if os.path.exists(path) and open(path, "rb").read().count(b"\n") >= 1 + 2 * 4:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run wrote nothing in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = open(path, "rb").read().count(b"\n") - 1
+    assert 8 <= lines < 8 * 4  # killed part-way: some tasks are done, others are not
+    with open(path, "ab") as fh:  # and a write cut off mid-line, as a kill inside write() leaves it
+        fh.write(b"img3,0,patch,0.99,patch,test-blob,4,4x4,deletion,0.1")
+    # the delay only slows the run down; it changes no number, so the runs must agree once it is equal
+    res = evalkit.run_eval(out, **dict(kw, params={"delay": 0.4}))
+    assert res.tasks_done_before >= 2 and res.tasks_done_before + res.tasks_run == 8
+    fresh = evalkit.run_eval(str(tmp_path / "fresh"), **dict(kw, params={"delay": 0.4}))
+    assert comparable(res.rows) == comparable(fresh.rows)
+    assert len(res.rows) == 4 * 2 * 4
+
+
+def test_resume_refuses_other_settings(tmp_path, boxes, reference):
+    with pytest.raises(FaithmapError, match="other settings .*seed"):
+        run(reference.out, boxes, seed=1)
+    with pytest.raises(FaithmapError, match="differs from the one this run began with"):
+        imgs = evalkit.photos(3)
+        imgs[1] = ("img1", imgs[2][1])
+        run(reference.out, boxes, images=imgs)
+    # adding a method extends the run; the old rows stay
+    res = run(tmp_path / "grow", boxes, methods="test-blob")
+    res = run(tmp_path / "grow", boxes, methods="test-blob,test-flat")
+    assert res.tasks_done_before == 3 and res.tasks_run == 3
+    assert [r["method"] for r in res.rows if r["image"] == "img0" and r["metric"] == "deletion"] == ["test-blob", "test-flat"]
+
+
+# ----------------------------------------------------------------------------------------------
+# shards
+# ----------------------------------------------------------------------------------------------
+def test_shards_merged_equal_the_unsharded_run(tmp_path, boxes, reference, capsys):
+    a = run(tmp_path / "a", boxes, shard="1/2")
+    b = run(tmp_path / "b", boxes, shard=(2, 2))
+    assert a.tasks_total == 5 and b.tasks_total == 4
+    assert os.path.exists(tmp_path / "a" / "results.shard-1-of-2.csv")
+    assert not os.path.exists(tmp_path / "a" / "report.html")
+    rc = main(["evaluate", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"),
+               "--no-report"])
+    assert rc == 0 and "merged 9 tasks" in capsys.readouterr().out
+    merged = store_mod.read_rows(str(tmp_path / "m" / "results.csv"))[0]
+    assert comparable(merged) == comparable(reference.rows)
+    curves = store_mod.read_curves(str(tmp_path / "m" / "curves.jsonl"), {r["key"] for r in merged})[0]
+    assert [c["deletion"] for c in curves] == [c["deletion"] for c in reference.curves]
+    # two shards in one directory merge too; conflicting copies of a task do not
+    run(tmp_path / "both", boxes, shard="1/2")
+    run(tmp_path / "both", boxes, shard="2/2")
+    assert comparable(faithmap.evaluate.merge([tmp_path / "both"], tmp_path / "m2", report=False).rows) == \
+        comparable(reference.rows)
+    bad = run(tmp_path / "c", boxes, shard="1/2", seed=0)
+    rows, curves = store_mod.read_rows(bad.files["results"])[0], bad.curves
+    rows[0]["value"] = "0.5"
+    store_mod.ResultStore(str(tmp_path / "c"), ".shard-1-of-2").rewrite(rows, curves)
+    with pytest.raises(FaithmapError, match="conflicting results"):
+        faithmap.evaluate.merge([tmp_path / "a", tmp_path / "c"], tmp_path / "m3")
+
+
+# ----------------------------------------------------------------------------------------------
+# options
+# ----------------------------------------------------------------------------------------------
+def test_fast_settings_native_grids_and_explain_need(tmp_path):
+    calls = []
+
+    @register_metric("test-stability", higher_is_better=False, category="robustness", needs=("explain",),
+                     summary="test: largest change of the map when explained again")
+    def stability(model, x, saliency, target, *, explain, batch_size=None, seed=0):
+        calls.append(x.shape[0])
+        return (explain(x, target) - saliency).abs().flatten(1).amax(1)
+
+    try:
+        res = evalkit.run_eval(tmp_path / "o", methods="test-slow,test-flat", resolutions="4,8", fast=True,
+                               metrics="deletion,test-stability", images=evalkit.photos(2))
+    finally:
+        METRICS._specs.pop("test-stability")
+    run = res.run
+    assert run["settings"]["params"]["test-slow"] == {"delay": 0.05}  # spec.fast
+    got = {(r["method"], r["resolution"], r["grid"]) for r in res.rows}
+    assert got == {("test-slow", "4", "4x4"), ("test-slow", "8", "8x8"), ("test-flat", "native", "4x4")}
+    assert {r["value"] for r in res.rows if r["metric"] == "test-stability"} == {"0.0"} and len(calls) == 6
+
+
+def test_target_annotated_and_min_score(tmp_path, boxes):
+    res = run(tmp_path / "o", boxes, methods="test-blob", metrics="pointing", target="annotated", min_score=0.5)
+    assert {r["target"] for r in res.rows} == {"0"} and {r["value"] for r in res.rows} == {"1.0"}
+    res = run(tmp_path / "p", boxes, methods="test-blob", metrics="pointing", target=1, tolerance=2)
+    # the box is for class 0 only: class 1 has no region, so the pointing game skips it (NaN)
+    assert {r["value"] for r in res.rows} == {"nan"}
+    assert res.run["settings"]["metric_options"] == {"pointing": {"tolerance": 2}}
+
+
+def test_presets_run_what_is_registered(tmp_path, monkeypatch):
+    from faithmap.evaluate import presets
+
+    p = presets.Preset("test-table", "a test table", "nowhere",
+                       (presets.PresetMethod("Blob", ("Test_Blob",)), presets.PresetMethod("Missing", ("no-such",))),
+                       (4,), ("deletion", "insertion"))
+    monkeypatch.setitem(presets.PRESETS, "test-table", p)
+    res = evalkit.run_eval(tmp_path / "o", methods=None, resolutions=None, metrics=None, preset="test-table",
+                           images=evalkit.photos(2), report=True)
+    assert res.skipped_methods == ["Missing"] and {r["method"] for r in res.rows} == {"test-blob"}
+    assert {r["metric"] for r in res.rows} == {"deletion", "insertion"} and {r["resolution"] for r in res.rows} == {"4"}
+    md = open(os.path.join(res.out, "summary.md")).read()
+    assert "skipped (not registered)**: Missing" in md and "Blob (`test-blob`)" in md
+
+
+def test_real_presets_are_consistent():
+    from faithmap.evaluate.presets import PRESETS, resolve
+
+    assert {"igos-table1", "igospp-table1", "sigcam-table2", "expected-gradcam-table3"} <= set(PRESETS)
+    for name, p in PRESETS.items():
+        assert all(m in METRICS for m in p.metrics), name
+        rp = resolve(name)
+        assert len(rp.methods) + len(rp.skipped_methods) == len(p.methods)
+    assert resolve("igos-table1").preset.resolutions == (224, 112, 28, 14, 7)
+    assert "igos" in resolve("sigcam-table2").methods
+
+
+# ----------------------------------------------------------------------------------------------
+# one-line errors from the command line, nothing written
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def image_dir(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name, arr in evalkit.photos(2):
+        Image.fromarray(arr).save(d / f"{name}.png")
+    return d
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--metrics", "deletion,nosuch"], "unknown metric 'nosuch'"),
+    (["--methods", "nosuch"], "unknown method 'nosuch'"),
+    (["--annotations", "BAD"], "not valid JSON"),
+    (["--annotations", "MISSING"], "annotation file not found"),
+    (["--metrics", "pointing"], "needs ground-truth boxes"),
+    (["--shard", "3/2"], "1 <= i <= n"),
+    (["--resolution", "4,x"], "positive integers"),
+    (["--preset", "nosuch"], "unknown preset"),
+    (["--param", "nosuch=1"], "no method being evaluated has a parameter 'nosuch'"),
+    (["--tolerance", "3", "--metrics", "deletion"], "applies to the pointing game"),
+    (["--param", "igos.resolution=7"], "give resolution with --resolution"),
+])
+def test_cli_errors(tmp_path, image_dir, capsys, args, needle):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    args = [str(bad) if a == "BAD" else str(tmp_path / "missing.json") if a == "MISSING" else a for a in args]
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--methods", "igos", "--images", str(image_dir), "--out", str(out), "--no-progress"] + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("faithmap: error:") and needle in err[0], err
+    assert not out.exists()
+
+
+def test_cli_lists_presets(capsys):
+    assert main(["evaluate", "--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert "igos-table1" in out and "I-GOS (igos)" in out
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_the_default_model(tmp_path, capsys):
+    """A sample photo, a cheap I-GOS at 7x7, every default metric, through the command line."""
+    out = tmp_path / "o"
+    rc = main(["evaluate", "--methods", "igos", "--images", "sample:coffee", "--resolution", "7", "--fast",
+               "--param", "iterations=1", "--param", "ig_steps=4", "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "| 7x7 | igos |" in text and "pointing ↑" in text
+    rows = store_mod.read_rows(str(out / "results.csv"))[0]
+    assert {r["metric"] for r in rows} == set(runner_mod.DEFAULT_METRICS)
+    dele = [r for r in rows if r["metric"] == "deletion"]
+    assert all(r["metric_images"] == str(2 * 49) for r in dele)  # 7x7: one cell a step, 49 steps
+    assert {r["category"] for r in rows} == {"espresso cup"}
+    assert os.path.exists(out / "report.html") and os.path.exists(out / "mean_curves_7x7.png")
