@@ -175,14 +175,17 @@ def train_classifier(arch: str, data: Digits, seed: int = 0, **overrides) -> Cla
 
 
 def demo_classifier(arch: str, data: Digits, *, seed: int = 0, cache_dir: str | None = None,
-                    use_cache: bool = True) -> tuple[Classifier, dict]:
+                    use_cache: bool = True, epochs: int | None = None) -> tuple[Classifier, dict]:
     """The trained demo classifier of ``arch`` for ``data``'s two digits, from ``cache_dir/demo`` when there.
 
-    Returns the model and a record: test accuracy, training seconds, whether it came from the cache.
+    ``epochs`` overrides :data:`TRAIN`'s (quick tests). Returns the model and a record: test
+    accuracy, training seconds, whether it came from the cache.
     """
     from .support import default_cache_dir
 
-    key = hashlib.sha256(repr((arch, data.digits, seed, sorted(TRAIN.items()), DIGITS_SIZE, 1)).encode()).hexdigest()[:12]
+    cfg = {**TRAIN, **({"epochs": int(epochs)} if epochs is not None else {})}
+    key = hashlib.sha256(repr((arch, data.digits, seed, sorted(cfg.items()), DIGITS_SIZE, len(data.y_train),
+                               1)).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir or default_cache_dir(), "demo", f"digits-{arch}-{data.digits[0]}{data.digits[1]}-{key}.pt")
     start = time.perf_counter()
     model = None
@@ -196,7 +199,7 @@ def demo_classifier(arch: str, data: Digits, *, seed: int = 0, cache_dir: str | 
         except Exception:  # noqa: BLE001 - a broken cache file is retrained
             model = None
     if model is None:
-        model = train_classifier(arch, data, seed)
+        model = train_classifier(arch, data, seed, **cfg)
         if use_cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             torch.save(model.net.state_dict(), f"{path}.tmp")
