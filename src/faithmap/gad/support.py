@@ -330,6 +330,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
 def load_supports(model: Classifier, directory: str) -> list[Classifier]:
     """The support models stored in a cache entry ``directory`` (``alpha-*.pt``), by increasing alpha,
     each on ``model``'s architecture."""
+    directory = os.path.expanduser(directory)
     if not os.path.isdir(directory):
         raise FaithmapError(f"no such folder of support models: {directory}")
     files = [f for f in os.listdir(directory) if f.startswith("alpha-") and f.endswith(".pt")]

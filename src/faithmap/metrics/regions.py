@@ -155,7 +155,7 @@ def hull_area_metric(model, x, saliency, target, *, threshold: float = 0.5, mode
 
 
 @register_metric("region_sensitivity", higher_is_better=True, category="faithfulness", paper="gad.txt",
-                 summary="RS: |logit change| per occluded pixel when the hull of the map's top-50% pixels is blacked out (GAD eq. 2)")
+                 summary="RS: absolute logit change per occluded pixel when the hull of the map's top-50% pixels is blacked out (GAD eq. 2)")
 def region_sensitivity_metric(model, x, saliency, target, *, threshold: float = 0.5, mode: str = "fraction",
                               score: str = "logit", batch_size=None, seed=0) -> torch.Tensor:
     """RS(I, M, a) of eq. 2 with ``M`` the hull of the map's important pixels, upsampled to the input
