@@ -359,3 +359,28 @@ def test_demo_classifiers_reach_97_percent(tmp_path):
     for arch in demo.ARCHS:
         _, record = demo.demo_classifier(arch, data, use_cache=False)
         assert record["test_accuracy"] >= 0.97, (arch, record)
+
+
+def test_folder_images_feed_support_training(tmp_path):
+    from PIL import Image
+
+    from faithmap.gad import FolderImages
+
+    rng = np.random.default_rng(0)
+    for name in ("c0", "c1"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+    model = tiny()
+    data = FolderImages.from_folder(model, str(tmp_path), [(["c0"], 0), (["C1"], 1)])  # names match case-insensitively
+    assert len(data) == 6 and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    x = data.batch(torch.tensor([0, 4]))
+    assert x.shape == (2, 3, 12, 12)
+    fp = data.fingerprint()
+    sup = support_models(model, data, (0, 1), [2.0], epochs=1, lr=1e-3, batch_size=4, cache_dir=str(tmp_path / "cache"),
+                         progress=False)
+    assert sup.cached == [False]
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "c1" / "2.png")  # new content, new key
+    assert FolderImages.from_folder(model, str(tmp_path), [(["c0"], 0), (["c1"], 1)]).fingerprint() != fp
+    with pytest.raises(FaithmapError, match="no sub-folder for class 'dog'"):
+        FolderImages.from_folder(model, str(tmp_path), [(["dog"], 0)])
