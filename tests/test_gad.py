@@ -291,7 +291,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = ["gad", "--demo", "--arch", "cnn", "--demo-epochs", "1", "--epochs", "1", "--alphas", "2",
             "--images", "3", "--method", "saliency,ig", "--fast", "--figure-images", "2", "--cache-dir", str(cache),
-            "--out", str(out), "--quiet", "--seed", "0"]
+            "--out", str(out), "--quiet", "--seed", "0", "--threads", "1"]
     rc, stdout, err = run(argv, capsys)
     assert rc == 0, err
     names = sorted(os.listdir(out))
@@ -309,7 +309,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "| GAD 3 (RC < 1) |" in table and "| Sup. 8 |" in table and "Table 2" in stdout
     # a second run trains nothing and gives the same numbers
     out2 = tmp_path / "out2"
-    rc, stdout2, err = run(argv[:-5] + ["--out", str(out2), "--quiet", "--seed", "0"], capsys)
+    threads = torch.get_num_threads()
+    rc, stdout2, err = run(argv[:-7] + ["--out", str(out2), "--quiet", "--seed", "0", "--threads", "1"], capsys)
+    assert torch.get_num_threads() == threads  # --threads is restored
     assert rc == 0, err
     res2 = json.loads((out2 / "gad_results.json").read_text())
     assert all(r["cached"] for r in res2["experiments"][0]["supports"])
@@ -356,9 +358,14 @@ def test_demo_classifiers_reach_97_percent(tmp_path):
     from faithmap.gad import demo
 
     data = demo.load_digits((3, 8))
-    for arch in demo.ARCHS:
-        _, record = demo.demo_classifier(arch, data, use_cache=False)
-        assert record["test_accuracy"] >= 0.97, (arch, record)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these tiny convolutions gain nothing from a second thread (5x slower on a busy machine)
+    try:
+        for arch in demo.ARCHS:
+            _, record = demo.demo_classifier(arch, data, use_cache=False)
+            assert record["test_accuracy"] >= 0.97, (arch, record)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_folder_images_feed_support_training(tmp_path):

@@ -175,6 +175,20 @@ def _setups(args):
 
 def run_gad(args: argparse.Namespace) -> int:
     import torch
+
+    if args.threads is not None and args.threads < 1:
+        raise FaithmapError("--threads must be at least 1")
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from .cli import pick_device
@@ -183,17 +197,11 @@ def run_gad(args: argparse.Namespace) -> int:
     from .gad.support import model_outputs, support_models
 
     t0 = time.perf_counter()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise FaithmapError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
     methods = check_methods(args.method or (["all"] if args.demo else ["ig"]))
     params = _method_params(methods, args)
     alphas = _check_numbers(args)
-    if args.demo:
-        pick_device(args.device)
-    setups = _setups(args)
     device = pick_device(args.device)
+    setups = _setups(args)
     bs = args.batch_size or (256 if args.demo else None)
     os.makedirs(args.out, exist_ok=True)
     progress = not args.quiet
