@@ -485,15 +485,18 @@ def test_lite0_matches_captum(lite0, coffee, lite0_split):
          lambda: GuidedBackprop(lite0_split).attribute(coffee, target=t)),
         (faithmap.explain(lite0, coffee, "deconvnet", t).attribution,
          lambda: Deconvolution(lite0_split).attribute(coffee, target=t)),
-        (faithmap.explain(lite0, coffee, "ig", t, steps=10, quadrature="riemann_middle").attribution,
+        # Gauss-Legendre: both libraries use numpy's float64 nodes, so the path points are identical.
+        # (captum's Riemann nodes come from float32 linspace and differ from ours by one ulp at some
+        # steps, which flips ReLU6 gates on Lite0 and moves the attribution by ~0.3 %.)
+        (faithmap.explain(lite0, coffee, "ig", t, steps=10).attribution,
          lambda: IntegratedGradients(net).attribute(coffee, baselines=baselines_for(lite0, coffee, "black", []),
-                                                    target=t, n_steps=10, method="riemann_middle")),
+                                                    target=t, n_steps=10, method="gausslegendre")),
     ]
     noise = documented_noise(coffee, 4, seed=0, noise_level=0.15)
     checks.append((faithmap.explain(lite0, coffee, "smoothgrad", t, samples=4).attribution,
                    lambda: captum_with_noise(Saliency(net), coffee, noise, 4, "smoothgrad", target=t, abs=False)))
-    for ours, peer in checks:
-        assert rel_err(ours, peer()) < 1e-5
+    errors = [rel_err(ours, peer()) for ours, peer in checks]
+    assert max(errors) < 1e-5, errors
 
 
 @pytest.mark.slow
