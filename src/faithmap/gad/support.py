@@ -1,0 +1,353 @@
+"""Support regression models of GAD (``gad.txt`` sec. 4.1-4.2).
+
+For two classes ``a`` and ``b`` and a distance ``alpha``, the targets are the original model's
+pre-softmax outputs on every training image with ``alpha`` subtracted from the *other* class's
+logit: from logit ``b`` on images of ``a``, from logit ``a`` on images of ``b`` (sec. 4.1, Fig. 1a).
+A support model has the same architecture, starts from the original weights, keeps linear outputs
+(faithmap models return logits, so there is no softmax to remove) and is trained with MSE to those
+targets, Adam, lr 4e-5, 10 epochs (sec. 6).
+
+Training runs with the network in eval mode by default (batch norms use their running statistics,
+dropout is off), so a support model regresses exactly the function that produced the targets; at
+``alpha = 0`` the loss starts at zero and the weights stay put. ``train_mode=True`` trains in train
+mode instead.
+
+Every finished support model is stored in a cache directory, keyed by hashes of the original
+weights, of the training images and labels and of the settings; each epoch writes a checkpoint, so
+an interrupted run resumes where it stopped and gives the same weights as an uninterrupted one
+(the shuffling order of epoch ``e`` depends on ``(seed, e)`` only).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..core.batching import chunks, model_guard, resolve_batch_size
+from ..errors import FaithmapError
+from ..models import Classifier
+from .data import ImageSet, TensorImages
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    """``$FAITHMAP_CACHE/gad``, else ``$XDG_CACHE_HOME/faithmap/gad``, else ``~/.cache/faithmap/gad``."""
+    if os.environ.get("FAITHMAP_CACHE"):
+        return os.path.join(os.environ["FAITHMAP_CACHE"], "gad")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "faithmap", "gad")
+
+
+# ----------------------------------------------------------------------------------------------
+# sec. 4.1: distanced targets
+# ----------------------------------------------------------------------------------------------
+def distanced_targets(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[int, int],
+                      alpha: float | tuple[float, float]) -> torch.Tensor:
+    """The artificially distanced outputs (N, K) of sec. 4.1.
+
+    ``logits`` (N, K) are the original model's pre-softmax outputs, ``labels`` (N,) the true classes
+    (each ``a`` or ``b`` of ``classes``). ``alpha`` is one distance for both classes or a pair
+    ``(alpha_a, alpha_b)``: ``alpha_a`` is subtracted from logit ``b`` of the images of ``a``
+    (cats less likely to be dogs) and ``alpha_b`` from logit ``a`` of the images of ``b``. Every
+    other entry is the original logit.
+    """
+    a, b = (int(c) for c in classes)
+    if a == b:
+        raise FaithmapError(f"the two classes must differ, got {a} twice")
+    if logits.dim() != 2 or not (0 <= a < logits.shape[1] and 0 <= b < logits.shape[1]):
+        raise FaithmapError(f"classes {a} and {b} do not fit outputs of shape {tuple(logits.shape)}")
+    alpha_a, alpha_b = (alpha, alpha) if isinstance(alpha, (int, float)) else (float(alpha[0]), float(alpha[1]))
+    labels = labels.to(logits.device)
+    is_a, is_b = labels == a, labels == b
+    if not bool((is_a | is_b).all()):
+        raise FaithmapError(f"every training image must belong to class {a} or {b}")
+    out = logits.detach().clone()
+    out[is_a, b] -= alpha_a
+    out[is_b, a] -= alpha_b
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# fingerprints
+# ----------------------------------------------------------------------------------------------
+def weights_fingerprint(model: Classifier | nn.Module) -> str:
+    """A hex digest of the network's architecture name, its state (parameters and buffers) and the
+    classifier's input statistics."""
+    net = model.net if isinstance(model, Classifier) else model
+    h = hashlib.sha256(f"weights-v1:{type(net).__module__}.{type(net).__qualname__}".encode())
+    for name, t in net.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    if isinstance(model, Classifier):
+        h.update(repr((model.mean.flatten().tolist(), model.std.flatten().tolist())).encode())
+    return h.hexdigest()
+
+
+def settings_fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def alpha_tag(alpha: float) -> str:
+    """File-name tag of a distance: ``2``, ``2.5``, ``-1``."""
+    return format(float(alpha), "g")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def clone_classifier(model: Classifier, net: nn.Module, name: str | None = None) -> Classifier:
+    """A :class:`Classifier` around ``net`` with ``model``'s preprocessing, classes and CAM layer."""
+    clf = Classifier(net, mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
+                     input_size=model.input_size, resize_size=model.resize_size, class_names=model.class_names,
+                     cam_layer=model.cam_layer, name=name or model.name, resize=model.resize)
+    clf.channels_last = model.channels_last
+    return clf.to(model.device)
+
+
+def model_outputs(model: Classifier, data: ImageSet, batch_size: int | None = None) -> torch.Tensor:
+    """The model's logits (N, K) on every image of ``data``, in eval mode (float32, model's device)."""
+    bs = resolve_batch_size(batch_size, model.device)
+    idx = torch.arange(len(data))
+    with model_guard(model), torch.no_grad():
+        return torch.cat([model(data.batch(idx[s]).to(model.device)).float() for s in chunks(len(data), bs)])
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable cache file is treated as missing
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# sec. 4.2: training one support model
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    net: nn.Module
+    losses: list[float]
+    fit_mse: float
+    resumed_from: int = 0
+    epochs_run: int = 0
+
+
+def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, epochs: int = 10, lr: float = 4e-5,
+                  batch_size: int = 32, seed: int = 0, train_mode: bool = False, checkpoint: str | None = None,
+                  callback: Callable[[int, float], None] | None = None, progress: bool = True,
+                  desc: str = "support", eval_batch_size: int | None = None) -> TrainResult:
+    """Regress a copy of ``model.net`` onto ``targets`` (N, K) with MSE and Adam (sec. 4.2).
+
+    The copy starts from the original weights; all its parameters are trained. ``checkpoint``: a
+    file written after every epoch (network, optimiser, losses) and read back on the next call, so
+    an interrupted run resumes at the last finished epoch. ``callback(epoch, loss)`` runs after each
+    epoch's checkpoint (epochs count from 1). The user's model is never changed.
+    """
+    if epochs < 0 or lr <= 0 or batch_size < 1:
+        raise FaithmapError(f"need epochs >= 0, lr > 0 and batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
+    device = model.device
+    net = copy.deepcopy(model.net)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    losses: list[float] = []
+    start = 0
+    if checkpoint and os.path.isfile(checkpoint):
+        state = _load(checkpoint)
+        if state is not None and state.get("epochs") == epochs:
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["optim"])
+            losses = list(state["losses"])
+            start = int(state["epoch"])
+    targets = targets.to(device).float()
+    n = len(data)
+    steps = math.ceil(n / batch_size)
+    from tqdm import tqdm
+
+    bar = tqdm(total=epochs * steps, initial=start * steps, desc=desc, unit="batch", file=sys.stderr,
+               disable=None if progress else True, leave=False)
+    try:
+        for epoch in range(start, epochs):
+            net.train(train_mode)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch))
+            total = 0.0
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed) * 7919 + epoch)  # dropout etc. in train mode: resumable too
+                for s in chunks(n, batch_size):
+                    idx = order[s]
+                    xb = data.batch(idx).to(device)
+                    if model.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    out = net(xb).float()
+                    loss = torch.nn.functional.mse_loss(out, targets[idx.to(device)])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            losses.append(total / n)
+            if checkpoint:
+                _atomic_save({"epoch": epoch + 1, "epochs": epochs, "net": net.state_dict(),
+                              "optim": opt.state_dict(), "losses": losses}, checkpoint)
+            if callback is not None:
+                callback(epoch + 1, losses[-1])
+    finally:
+        bar.close()
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    sup = clone_classifier(model, net)
+    fit = float(torch.nn.functional.mse_loss(model_outputs(sup, data, eval_batch_size), targets))
+    return TrainResult(net, losses, fit, resumed_from=start, epochs_run=epochs - start)
+
+
+# ----------------------------------------------------------------------------------------------
+# the set of support models, cached
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SupportSet:
+    """Support models, one per distance, with their training record."""
+
+    alphas: list[float]
+    models: list[Classifier]
+    fit_mse: list[float]
+    losses: list[list[float]]
+    cached: list[bool]
+    directory: str | None = None
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch.Tensor], classes: tuple[int, int],
+                   alphas: Sequence[float] = (2, 4, 6, 8), *, epochs: int = 10, lr: float = 4e-5,
+                   batch_size: int = 32, seed: int = 0, train_mode: bool = False, cache_dir: str | None = None,
+                   use_cache: bool = True, progress: bool = True,
+                   callback: Callable[[float, int, float], None] | None = None,
+                   eval_batch_size: int | None = None) -> SupportSet:
+    """One support regression model per distance in ``alphas`` (sec. 4.2-4.3), from the cache when there.
+
+    ``data``: the training images of the two ``classes`` (an :class:`ImageSet`, or a pair
+    ``(inputs, labels)``), labelled with the model's class indices. The cache entry is
+    ``<cache_dir>/<weights>-<data>-<settings>/`` (12 hex digits of each hash) holding
+    ``alpha-<a>.pt`` per finished model, ``alpha-<a>.ckpt`` while one trains, and ``meta.json``.
+    ``use_cache=False`` trains in memory without reading or writing files.
+    ``callback(alpha, epoch, loss)`` runs after each epoch.
+    """
+    import time
+
+    if isinstance(data, tuple):
+        data = TensorImages(*data)
+    a, b = (int(c) for c in classes)
+    k = model.num_classes
+    for c in (a, b):
+        if c < 0 or (k is not None and c >= k):
+            raise FaithmapError(f"class {c} is out of range: the model has {k} classes")
+    alphas = [float(al) for al in alphas]
+    if not alphas:
+        raise FaithmapError("give at least one distance alpha")
+    if len(set(alphas)) != len(alphas):
+        raise FaithmapError(f"the distances repeat: {alphas}")
+    labels = data.labels
+    if not bool(((labels == a) | (labels == b)).all()):
+        raise FaithmapError(f"every training image must belong to class {a} or {b}")
+    start = time.perf_counter()
+    settings = {"version": CACHE_VERSION, "classes": [a, b], "epochs": int(epochs), "lr": float(lr),
+                "batch_size": int(batch_size), "seed": int(seed), "train_mode": bool(train_mode), "loss": "mse",
+                "optimizer": "adam"}
+    directory = None
+    done: dict[float, dict] = {}
+    if use_cache:
+        w_fp, d_fp, s_fp = weights_fingerprint(model), data.fingerprint(), settings_fingerprint(settings)
+        directory = os.path.join(cache_dir or default_cache_dir(), f"{w_fp[:12]}-{d_fp[:12]}-{s_fp[:12]}")
+        for al in alphas:
+            path = os.path.join(directory, f"alpha-{alpha_tag(al)}.pt")
+            if os.path.isfile(path):
+                state = _load(path)
+                if state is not None and "net" in state:
+                    done[al] = state
+    todo = [al for al in alphas if al not in done]
+    original = model_outputs(model, data, eval_batch_size) if todo else None
+    if directory and todo:
+        os.makedirs(directory, exist_ok=True)
+        meta = {**settings, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
+                "model": model.name, "class_names": [model.class_name(a), model.class_name(b)]}
+        tmp = os.path.join(directory, "meta.json.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(meta, fh, indent=2)
+        os.replace(tmp, os.path.join(directory, "meta.json"))
+    models, fits, losses, cached = [], [], [], []
+    for al in alphas:
+        if al in done:
+            state = done[al]
+            net = copy.deepcopy(model.net)
+            net.load_state_dict(state["net"])
+            net.eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            fits.append(float(state["fit_mse"]))
+            losses.append(list(state["losses"]))
+            cached.append(True)
+        else:
+            targets = distanced_targets(original, labels, (a, b), al)
+            ckpt = os.path.join(directory, f"alpha-{alpha_tag(al)}.ckpt") if directory else None
+            cb = (lambda e, lo, _al=al: callback(_al, e, lo)) if callback else None
+            res = train_support(model, data, targets, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                train_mode=train_mode, checkpoint=ckpt, callback=cb, progress=progress,
+                                desc=f"support alpha={alpha_tag(al)}", eval_batch_size=eval_batch_size)
+            net = res.net
+            if directory:
+                _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,
+                              "settings": settings}, os.path.join(directory, f"alpha-{alpha_tag(al)}.pt"))
+                if ckpt and os.path.exists(ckpt):
+                    os.remove(ckpt)
+            fits.append(res.fit_mse)
+            losses.append(res.losses)
+            cached.append(False)
+        models.append(clone_classifier(model, net, f"{model.name}-gad{alpha_tag(al)}"))
+    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, settings)
+
+
+def load_supports(model: Classifier, directory: str) -> list[Classifier]:
+    """The support models stored in a cache entry ``directory`` (``alpha-*.pt``), by increasing alpha,
+    each on ``model``'s architecture."""
+    directory = os.path.expanduser(directory)
+    if not os.path.isdir(directory):
+        raise FaithmapError(f"no such folder of support models: {directory}")
+    files = [f for f in os.listdir(directory) if f.startswith("alpha-") and f.endswith(".pt")]
+    if not files:
+        raise FaithmapError(f"{directory} holds no support models (alpha-*.pt); train them with `faithmap gad`")
+    out = []
+    for f in sorted(files, key=lambda f: float(f[len("alpha-"):-3])):
+        state = _load(os.path.join(directory, f))
+        if state is None or "net" not in state:
+            raise FaithmapError(f"cannot read support model {f} in {directory}")
+        net = copy.deepcopy(model.net)
+        try:
+            net.load_state_dict(state["net"])
+        except RuntimeError as exc:
+            raise FaithmapError(f"{f} does not fit model {model.name}: {str(exc).splitlines()[0][:160]}") from None
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        out.append(clone_classifier(model, net, f"{model.name}-gad{f[len('alpha-'):-3]}"))
+    return out

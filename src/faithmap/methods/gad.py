@@ -1,0 +1,112 @@
+"""GAD maps (``gad.txt`` sec. 4.3): the features that a gradient method finds important for the
+original model *and* for every support regression model.
+
+Any registered method can be the base. Each model's map marks its important pixels (the top
+``fraction`` of the pixels, values > 0; :func:`faithmap.metrics.regions.important_pixels`); the GAD
+map keeps the original map's values on the pixels marked in every map and is 0 elsewhere. It
+therefore never marks a pixel that the original map does not mark (sec. 4: "it must not introduce
+new crucial pixels").
+
+The support models come from :func:`faithmap.gad.support_models` (or ``faithmap gad``). The
+registered method ``gad`` takes them as ``supports``: a list of models, or the folder of a cache
+entry (``--param supports=DIR`` on the command line). Without support models the GAD map is the
+base map restricted to its own important pixels (the alpha = 0 model alone).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..core.explanation import Explanation
+from ..errors import FaithmapError
+from ..metrics.regions import important_pixels
+from ..registry import register_method
+
+
+def _as_supports(model, supports) -> list:
+    from ..gad.support import clone_classifier, load_supports
+    from ..models import Classifier
+
+    if supports is None:
+        return []
+    if isinstance(supports, str):
+        return load_supports(model, supports)
+    if isinstance(supports, nn.Module):
+        supports = [supports]
+    out = []
+    for s in supports:
+        if isinstance(s, Classifier):
+            out.append(s)
+        elif isinstance(s, nn.Module):
+            out.append(clone_classifier(model, s, f"{model.name}-support"))
+        else:
+            raise FaithmapError(f"supports must be models or a folder of support models, got {type(s).__name__}")
+    return out
+
+
+def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, base: str = "ig", *,
+             fraction: float = 0.5, base_params: dict[str, Any] | None = None,
+             batch_size: int | None = None, seed: int | None = 0) -> Explanation:
+    """GAD map of ``base`` for the original ``model`` and its ``supports`` (sec. 4.3).
+
+    Returns an :class:`Explanation` whose ``saliency`` is the GAD map, with ``extras``:
+    ``original`` (the base map of the original model), ``keep`` (bool, the GAD pixels),
+    ``important`` (bool (B, 1 + S, h, w), each model's important pixels) and ``support_maps``.
+    The images the support models see are added to ``model``'s counter.
+    """
+    from ..api import explain
+    from ..registry import METHODS
+
+    spec = METHODS.get(base)
+    if spec.name == "gad":
+        raise FaithmapError("gad cannot be its own base method")
+    if not 0 < fraction <= 1:
+        raise FaithmapError(f"fraction must be in (0, 1], got {fraction}")
+    params = dict(base_params or {})
+    for key, value in (("batch_size", batch_size), ("seed", seed)):
+        if key in spec.params and key not in params and value is not None:
+            params[key] = value
+    models = [model, *supports]
+    maps = []
+    for m in models:
+        before = m.counter.snapshot()
+        e = explain(m, x, spec.name, target=target, **params)
+        if m is not model:  # charge the support models' images to this explanation
+            c = m.counter.since(before)
+            model.counter.images += c["images"]
+            model.counter.grad_images += c["grad_images"]
+            model.counter.calls += 1
+        maps.append(e.saliency.detach())
+    shapes = {tuple(s.shape) for s in maps}
+    if len(shapes) != 1:
+        raise FaithmapError(f"the support models' maps differ in shape: {sorted(shapes)}")
+    important = torch.stack([important_pixels(s, fraction) for s in maps], 1)
+    keep = important.all(1)
+    original = maps[0]
+    gad = torch.where(keep, original, torch.zeros_like(original))
+    return Explanation(gad, target, params={"base": spec.name, "fraction": fraction, **params},
+                       extras={"original": original, "keep": keep, "important": important,
+                               "support_maps": torch.stack(maps[1:], 1) if len(maps) > 1 else None,
+                               "supports": len(supports), "base": spec.name})
+
+
+@register_method(
+    "gad", family="gad", paper="gad.txt",
+    summary="GAD: the base method's important pixels (top half) shared by the original and every support "
+            "regression model trained on distanced logits (supports=DIR from `faithmap gad`)",
+    fast={"base_fast": True},
+)
+def gad(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig", supports: Any = (), fraction: float = 0.5,
+        base_params: dict | None = None, base_fast: bool = False, batch_size: int | None = None,
+        seed: int = 0) -> Explanation:
+    """GAD (sec. 4.3) on the registered method ``base``; ``supports``: support models or a cache folder."""
+    from ..registry import METHODS
+
+    spec = METHODS.get(base)
+    params = dict(spec.fast) if base_fast else {}
+    params.update(base_params or {})
+    return gad_maps(model, _as_supports(model, supports), x, target, spec.name, fraction=fraction,
+                    base_params=params, batch_size=batch_size, seed=seed)
