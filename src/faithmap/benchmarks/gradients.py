@@ -1,6 +1,6 @@
 """``faithmap bench gradients``: IG and SmoothGrad against captum, in the same run.
 
-For one photo and for a batch of 16 (the photos repeated), Integrated Gradients (20 Gauss-Legendre
+For one photo and for a batch of 16 (the photos repeated; ``--param batches=1,16``), Integrated Gradients (20 Gauss-Legendre
 steps, black baseline) and SmoothGrad (20 noise samples) are timed with faithmap (its default
 ``batch_size`` unless ``--batch-size`` is given) and with captum at each of a few internal batch
 sizes (``internal_batch_size`` for IG, ``nt_samples_batch_size`` for SmoothGrad's NoiseTunnel), of
@@ -19,7 +19,8 @@ import warnings
 
 import torch
 
-from ..cli import gather_images, load_model
+from ..cli import gather_images, load_model, parse_params
+from ..errors import FaithmapError
 from . import bench
 from .common import dump, machine, table
 
@@ -67,6 +68,24 @@ def captum_settings(method: str, n: int, work: int) -> list[int]:
     return out
 
 
+def _ints(v) -> tuple[int, ...]:
+    vals = v if isinstance(v, (tuple, list)) else (v,)
+    try:
+        out = tuple(int(u) for u in vals)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or min(out) < 1:
+        raise FaithmapError(f"--param batches expects positive batch sizes, e.g. 1,16; got {v!r}")
+    return out
+
+
+def _names(v) -> tuple[str, ...]:
+    vals = tuple(str(u).strip() for u in (v if isinstance(v, (tuple, list)) else str(v).split(",")))
+    if not vals or any(u not in ("ig", "smoothgrad") for u in vals):
+        raise FaithmapError(f"--param methods expects ig and/or smoothgrad; got {v!r}")
+    return vals
+
+
 @bench("gradients")
 def bench_gradients(args) -> int:
     """IG (20 steps) and SmoothGrad (20 samples) on EfficientNet-Lite0: faithmap vs captum's best batch."""
@@ -77,17 +96,23 @@ def bench_gradients(args) -> int:
     model = load_model(args)
     ig_fn, sg_fn = faithmap.METHODS.get("ig").fn, faithmap.METHODS.get("smoothgrad").fn
     photos = gather_images(args.images, args.convert)
+    extra = parse_params(args.param)
+    unknown = set(extra) - {"batches", "methods"}
+    if unknown:
+        raise FaithmapError(f"bench gradients takes --param batches=1,16 and methods=ig,smoothgrad; not {sorted(unknown)[0]}")
+    batches = _ints(extra.get("batches", (1, 16)))
+    methods = _names(extra.get("methods", ("ig", "smoothgrad")))
     steps = 20
     repeats = max(1, args.repeats)
     rows = []
-    for n in (1, 16):
+    for n in batches:
         arrs = [photos[i % len(photos)][1] for i in range(n)]
         x = model.preprocess(arrs)
         with torch.no_grad():
             t = model(x).argmax(1)
         base = baselines_for(model, x, "black", [])
         sigma = float(noise_sigma(x[:1], 0.15)[0])
-        for method in ("ig", "smoothgrad"):
+        for method in methods:
             if method == "ig":
                 ours_fn = lambda: ig_fn(model, x, t, steps=steps, baseline="black",  # noqa: E731
                                         quadrature="gausslegendre", batch_size=args.batch_size).attribution

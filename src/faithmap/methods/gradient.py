@@ -161,6 +161,8 @@ def input_gradient(model: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         s = score(model(z), target)
+        if not s.requires_grad:  # the score does not depend on the input
+            return torch.zeros_like(z)
         (g,) = torch.autograd.grad(s.sum(), z, allow_unused=True)
     return torch.zeros_like(z) if g is None else g
 
@@ -206,7 +208,11 @@ def _finish(name: str, attribution: torch.Tensor, target: torch.Tensor, reduce: 
 
 
 def _check_count(name: str, value: int, low: int = 1) -> int:
-    if int(value) != value or int(value) < low:
+    try:
+        ok = int(value) == value and int(value) >= low
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise FaithmapError(f"{name} must be an integer of at least {low}, got {value}")
     return int(value)
 
