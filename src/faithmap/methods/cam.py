@@ -105,7 +105,7 @@ class Tap:
             return leaf.clone()  # in-place operations after the layer must not touch the leaf
         if self.mode == "replace":
             return self.replacement(output)
-        self.value = output.detach()
+        self.value = output.detach().clone()  # in-place operations after the layer must not change it
         return None
 
     def forward(self, model, x: torch.Tensor, mode: str = "capture",
