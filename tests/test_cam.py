@@ -116,13 +116,13 @@ def test_lite0_gradient_family_matches_pytorch_grad_cam(lite0):
 
 @pytest.mark.slow
 def test_lite0_scoring_methods_match_pytorch_grad_cam(lite0, coffee):
-    # 1280 masked or ablated forwards per image: at 96 x 96 input (a 3 x 3 grid) to stay quick
-    x = torch.nn.functional.interpolate(coffee, size=(96, 96), mode="bilinear", align_corners=False)
+    # 1280 masked or ablated forwards per image: at 64 x 64 input (a 2 x 2 grid) to stay quick
+    x = torch.nn.functional.interpolate(coffee, size=(64, 64), mode="bilinear", align_corners=False)
     target = torch.tensor([967])
     layer = get_layer(lite0.net, "features.17")
     for method in ("scorecam", "ablationcam"):
         e = faithmap.explain(lite0, x, method, target=target, **PEERS[method][1])
-        assert e.saliency.shape == (1, 3, 3)
+        assert e.saliency.shape == (1, 2, 2)
         assert_matches_peer(e, method, lite0.net, layer, x, target)
         # dead channels share one forward pass (Score-CAM) or need none (Ablation-CAM)
         assert e.counts["images"] < 1 + 1280
@@ -325,16 +325,16 @@ def test_expected_gradcam_is_seeded_and_checks_its_inputs():
 # ----------------------------------------------------------------------------------------------
 # layer lookup, transformer grids
 # ----------------------------------------------------------------------------------------------
-ARCHS = [
-    ("resnet18", "layer4", 128, (4, 4)),
-    ("mobilenet_v3_small", "features.12", 128, (4, 4)),
-    pytest.param("vgg11", "features.20", 128, (4, 4), marks=pytest.mark.slow),
-    pytest.param("densenet121", "features.norm5", 128, (4, 4), marks=pytest.mark.slow),
-    pytest.param("inception_v3", "Mixed_7c", 299, (8, 8), marks=pytest.mark.slow),
-    pytest.param("efficientnet_b0", "features.8", 128, (4, 4), marks=pytest.mark.slow),
-    pytest.param("mobilenet_v2", "features.18", 128, (4, 4), marks=pytest.mark.slow),
-    pytest.param("convnext_tiny", "features.7", 128, (4, 4), marks=pytest.mark.slow),
-    pytest.param("swin_t", "features.7", 224, (7, 7), marks=pytest.mark.slow),
+ARCHS = [  # small inputs keep it quick: a 2 x 2 grid for the CNNs
+    ("resnet18", "layer4", 64, (2, 2)),
+    ("mobilenet_v3_small", "features.12", 64, (2, 2)),
+    pytest.param("vgg11", "features.20", 64, (2, 2), marks=pytest.mark.slow),
+    pytest.param("densenet121", "features.norm5", 64, (2, 2), marks=pytest.mark.slow),
+    pytest.param("inception_v3", "Mixed_7c", 107, (2, 2), marks=pytest.mark.slow),
+    pytest.param("efficientnet_b0", "features.8", 64, (2, 2), marks=pytest.mark.slow),
+    pytest.param("mobilenet_v2", "features.18", 64, (2, 2), marks=pytest.mark.slow),
+    pytest.param("convnext_tiny", "features.7", 64, (2, 2), marks=pytest.mark.slow),
+    pytest.param("swin_t", "features.7", 64, (2, 2), marks=pytest.mark.slow),  # channels-last maps
     pytest.param("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 224, (14, 14), marks=pytest.mark.slow),
 ]
 
@@ -345,6 +345,9 @@ def test_default_layer_per_architecture(arch, layer, size, grid):
 
     clf = models.load(arch, weights="random")
     assert clf.cam_layer == layer
+    if arch.startswith("vit"):  # torchvision zero-initialises ViT's head: no gradient at all
+        with torch.no_grad():
+            clf.net.heads.head.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
     # the same layer is found for the bare network (from its class), and the map lies on its grid
     bare = wrap(clf.net, input_size=size)
     assert bare.cam_layer is None
@@ -543,14 +546,10 @@ def test_upsampled_map_has_input_size():
 
 
 @pytest.mark.slow
-def test_cli_explain_with_layer(tmp_path, capsys):
+def test_cli_passes_the_layer(tmp_path, capsys):
     from faithmap.cli import main
 
-    out = tmp_path / "out"
-    rc = main(["explain", "sample:coffee", "--method", "gradcam", "--layer", "features.16", "--out", str(out)])
-    assert rc == 0
-    m = np.load(out / "coffee_gradcam_map.npy")
-    assert m.shape == (7, 7) and m.max() > 0
-    rc = main(["explain", "sample:coffee", "--method", "gradcam", "--layer", "features.99", "--out", str(tmp_path / "o2")])
+    rc = main(["explain", "sample:coffee", "--method", "gradcam", "--layer", "features.99", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "no layer 'features.99'" in err
+    assert rc == 2 and err.strip().startswith("faithmap: error: the model has no layer 'features.99'; did you mean ")
+    assert len(err.strip().splitlines()) == 1

@@ -39,7 +39,11 @@ def get_layer(net: nn.Module, name: str) -> nn.Module:
     modules = dict(net.named_modules())
     if name in modules and name:
         return modules[name]
-    close = [n for n in modules if n and (n.endswith(name) or name in n)][:5]
+    import difflib
+
+    named = [n for n in modules if n]
+    close = [n for n in named if n.endswith(name) or name in n][:3]
+    close += [n for n in difflib.get_close_matches(name, named, n=3) if n not in close]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise FaithmapError(f"the model has no layer {name!r}{hint}")
 
