@@ -20,8 +20,9 @@ or ablated activations. The engine does the rest once for all of them:
   from one generator per image, so a batch gives the maps of its images explained one by one.
 
 Maps stay on the layer's grid (``resolution="layer"``); ``Explanation.upsampled(size)`` gives them
-at input size. ``extras["layer"]`` names the layer used and ``extras["weights"]`` holds the channel
-weights (B, K) of the methods that have them.
+at input size. ``extras["layer"]`` names the layer used, ``extras["activations"]`` holds its
+activations (B, K, h, w) and ``extras["weights"]`` the channel weights (B, K) of the methods that
+have them.
 
 Where a paper and pytorch-grad-cam (1.5.7) differ, ``variant="paper"`` (the default) follows the
 paper and ``variant="pytorch-grad-cam"`` reproduces the peer library; see each method.
@@ -155,7 +156,7 @@ def grad_pass(model, tap: Tap, x: torch.Tensor, target: torch.Tensor,
         logits = tap.forward(model, x, "grad")
         leaf = tap.value
         s = score(logits, target)
-        (g,) = torch.autograd.grad(s.sum(), leaf, allow_unused=True)
+        g = torch.autograd.grad(s.sum(), leaf, allow_unused=True)[0] if s.requires_grad else None
     model.counter.grad_images += int(x.shape[0])  # the gradient is taken at the layer, not the input
     if g is None:
         g = torch.zeros_like(leaf)
@@ -275,7 +276,7 @@ def gradient_cam(model, x: torch.Tensor, target: torch.Tensor, rule: Rule, *, la
     """One gradient pass per chunk of images and a weighting rule: the Grad-CAM family."""
     bs = resolve_batch_size(batch_size, x.device)
     score_fn = score_of(score)
-    maps, weights = [], []
+    maps, weights, acts = [], [], []
     with model_guard(model):
         cl = resolve_layer(model, layer)
         with tapped(cl, x.shape[-2:]) as tap:
@@ -284,10 +285,11 @@ def gradient_cam(model, x: torch.Tensor, target: torch.Tensor, rule: Rule, *, la
                 cam, w = rule(A, G)
                 maps.append(cam)
                 weights.append(w)
+                acts.append(A)
     sal = torch.relu(torch.cat(maps))
     if normalize:
         sal = minmax(sal)
-    extras = {"layer": cl.name}
+    extras = {"layer": cl.name, "activations": torch.cat(acts)}
     if weights[0] is not None:
         extras["weights"] = torch.cat(weights)
     return Explanation(saliency=sal, target=target, extras=extras)
@@ -413,7 +415,7 @@ def smoothgradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str 
     d1, d2, d3 = d1 / n, d2 / n, d3 / n
     alpha = gradcampp_alpha(A, d1, d2, d3, variant)
     w = (alpha * torch.relu(d1)).sum((2, 3))
-    return Explanation(saliency=torch.relu(combine(w, A)), target=target, extras={"layer": cl.name, "weights": w})
+    return Explanation(saliency=torch.relu(combine(w, A)), target=target, extras={"layer": cl.name, "weights": w, "activations": A})
 
 
 KERNELS = ("uniform", "gaussian", "none")
@@ -556,7 +558,7 @@ def path_cam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None,
             w = path_weights(model, tap, x, target, acts, plan, gens, baselines=refs, base_acts=base_acts,
                              score=score_fn, batch_size=bs, mean=model.mean.to(x), std=model.std.to(x))
     return Explanation(saliency=torch.relu(combine(w, acts)), target=target,
-                       extras={"layer": cl.name, "weights": w, "alphas": plan.alphas})
+                       extras={"layer": cl.name, "weights": w, "activations": acts, "alphas": plan.alphas})
 
 
 @register_method("integratedgradcam", family="cam", resolution="layer", aliases=("integrated-gradcam", "igcam"),
@@ -691,7 +693,7 @@ def scorecam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
         scores = torch.where(zero, dead_scores.view(B, 1), scores)
     w = torch.softmax(scores, dim=1)
     return Explanation(saliency=torch.relu(combine(w, A)), target=target,
-                       extras={"layer": cl.name, "weights": w, "scores": scores})
+                       extras={"layer": cl.name, "weights": w, "scores": scores, "activations": A})
 
 
 @register_method("ablationcam", family="cam", resolution="layer", aliases=("ablation-cam",),
@@ -743,4 +745,4 @@ def ablationcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | No
     den = torch.where(y != 0, y, torch.ones_like(y)).view(B, 1)
     w = (y.view(B, 1) - ablated) / den
     return Explanation(saliency=torch.relu(combine(w, A)), target=target,
-                       extras={"layer": cl.name, "weights": w, "scores": ablated})
+                       extras={"layer": cl.name, "weights": w, "scores": ablated, "activations": A})
