@@ -6,7 +6,9 @@ pytorch-grad-cam's, plus our batch against 16 single calls; Score-CAM and Ablati
 photo each (pytorch-grad-cam spends minutes per photo on them). Seconds are wall-clock times of the
 whole public call (``faithmap.explain``, which also computes the logits it returns;
 pytorch-grad-cam's constructor and ``__call__``, which also resizes its map); model images are the
-images sent through the network (counted by a hook on it for the peer). Both get the same network
+images sent through the network (counted by a hook on it, for both; ``faithmap.explain`` makes one
+forward pass of its own to check the targets, counted and timed here; "of which method s" is the
+method's own time, ``Explanation.seconds``). Both get the same network
 and the same channels-last inputs; the best of ``--repeats`` runs is kept. ``--param`` options:
 ``methods=gradcam,scorecam`` (a subset), ``batch=16``.
 """
@@ -14,6 +16,7 @@ and the same channels-last inputs; the best of ``--repeats`` runs is kept. ``--p
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 
@@ -75,11 +78,15 @@ def run_peer(cls_name: str, net, layer, x: torch.Tensor, target: torch.Tensor) -
 
 
 def run_ours(model, method: str, x: torch.Tensor, target: torch.Tensor, params: dict) -> tuple[float, dict, object]:
+    """Seconds and model images of one ``faithmap.explain`` call (with the forward pass it makes
+    to check the targets and return the logits), and its explanation."""
     import faithmap
 
-    start = time.perf_counter()
-    e = faithmap.explain(model, x, method, target=target, **params)
-    return time.perf_counter() - start, dict(e.counts), e
+    with counting(model.net) as counts:
+        start = time.perf_counter()
+        e = faithmap.explain(model, x, method, target=target, **params)
+        seconds = time.perf_counter() - start
+    return seconds, dict(counts), e
 
 
 def peer_style(e, size) -> np.ndarray:
@@ -100,6 +107,7 @@ def best(fn, repeats: int):
 
 
 COLUMNS = [("method", "method", ""), ("setting", "setting", ""), ("ours_s", "ours s", ".2f"),
+           ("method_s", "of which method s", ".2f"),
            ("ours_images", "ours model images", ".0f"), ("peer_s", "pytorch-grad-cam s", ".2f"),
            ("peer_images", "peer model images", ".0f"), ("ratio", "time ratio ours/peer", ".2f"),
            ("agree", "max |diff| vs peer", ".1e")]
@@ -114,6 +122,7 @@ def bench_cams(args) -> int:
         raise FaithmapError("faithmap bench cams needs the grad-cam package (pip install 'faithmap[test]')") from None
     from faithmap.models import get_layer
 
+    load_start = os.getloadavg()[0]
     opts = parse_params(args.param)
     wanted = str(opts.pop("methods", ",".join([*GRAD_FAMILY, *SCORING]))).split(",")
     n_batch = int(opts.pop("batch", 16))
@@ -146,8 +155,8 @@ def bench_cams(args) -> int:
             o_s, o_c, e = best(lambda: run_ours(model, method, x, t, params), args.repeats)
             p_s, p_c, out = best(lambda: run_peer(peer_cls, net, layer, x, t), args.repeats)
             rows.append({"method": method if checked else f"{method} (peer: GradCAM)", "setting": label,
-                         "ours_s": o_s, "ours_images": o_c["images"], "peer_s": p_s, "peer_images": p_c["images"],
-                         "ratio": o_s / p_s, "agree": agree(e, out) if checked else ""})
+                         "ours_s": o_s, "method_s": e.seconds, "ours_images": o_c["images"], "peer_s": p_s,
+                         "peer_images": p_c["images"], "ratio": o_s / p_s, "agree": agree(e, out) if checked else ""})
             print(f"{method} {label}: ours {o_s:.2f} s, peer {p_s:.2f} s", file=sys.stderr, flush=True)
 
         def singles():
@@ -173,9 +182,12 @@ def bench_cams(args) -> int:
         print(f"{method} 1 photo: ours {o_s:.1f} s", file=sys.stderr, flush=True)
         p_s, p_c, out = run_peer(peer_cls, net, layer, x, t)
         print(f"{method} 1 photo: peer {p_s:.1f} s", file=sys.stderr, flush=True)
-        rows.append({"method": method, "setting": "1 photo", "ours_s": o_s, "ours_images": o_c["images"],
+        rows.append({"method": method, "setting": "1 photo", "ours_s": o_s, "method_s": e.seconds,
+                     "ours_images": o_c["images"],
                      "peer_s": p_s, "peer_images": p_c["images"], "ratio": o_s / p_s, "agree": agree(e, out)})
 
+    load = os.getloadavg()
+    print(f"1-minute load average of the machine: {load_start:.1f} at the start, {load[0]:.1f} at the end")
     print(f"model {model.name}, layer {layer_name}, photos: {', '.join(s for s, _ in images)} "
           f"(batch of {n_batch}: repeated), {args.repeats} repeat(s), best kept\n")
     print(table(rows, COLUMNS))
