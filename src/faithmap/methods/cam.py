@@ -31,7 +31,7 @@ paper and ``variant="pytorch-grad-cam"`` reproduces the peer library; see each m
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -389,7 +389,8 @@ def smoothgradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str 
     ``D^p = 1/n sum_m (dS/dA(x + eps_m))^p`` for p = 1, 2, 3 with ``eps_m ~ N(0, sigma^2)``,
     ``sigma = noise_level * (max x - min x)``; then Grad-CAM++'s ``alpha = D2 / (2 D2 + sum_ab A_ab D3)``
     and ``w_k = sum_ij alpha_ij ReLU(D1_ij)`` on the activations ``A`` of the clean image. Noise is
-    drawn per image from its own generator (``seed``), sample after sample.
+    drawn per image from its own generator (``seed``), sample after sample. ``variant`` chooses
+    alpha's denominator as for ``gradcam++``.
     """
     variant = _check_variant(variant)
     n = _positive_int("n_samples", n_samples)
@@ -415,7 +416,8 @@ def smoothgradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str 
     d1, d2, d3 = d1 / n, d2 / n, d3 / n
     alpha = gradcampp_alpha(A, d1, d2, d3, variant)
     w = (alpha * torch.relu(d1)).sum((2, 3))
-    return Explanation(saliency=torch.relu(combine(w, A)), target=target, extras={"layer": cl.name, "weights": w, "activations": A})
+    return Explanation(saliency=torch.relu(combine(w, A)), target=target,
+                       extras={"layer": cl.name, "weights": w, "activations": A})
 
 
 KERNELS = ("uniform", "gaussian", "none")
@@ -430,7 +432,6 @@ class PathPlan:
     kernel: str = "none"
     kernel_scale: torch.Tensor | None = None  # (B,)
     noise_baseline: bool = False  # a fresh uniform-noise baseline per sample
-    extras: dict = field(default_factory=dict)
 
 
 def draw_plan(gens: list[torch.Generator], n: int, *, alphas: str, n_refs: int, kernel: str,
