@@ -109,7 +109,7 @@ def _evaluate(st: MaskState, terms: Sequence[PathTerm], masks: torch.Tensor, ent
     into ``grad_of.grad``.
     """
     n = len(entries)
-    out = torch.empty(n, device=st.x.device)
+    out = torch.empty(n, device=st.x.device, dtype=st.x.dtype)
     img = torch.tensor([e.image for e in entries], device=st.x.device)
     slot = torch.tensor([e.slot for e in entries], device=st.x.device)
     ts = torch.tensor([e.t for e in entries], device=st.x.device, dtype=st.x.dtype)
