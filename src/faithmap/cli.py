@@ -380,4 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the imported module, so that cli_<name>.py commands (registered on faithmap.cli)
+    # are found under ``python -m faithmap.cli`` too
+    from faithmap.cli import main as _main
+
+    sys.exit(_main())
