@@ -366,6 +366,17 @@ def test_irof_equals_literal_reference(setup):
         assert math.isclose(float(res.extras["quantus_aoc"][i]), n - np.trapezoid(curve[1:], dx=1), rel_tol=1e-5)
 
 
+def test_irof_equals_patched_quantus(setup):
+    """Quantus 0.6 IROF, made to run on RGB (broadcasting perturb_func, np.trapz lent), on our curves."""
+    from faithmap.benchmarks.metrics import _irof_quantus_form, _quantus_irof
+
+    model, _, t, sal = setup
+    x = blocky()
+    res = F.irof(model, x, sal, t)
+    ctx = {"x": x, "t": t, "model": model, "a": up(sal).numpy()[:, None]}
+    rel_close(_irof_quantus_form(res), _quantus_irof(ctx), rtol=1e-5)
+
+
 def test_rise_kernel_equals_scipy():
     from scipy.ndimage import gaussian_filter
 
