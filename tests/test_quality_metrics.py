@@ -373,7 +373,7 @@ def test_irof_equals_patched_quantus(setup):
     model, _, t, sal = setup
     x = blocky()
     res = F.irof(model, x, sal, t)
-    ctx = {"x": x, "t": t, "model": model, "a": up(sal).numpy()[:, None]}
+    ctx = {"x": x, "t": t, "model": model.net, "a": up(sal).numpy()[:, None]}
     rel_close(_irof_quantus_form(res), _quantus_irof(ctx), rtol=1e-5)
 
 
