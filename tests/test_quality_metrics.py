@@ -150,20 +150,20 @@ def test_registered_with_direction_category_needs():
 # ----------------------------------------------------------------------------------------------
 def test_pixel_flipping_equals_quantus(setup):
     model, x, t, sal = setup
-    ours = F.pixel_flipping(model, x, sal, t, pixels_in_step=8)
-    q = quantus.PixelFlipping(features_in_step=24, disable_warnings=True)(
+    ours = F.pixel_flipping(model, x, sal, t, pixels_in_step=24)
+    q = quantus.PixelFlipping(features_in_step=72, disable_warnings=True)(
         model.net, x.numpy(), t.numpy(), up(sal).numpy()[:, None], device="cpu")
     q = np.array(q)
-    assert ours.curves.shape == q.shape == (4, 72)
+    assert ours.curves.shape == q.shape == (4, 24)
     rel_close(ours.curves, q, rtol=1e-5)
     rel_close(ours.scores, np.trapezoid(q, dx=1, axis=1), rtol=1e-5)  # Quantus' AUC (its np.trapz is gone)
-    assert ours.images == 4 * 72
+    assert ours.images == 4 * 24
 
 
 def test_faithfulness_estimate_equals_quantus(setup):
     model, x, t, sal = setup
-    ours = F.faithfulness_estimate(model, x, sal, t, pixels_in_step=8)
-    q = quantus.FaithfulnessEstimate(features_in_step=24, disable_warnings=True)(
+    ours = F.faithfulness_estimate(model, x, sal, t, pixels_in_step=24)
+    q = quantus.FaithfulnessEstimate(features_in_step=72, disable_warnings=True)(
         model.net, x.numpy(), t.numpy(), up(sal).numpy()[:, None], device="cpu")
     rel_close(ours, q, rtol=1e-4, atol=1e-5)
 
@@ -371,7 +371,7 @@ def test_irof_equals_patched_quantus(setup):
     from faithmap.benchmarks.metrics import _irof_quantus_form, _quantus_irof
 
     model, _, t, sal = setup
-    x = blocky()
+    x, t, sal = blocky(2), t[:2], sal[:2]
     res = F.irof(model, x, sal, t)
     ctx = {"x": x, "t": t, "model": model.net, "a": up(sal).numpy()[:, None]}
     rel_close(_irof_quantus_form(res), _quantus_irof(ctx), rtol=1e-5)
