@@ -44,8 +44,12 @@ class MetricResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def check_inputs(name: str, model, x: torch.Tensor, saliency: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validated ``x`` (B, C, H, W), ``saliency`` (B, h, w) float on x's device and ``target`` (B,) long."""
+def check_inputs(name: str, model, x: torch.Tensor, saliency: torch.Tensor, target,
+                 check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated ``x`` (B, C, H, W), ``saliency`` (B, h, w) float on x's device and ``target`` (B,) long.
+
+    ``check_values=False`` skips the scan of the images for NaN (metrics that only read their shape).
+    """
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise FaithmapError(f"metric {name}: images must be a float (B, C, H, W) tensor, got "
                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -60,7 +64,7 @@ def check_inputs(name: str, model, x: torch.Tensor, saliency: torch.Tensor, targ
                             f"got {tuple(saliency.shape)}")
     if not torch.isfinite(saliency).all():
         raise FaithmapError(f"metric {name}: saliency maps contain NaN or infinite values")
-    if not torch.isfinite(x).all():
+    if check_values and not torch.isfinite(x).all():
         raise FaithmapError(f"metric {name}: images contain NaN or infinite values")
     if target is None:
         if model is None:

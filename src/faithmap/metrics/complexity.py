@@ -19,7 +19,8 @@ def complexity(model, x, saliency, target, *, normalise: bool = True, absolute: 
                batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
     """Complexity (Bhatt et al. 2020, eq. 5): ``-sum_i p_i ln(p_i + 1e-12)``, ``p = |a| / sum |a|``
     over the pixels of the input-size map (natural logarithm, Quantus 0.6's epsilon). Lower is better."""
-    x, saliency, target = check_inputs("complexity", None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long))
+    x, saliency, target = check_inputs("complexity", None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
+                                         check_values=False)
     a = prepare_maps(saliency, x.shape[-2:], normalise=normalise, absolute=absolute).flatten(1).double()
     p = a / a.abs().sum(1, keepdim=True)
     return -(p * torch.log(p + 1e-12)).sum(1)
@@ -33,7 +34,8 @@ def sparseness(model, x, saliency, target, *, normalise: bool = True, absolute: 
     """Sparseness (Chalasani et al. 2020, the Gini index of Hurley and Rickard 2009):
     ``sum_k (2k - n - 1) a_(k) / (n sum a)`` with ``a_(k)`` sorted ascending and ``1e-7`` added to
     every value (Quantus 0.6). A one-hot map scores ``(n - 1) / n``, a flat map 0. Higher is better."""
-    x, saliency, target = check_inputs("sparseness", None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long))
+    x, saliency, target = check_inputs("sparseness", None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
+                                         check_values=False)
     a = prepare_maps(saliency, x.shape[-2:], normalise=normalise, absolute=absolute).flatten(1).double() + 1e-7
     n = a.shape[1]
     a = torch.sort(a, dim=1).values

@@ -75,7 +75,8 @@ def attribution_localisation(model, x, saliency, target, *, masks=None, boxes=No
     as in Quantus. Higher is better.
     """
     name = "attribution_localisation"
-    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long))
+    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
+                                         check_values=False)
     s = region(name, x, masks, boxes)
     a = prepare_maps(saliency, x.shape[-2:], normalise=normalise, absolute=absolute).double()
     if positive:
@@ -99,7 +100,8 @@ def top_k_intersection(model, x, saliency, target, *, masks=None, boxes=None, k:
     inside the region (ties by lower pixel index); ``concept_influence`` divides by the region's
     share of the image. Higher is better."""
     name = "top_k_intersection"
-    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long))
+    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
+                                         check_values=False)
     s = region(name, x, masks, boxes)
     h, w = x.shape[-2:]
     if not 1 <= int(k) <= h * w:
@@ -120,7 +122,8 @@ def relevance_rank_accuracy(model, x, saliency, target, *, masks=None, boxes=Non
     """Relevance Rank Accuracy (Arras et al. 2022, eq. 8): with ``K`` the number of region pixels,
     the fraction of the ``K`` highest-ranked pixels inside the region. Higher is better."""
     name = "relevance_rank_accuracy"
-    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long))
+    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
+                                         check_values=False)
     s = region(name, x, masks, boxes)
     a = prepare_maps(saliency, x.shape[-2:], normalise=normalise, absolute=absolute)
     size = s.flatten(1).sum(1)
@@ -137,7 +140,8 @@ def relevance_mass_accuracy(model, x, saliency, target, *, masks=None, boxes=Non
     """Relevance Mass Accuracy (Arras et al. 2022, eq. 7): ``R_within / R_total`` (signed values
     unless ``absolute``; Quantus 0.6 defaults). Higher is better."""
     name = "relevance_mass_accuracy"
-    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long))
+    x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
+                                         check_values=False)
     s = region(name, x, masks, boxes)
     a = prepare_maps(saliency, x.shape[-2:], normalise=normalise, absolute=absolute).double()
     v = (a * s).flatten(1).sum(1) / a.flatten(1).sum(1)
