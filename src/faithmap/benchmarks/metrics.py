@@ -1,8 +1,9 @@
 """``faithmap bench metrics``: the explanation-quality metrics against Quantus 0.6, same run, same inputs.
 
-Each metric scores one batch of ``images`` (16) maps on two models: ``small``, a random 4-layer
-CNN at 48 x 48 (the model costs little, so the metric's own overhead shows), and ``lite0``,
-EfficientNet-Lite0 at 224 x 224 (the model's cost dominates). Both libraries get the same model
+Each metric scores one batch of ``images`` (16) maps on three models: ``tiny``, one strided
+convolution and a linear head at 48 x 48 (the model costs almost nothing, so what is timed is the
+metric's own work), ``small``, a random 4-layer CNN at 48 x 48, and ``lite0``, EfficientNet-Lite0
+at 224 x 224 (the model's cost dominates). Both libraries get the same model
 (a faithmap Classifier, which counts the images it sees), inputs, input-size maps, masks and
 settings; the sampling metrics replay our noise in Quantus through its ``perturb_func`` hook, so
 the scores can be compared (column "max rel. diff"). Where our definition differs from
@@ -14,14 +15,16 @@ in Quantus' form for the comparison. The explanation for the robustness metrics 
 channel-summed absolute input gradient average-pooled to a CAM-sized grid (6 x 6 / 7 x 7),
 computed by the same function for both libraries.
 
-Options (``--param KEY=VALUE``): ``models=small,lite0``, ``metrics=name,name``, ``images=16``,
-``samples=50`` (robustness samples on ``small``), ``samples_lite0=5``; ``--repeats N`` keeps the
-best time of N runs; ``--batch-size`` is faithmap's (default 256 on ``small``, 20 on ``lite0``).
+Options (``--param KEY=VALUE``): ``models=tiny,small,lite0``, ``metrics=name,name``, ``images=16``,
+``samples=50`` (robustness samples on ``tiny`` and ``small``), ``samples_lite0=5``, ``threads`` (torch threads for
+both libraries; default torch's); ``--repeats N`` keeps the
+best time of N runs; ``--batch-size`` is faithmap's (default 256 on ``tiny``/``small``, 20 on ``lite0``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import warnings
@@ -58,6 +61,23 @@ class BenchCNN(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+class TinyCNN(nn.Module):
+    """One strided convolution, a ReLU, global pooling and a linear head: a model that costs
+    almost nothing, so that what is timed is the metric's own work."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.fc = nn.Linear(8, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
 def gradient_map(model, grid: int) -> Callable:
     """``(x, target) -> |d score / d x|`` summed over channels and average-pooled to ``grid`` x ``grid``."""
 
@@ -76,8 +96,9 @@ def _setup(kind: str, n: int, args) -> dict[str, Any]:
     from ..core.batching import model_guard
     from ..metrics._common import to_input_size
 
-    if kind == "small":
-        clf = models.wrap(BenchCNN().eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=48, name="bench_cnn")
+    if kind in ("tiny", "small"):
+        net = TinyCNN() if kind == "tiny" else BenchCNN()
+        clf = models.wrap(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=48, name=f"bench_{kind}")
         g = torch.Generator().manual_seed(0)
         low = torch.rand(n, 3, 6, 6, generator=g)
         x = nn.functional.interpolate(low, size=48, mode="bilinear", align_corners=False)
@@ -95,7 +116,7 @@ def _setup(kind: str, n: int, args) -> dict[str, Any]:
         x = torch.where(flip, x.flip(-1), x)
         grid, pixels, features, bs = 7, 523, 1568, args.batch_size or 20
     else:
-        raise FaithmapError(f"unknown bench model {kind!r}; choose small or lite0")
+        raise FaithmapError(f"unknown bench model {kind!r}; choose tiny, small or lite0")
     clf.eval()  # Quantus refuses a module in training mode
     with model_guard(clf), torch.no_grad():
         target = clf(x).argmax(1)
@@ -293,16 +314,20 @@ COLUMNS = [("model", "model", ""), ("metric", "metric", ""), ("settings", "setti
 def bench_metrics(args) -> int:
     """Seconds and model images of every Table-2 metric against Quantus 0.6 (captum for infidelity)."""
     opts = parse_params(args.param)
-    kinds = [k.strip() for k in str(opts.get("models", "small,lite0")).split(",") if k.strip()]
+    kinds = [k.strip() for k in str(opts.get("models", "tiny,small,lite0")).split(",") if k.strip()]
     wanted = [k.strip() for k in str(opts.get("metrics", "")).split(",") if k.strip()]
     n = int(opts.get("images", 16))
     if n < 2:
         raise FaithmapError("--param images must be at least 2")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    threads = int(opts.get("threads", torch.get_num_threads()))
+    if threads < 1:
+        raise FaithmapError("--param threads must be at least 1")
+    torch.set_num_threads(threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
     for kind in kinds:
         ctx = _setup(kind, n, args)
-        samples = int(opts.get("samples" if kind == "small" else "samples_lite0", 50 if kind == "small" else 5))
+        samples = int(opts.get("samples_lite0", 5)) if kind == "lite0" else int(opts.get("samples", 50))
         for name, settings, ours, peer, peer_name in _entries(ctx, samples):
             if wanted and name not in wanted:
                 continue
@@ -321,6 +346,8 @@ def bench_metrics(args) -> int:
             print(f"{row['model']} {name}: {sec:.3f} s" + (f", peer {row['peer_seconds']:.3f} s" if peer else ""),
                   file=sys.stderr, flush=True)
     print(table(rows, COLUMNS))
-    print(f"\n{n} images per batch; machine: {machine()}")
-    dump(args.json, {"machine": machine(), "rows": rows})
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{n} images per batch, best of {max(1, args.repeats)} run(s); load average {load:.1f} at the start, "
+          f"{end_load:.1f} at the end; machine: {machine()}")
+    dump(args.json, {"machine": machine(), "threads": threads, "load": [load, end_load], "rows": rows})
     return 0

@@ -19,7 +19,7 @@ Conventions, the same in every metric of ``faithfulness.py``, ``robustness.py``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -152,16 +152,18 @@ def run_jobs(model, n_jobs: int, build: Callable[[slice], tuple[torch.Tensor, to
     return out
 
 
-def sample_major_jobs(n_images: int, n_samples: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(sample index, image index) pairs in sample-major order, in chunks of ``batch_size``.
+def image_runs(img: torch.Tensor) -> list[tuple[int, slice]]:
+    """Runs of equal consecutive image indices in a chunk of jobs: (image, positions) pairs.
 
-    Every image meets its samples in increasing order, so a per-image generator consumed job by
-    job gives each image the same draws whatever the batch and chunk sizes.
+    Jobs are laid out image by image, so a chunk holds a few runs; building each run's images by
+    broadcasting the one photo avoids gathering a copy of it per job.
     """
-    total = n_images * n_samples
-    for sl in chunks(total, batch_size):
-        idx = torch.arange(sl.start, sl.stop)
-        yield idx // n_images, idx % n_images
+    values, counts = torch.unique_consecutive(img, return_counts=True)
+    out, start = [], 0
+    for v, c in zip(values.tolist(), counts.tolist()):
+        out.append((int(v), slice(start, start + c)))
+        start += c
+    return out
 
 
 def as_saliency(out) -> torch.Tensor:

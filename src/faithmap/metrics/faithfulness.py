@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from ..core.batching import chunks, model_guard, per_image_generators, resolve_batch_size
 from ..errors import FaithmapError
 from ..registry import register_metric
-from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, pixel_rank, prepare_maps,
-                      run_jobs)
+from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, image_runs, pixel_rank,
+                      prepare_maps, run_jobs)
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -86,11 +86,15 @@ def faithfulness_estimate_scores(model, x, saliency, target, *, pixels_in_step: 
     att = torch.zeros(b, n, device=x.device, dtype=torch.float64).scatter_add_(1, group, a.view(b, -1).double())
     base = baseline_image(baseline, x, model)
 
+    groups = group.view(b, 1, h, w)
+
     def build(sl):
         idx = torch.arange(sl.start, sl.stop, device=x.device)
         img, step = idx // (n + 1), idx % (n + 1)  # step n = the unperturbed image
-        hit = (group[img] == step.view(-1, 1)).view(-1, 1, h, w)
-        return torch.where(hit, base[img], x[img]), target[img]
+        out = torch.empty(len(idx), c, h, w, device=x.device, dtype=x.dtype)
+        for i, r in image_runs(img):
+            torch.where(groups[i] == step[r].view(-1, 1, 1, 1), base[i], x[i], out=out[r])
+        return out, target[img]
 
     s = run_jobs(model, b * (n + 1), build, score=score, batch_size=batch_size, device=x.device).view(b, n + 1)
     drops = s[:, n:] - s[:, :n]
@@ -141,8 +145,10 @@ def pixel_flipping(model, x, saliency, target, *, pixels_in_step: int | None = N
     def build(sl):
         idx = torch.arange(sl.start, sl.stop, device=x.device)
         img, step = idx // n, idx % n
-        flipped = rank[img] < counts[step].view(-1, 1, 1, 1)
-        return torch.where(flipped, base[img], x[img]), target[img]
+        out = torch.empty(len(idx), c, h, w, device=x.device, dtype=x.dtype)
+        for i, r in image_runs(img):
+            torch.where(rank[i] < counts[step[r]].view(-1, 1, 1, 1), base[i], x[i], out=out[r])
+        return out, target[img]
 
     curve = run_jobs(model, b * n, build, score=score, batch_size=batch_size, device=x.device).view(b, n)
     auc = torch.trapezoid(curve, dx=1.0, dim=1)
@@ -231,8 +237,10 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
 
     def build(sl):
         img, t = job_img[sl], job_t[sl]
-        removed = prank[img] < t.view(-1, 1, 1, 1)
-        return torch.where(removed, base[img], x[img]), target[img]
+        out = torch.empty(len(img), c, h, w, device=x.device, dtype=x.dtype)
+        for i, r in image_runs(img):
+            torch.where(prank[i] < t[r].view(-1, 1, 1, 1), base[i], x[i], out=out[r])
+        return out, target[img]
 
     s = run_jobs(model, len(job_img), build, score=score, batch_size=batch_size, device=x.device)
     p0 = s[:b]
@@ -438,17 +446,16 @@ def rise_curves(model, x, saliency, target, *, step: int | None = None, score: s
     def build(sl):
         idx = torch.arange(sl.start, sl.stop, device=x.device)
         img, j = idx // per, idx % per
-        is_del = (j >= 1) & (j <= n)
-        t_del = j.clamp(1, n)
-        t_ins = (j - n - 1).clamp(0, n - 1)
-        moved_del = rank[img] < counts[t_del].view(-1, 1, 1, 1)
-        moved_ins = rank[img] < counts[t_ins].view(-1, 1, 1, 1)
-        xi = x[img]
-        out_del = torch.where(moved_del, dele[img], xi)
-        out_ins = torch.where(moved_ins, xi, ins[img])
-        out = torch.where(is_del.view(-1, 1, 1, 1), out_del, out_ins)
-        out = torch.where((j == 0).view(-1, 1, 1, 1), xi, out)
-        return out, target[img]
+        parts = []
+        for i, r in image_runs(img):
+            jj = j[r]
+            # deletion t = 1..n for j in 1..n; insertion t = 0..n-1 for j in n+1..2n; j = 0: the photo
+            is_del = (jj <= n).view(-1, 1, 1, 1)
+            t = torch.where(jj <= n, jj, jj - n - 1)
+            moved = rank[i] < counts[t].view(-1, 1, 1, 1)
+            out = torch.where(is_del, torch.where(moved, dele[i], x[i]), torch.where(moved, x[i], ins[i]))
+            parts.append(out)
+        return torch.cat(parts), target[img]
 
     s = run_jobs(model, b * per, build, score=score, batch_size=batch_size, device=x.device).view(b, per)
     deletion = torch.cat([s[:, :1], s[:, 1:n + 1]], 1)

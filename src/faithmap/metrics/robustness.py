@@ -4,7 +4,7 @@ Local Lipschitz Estimate (Alvarez-Melis and Jaakkola 2018), Max- and Avg-Sensiti
 2019), Relative Input and Relative Output Stability (Agarwal et al. 2022). Each needs ``explain``,
 a callable ``(x, target) -> saliency`` that re-explains perturbed inputs; the ``n_samples``
 perturbed copies of every image are sent through it in batches of at most ``batch_size`` images
-(sample-major, so each image's generator is consumed in the same order whatever the batch).
+(by samples, so each image's generator is consumed in the same order whatever the batch).
 Maps (the given ones and the re-explained ones) are upsampled to the input size before the norms
 are taken (see :mod:`faithmap.metrics._common`).
 
@@ -22,21 +22,44 @@ import torch
 from ..core.batching import chunks, model_guard, per_image_generators, resolve_batch_size
 from ..errors import FaithmapError
 from ..registry import register_metric
-from ._common import MetricResult, as_saliency, check_inputs, check_positive_int, need, normalise_by_max, \
-    sample_major_jobs, to_input_size
+from ._common import MetricResult, as_saliency, check_inputs, check_positive_int, need, normalise_by_max, to_input_size
 
 NOISES = ("uniform", "gaussian")
 
 
-def _draw(gens, img: torch.Tensor, shape, noise: str, low: float, high: float, std: float, device, dtype):
-    """One noise tensor per job, each from its image's generator, in job order."""
-    out = []
-    for i in img.tolist():
+def _noise(gens, images: list[int], k: int, shape, noise: str, low: float, high: float, std: float, device,
+           dtype) -> torch.Tensor:
+    """The next ``k`` noise samples of each image in ``images``, sample-major: (k * len(images), *shape).
+
+    Each image draws from its own generator, its ``k`` samples in one call when that gives the
+    same numbers as drawing them one by one (always for uniform noise; for Gaussian noise when a
+    sample has a multiple of 16 values, torch's block size on the CPU), so an image's stream does
+    not depend on how the work is chunked.
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    per_image = []
+    for u in images:
         if noise == "uniform":
-            out.append(torch.rand(shape, generator=gens[i]) * (high - low) + low)
+            per_image.append(torch.rand((k, *shape), generator=gens[u]))
+        elif n % 16 == 0:
+            per_image.append(torch.randn((k, *shape), generator=gens[u]))
         else:
-            out.append(torch.randn(shape, generator=gens[i]) * std)
-    return torch.stack(out).to(device=device, dtype=dtype)
+            per_image.append(torch.stack([torch.randn(shape, generator=gens[u]) for _ in range(k)]))
+    out = torch.stack(per_image, 1).reshape(k * len(images), *shape)
+    out = out * (high - low) + low if noise == "uniform" else out * std
+    return out.to(device=device, dtype=dtype)
+
+
+def _chunks(b: int, n_samples: int, bs: int):
+    """(first sample, samples, images) chunks of at most ``bs`` jobs, samples in increasing order."""
+    per = max(1, bs // b)
+    groups = [list(range(b))] if per > 1 or b <= bs else [list(range(i, min(b, i + bs))) for i in range(0, b, bs)]
+    for s0 in range(0, n_samples, per):
+        k = min(per, n_samples - s0)
+        for g in groups:
+            yield s0, k, g
 
 
 def _maps(sal: torch.Tensor, size, normalise: bool, absolute: bool) -> torch.Tensor:
@@ -50,10 +73,8 @@ def perturbation_noise(x: torch.Tensor, n_samples: int, *, noise: str = "uniform
                        high: float = 0.2, std: float = 0.1, seed: int | None = 0) -> torch.Tensor:
     """All the noise a robustness metric adds, (S, B, C, H, W): for tests and peers' replays."""
     gens = per_image_generators(seed, x.shape[0], "cpu")
-    out = torch.empty(n_samples, *x.shape, dtype=x.dtype, device=x.device)
-    for s, i in sample_major_jobs(x.shape[0], n_samples, 10 ** 9):
-        out[s, i] = _draw(gens, i, x.shape[1:], noise, low, high, std, x.device, x.dtype)
-    return out
+    n = _noise(gens, list(range(x.shape[0])), n_samples, x.shape[1:], noise, low, high, std, x.device, x.dtype)
+    return n.view(n_samples, *x.shape)
 
 
 def robustness_samples(name: str, model, x, saliency, target, explain: Callable | None, *, n_samples: int,
@@ -84,9 +105,10 @@ def robustness_samples(name: str, model, x, saliency, target, explain: Callable 
             logits = torch.cat([model(x[sl]) for sl in chunks(b, bs)])
         pred = logits.argmax(1)
     out = torch.full((b, n_samples), float("nan"), dtype=torch.float64, device=x.device)
-    for s, i in sample_major_jobs(b, n_samples, bs):
-        s, i = s.to(x.device), i.to(x.device)
-        xp = x[i] + _draw(gens, i.cpu(), (c, h, w), noise, low, high, std, x.device, x.dtype)
+    for s0, k, group in _chunks(b, n_samples, bs):
+        s = torch.arange(s0, s0 + k, device=x.device).repeat_interleave(len(group))
+        i = torch.tensor(group, device=x.device).repeat(k)
+        xp = x[i] + _noise(gens, group, k, (c, h, w), noise, low, high, std, x.device, x.dtype)
         ep = as_saliency(explain(xp, target[i]))
         if not isinstance(ep, torch.Tensor) or ep.shape[0] != len(i):
             raise FaithmapError(f"metric {name}: explain returned maps of shape "
@@ -112,7 +134,8 @@ def nanmax(v: torch.Tensor) -> torch.Tensor:
 
 
 def _l2(v: torch.Tensor) -> torch.Tensor:
-    return v.flatten(1).double().norm(dim=1)
+    """Euclidean norm per row, in the input's precision (as Quantus' float32 numpy), as float64."""
+    return v.flatten(1).norm(dim=1).double()
 
 
 # ----------------------------------------------------------------------------------------------
