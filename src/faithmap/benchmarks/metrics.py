@@ -276,8 +276,14 @@ def _captum_infidelity(ctx: dict) -> Callable:
     attr = to_input_size(sal, tuple(x.shape[-2:])).unsqueeze(1).expand_as(x)
 
     def run():
-        return infidelity(m, lambda inp: (pert, inp - pert), x, attr, target=t, n_perturb_samples=10,
-                          max_examples_per_batch=ctx["bs"])
+        state = {"at": 0}
+
+        def perturb(inp):  # captum asks chunk by chunk, in order
+            p = pert[state["at"]:state["at"] + len(inp)]
+            state["at"] += len(inp)
+            return p, inp - p
+
+        return infidelity(m, perturb, x, attr, target=t, n_perturb_samples=10, max_examples_per_batch=ctx["bs"])
 
     return run
 
