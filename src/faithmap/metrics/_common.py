@@ -1,0 +1,193 @@
+"""Helpers shared by the explanation-quality metrics (Expected Grad-CAM paper, appendix Table 2).
+
+Conventions, the same in every metric of ``faithfulness.py``, ``robustness.py``,
+``complexity.py`` and ``localisation.py``:
+
+* Maps arrive at their native resolution (B, h, w) and are **upsampled to the input size** with
+  :func:`faithmap.core.perturb.upsample` (bilinear, corners aligned) before anything else: every
+  metric of Table 2 is defined on pixels, and Quantus, which the paper used, receives input-size
+  maps (a CAM's 224 x 224 upsampling gives the paper's complexity of about ln(224^2)).
+* A "pixel" carries all its channels: when a metric removes a pixel it replaces its three values.
+* ``normalise=True`` divides each map by its own largest absolute value. Quantus divides the whole
+  batch by one maximum (``normalise_by_max`` over all axes), which makes one image's score depend
+  on the other images in the batch; ours does not, so batched equals one-by-one.
+* Ties in a ranking are broken by the lower pixel index (stable sort).
+* Stochastic metrics take ``seed`` and draw from one generator per image
+  (:func:`faithmap.core.batching.per_image_generators`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..core.batching import chunks, model_guard, resolve_batch_size
+from ..core.perturb import BASELINES, make_baseline, upsample
+from ..core.scores import score_of
+from ..errors import FaithmapError
+
+QUANTUS_BASELINES = ("min", "max", "mean")
+"""Per-image baselines as Quantus defines them: the image's smallest, largest or mean input value
+over all channels (Quantus calls the first two "black" and "white")."""
+
+
+@dataclass
+class MetricResult:
+    """Per-image ``scores`` (B,) with the curves they come from (``curves`` (B, T) over ``x``)."""
+
+    scores: torch.Tensor
+    curves: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+    images: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def check_inputs(name: str, model, x: torch.Tensor, saliency: torch.Tensor, target,
+                 check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated ``x`` (B, C, H, W), ``saliency`` (B, h, w) float on x's device and ``target`` (B,) long.
+
+    ``check_values=False`` skips the scan of the images for NaN (metrics that only read their shape).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise FaithmapError(f"metric {name}: images must be a float (B, C, H, W) tensor, got "
+                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(saliency, torch.Tensor):
+        raise FaithmapError(f"metric {name}: saliency must be a tensor, got {type(saliency).__name__}")
+    if saliency.dim() == 4 and saliency.shape[1] == 1:
+        saliency = saliency[:, 0]
+    if saliency.dim() == 2 and x.shape[0] == 1:
+        saliency = saliency.unsqueeze(0)
+    if saliency.dim() != 3 or saliency.shape[0] != x.shape[0]:
+        raise FaithmapError(f"metric {name}: saliency maps must be (B, h, w) with B = {x.shape[0]}, "
+                            f"got {tuple(saliency.shape)}")
+    if not torch.isfinite(saliency).all():
+        raise FaithmapError(f"metric {name}: saliency maps contain NaN or infinite values")
+    if check_values and not torch.isfinite(x).all():
+        raise FaithmapError(f"metric {name}: images contain NaN or infinite values")
+    if target is None:
+        if model is None:
+            raise FaithmapError(f"metric {name}: no targets given")
+        with model_guard(model), torch.no_grad():
+            target = model(x).argmax(1)
+    target = torch.as_tensor(target, device=x.device).long().view(-1)
+    if target.numel() == 1 and x.shape[0] > 1:
+        target = target.expand(x.shape[0])
+    if target.numel() != x.shape[0]:
+        raise FaithmapError(f"metric {name}: got {target.numel()} targets for {x.shape[0]} images")
+    return x, saliency.to(device=x.device, dtype=x.dtype), target
+
+
+def to_input_size(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) maps bilinearly upsampled (corners aligned) to ``size``: (B, H, W)."""
+    return upsample(saliency.unsqueeze(1), tuple(size))[:, 0]
+
+
+def normalise_by_max(a: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its largest absolute value (all-zero maps are left as they are)."""
+    m = a.flatten(1).abs().amax(1).view(-1, *([1] * (a.dim() - 1)))
+    return torch.where(m > 0, a / torch.where(m > 0, m, torch.ones_like(m)), a)
+
+
+def prepare_maps(saliency: torch.Tensor, size: tuple[int, int], *, normalise: bool, absolute: bool) -> torch.Tensor:
+    """Maps at input size, optionally normalised by their maximum and made absolute (Quantus' order)."""
+    a = to_input_size(saliency, size)
+    if normalise:
+        a = normalise_by_max(a)
+    if absolute:
+        a = a.abs()
+    return a
+
+
+def baseline_image(kind: str | float | torch.Tensor, x: torch.Tensor, model=None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """A (B, C, H, W) replacement image for ``x``.
+
+    ``min``/``max``/``mean``: the image's smallest/largest/mean value over all channels (Quantus'
+    "black", "white" and "mean"); a number: that value in model-input space; otherwise any kind of
+    :func:`faithmap.core.perturb.make_baseline` (``blur``, ``black`` = a black pixel normalised with
+    the model's mean/std, ``zero``, ``gray``, ``noise``...) or a tensor.
+    """
+    if isinstance(kind, (int, float)) and not isinstance(kind, bool):
+        return torch.full_like(x, float(kind))
+    if isinstance(kind, str) and kind in QUANTUS_BASELINES:
+        flat = x.flatten(1)
+        v = {"min": flat.amin(1), "max": flat.amax(1), "mean": flat.mean(1)}[kind]
+        return v.view(-1, 1, 1, 1).expand_as(x).clone()
+    if isinstance(kind, str) and kind not in BASELINES:
+        raise FaithmapError(f"unknown baseline {kind!r}; choose from: "
+                            f"{', '.join(QUANTUS_BASELINES + BASELINES)}, a number or a tensor")
+    return make_baseline(kind, x, getattr(model, "mean", None), getattr(model, "std", None), generator)
+
+
+def pixel_rank(a: torch.Tensor) -> torch.Tensor:
+    """Rank of every pixel of maps (B, H, W) from the most important (0) down; ties by lower index."""
+    b = a.shape[0]
+    flat = a.flatten(1)
+    order = torch.sort(-flat, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=a.device).expand(b, -1))
+    return rank.view_as(a)
+
+
+def model_scores(model, images: torch.Tensor, target: torch.Tensor, score: str) -> torch.Tensor:
+    """Scores of ``target`` for ``images`` (one forward pass, no autograd)."""
+    return score_of(score)(model(images), target)
+
+
+def run_jobs(model, n_jobs: int, build: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], *,
+             score: str, batch_size: int | None, device) -> torch.Tensor:
+    """Score ``n_jobs`` images built chunk by chunk: ``build(slice) -> (images, targets)``.
+
+    At most ``batch_size`` images are materialised and sent through the model at once.
+    """
+    bs = resolve_batch_size(batch_size, device)
+    fn = score_of(score)
+    out = torch.empty(n_jobs, device=device, dtype=torch.float64)
+    with model_guard(model), torch.no_grad():
+        for sl in chunks(n_jobs, bs):
+            images, t = build(sl)
+            out[sl] = fn(model(images), t).double()
+    return out
+
+
+def image_runs(img: torch.Tensor) -> list[tuple[int, slice]]:
+    """Runs of equal consecutive image indices in a chunk of jobs: (image, positions) pairs.
+
+    Jobs are laid out image by image, so a chunk holds a few runs; building each run's images by
+    broadcasting the one photo avoids gathering a copy of it per job.
+    """
+    values, counts = torch.unique_consecutive(img, return_counts=True)
+    out, start = [], 0
+    for v, c in zip(values.tolist(), counts.tolist()):
+        out.append((int(v), slice(start, start + c)))
+        start += c
+    return out
+
+
+def as_saliency(out) -> torch.Tensor:
+    """A saliency tensor from what an ``explain`` callable returned (a tensor or an Explanation)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    sal = getattr(out, "saliency", None)
+    if isinstance(sal, torch.Tensor):
+        return sal
+    raise FaithmapError(f"explain must return a (B, h, w) tensor or an Explanation, got {type(out).__name__}")
+
+
+def need(name: str, value, what: str):
+    """``value``, or one clear FaithmapError naming the missing input."""
+    if value is None:
+        raise FaithmapError(f"metric {name} needs {what}; none given")
+    return value
+
+
+def check_positive_int(name: str, param: str, value, minimum: int = 1) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise FaithmapError(f"metric {name}: {param} must be an integer, got {value!r}") from None
+    if v < minimum or v != value:
+        raise FaithmapError(f"metric {name}: {param} must be an integer of at least {minimum}, got {value!r}")
+    return v
