@@ -382,9 +382,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # ``python -m faithmap.cli`` runs this file as ``__main__``, a second copy whose COMMANDS the
     # ``cli_<name>.py`` modules do not see; call the package's own module instead.
-
-    # run through the imported module, so that cli_<name>.py commands (registered on faithmap.cli)
-    # are found under ``python -m faithmap.cli`` too
     from faithmap.cli import main as _main
 
     sys.exit(_main())
