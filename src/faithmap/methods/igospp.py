@@ -51,7 +51,7 @@ def igospp_optimizer(resolution, *, iterations: int = 15, ig_steps: int = 20, l1
                      l2: float = 20.0, smooth: str = "btv", tv_beta: float = 2.0, sigma: float = 0.01,
                      noise_std: float = 0.2, noise_product: bool = False, data_scale: float | None = None,
                      alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4, alpha_min: float = 1e-5,
-                     ls_points: int = 2, ls_window: int = 3, warm_start: bool = True, step_size: float = 1.0,
+                     ls_points: int = 2, ls_window: int | None = None, warm_start: bool = False, step_size: float = 1.0,
                      ablation: str | None = None) -> MaskOptimizer:
     """The :class:`MaskOptimizer` of iGOS++ (or of one of its ablations) at ``resolution``."""
     abl = parse_ablation(ablation)
@@ -101,7 +101,7 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
                    ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, smooth: str = "btv",
                    tv_beta: float = 2.0, sigma: float = 0.01, noise_std: float = 0.2, noise_product: bool = False,
                    data_scale: float | None = None, alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4,
-                   alpha_min: float = 1e-5, ls_points: int = 2, ls_window: int = 3, warm_start: bool = True,
+                   alpha_min: float = 1e-5, ls_points: int = 2, ls_window: int | None = None, warm_start: bool = False,
                    step_size: float = 1.0, ablation: str | None = None, baseline: str | torch.Tensor = "blur",
                    score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
                    seed: int | None = 0) -> Explanation:
