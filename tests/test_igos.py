@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import faithmap
-from faithmap.methods.mask import ArmijoLineSearch
+from faithmap.methods.mask import ArmijoLineSearch, L1TV, PathTerm
 from faithmap.metrics import deletion_insertion
 
 from conftest import assert_state_equal, model_state, patch_image
@@ -136,3 +136,36 @@ def test_igos_real_model(lite0, coffee):
     c = deletion_insertion(lite0, coffee, e.saliency, e.target)
     rnd = deletion_insertion(lite0, coffee, torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(0)), e.target)
     assert c.deletion_auc[0] < rnd.deletion_auc[0] and c.insertion_auc[0] > rnd.insertion_auc[0]
+
+
+def test_line_search_bound_is_a_lower_bound_and_changes_nothing(patch_model, patch_input, monkeypatch):
+    """Trials rejected by the model-free bound are exactly those the full evaluation would reject."""
+    from faithmap.methods.mask import MaskOptimizer
+    from faithmap.methods.igospp import igospp_optimizer
+    from faithmap.core.batching import per_image_generators
+    from faithmap.core.perturb import make_baseline
+    from faithmap.core.scores import score_of
+    from faithmap.methods.mask import MaskState
+
+    x = patch_input
+    base = make_baseline("blur", x, patch_model.mean.to(x), patch_model.std.to(x))
+    st = MaskState(patch_model, x, base, torch.zeros(1, dtype=torch.long), score_of("prob"), 64,
+                   per_image_generators(0, 1, x.device), 0.0)
+    g = torch.Generator().manual_seed(0)
+    for opt in (MaskOptimizer(terms=[PathTerm("deletion", 0)], regularizer=L1TV(1.0, 20.0), ls_points=3),
+                igospp_optimizer((8, 8), iterations=1, ig_steps=4, l1=None, l2=20.0, smooth="btv", tv_beta=2.0,
+                                 sigma=0.01, noise_std=0.0, noise_product=False, data_scale=None, alpha_max=1000.0,
+                                 decay=0.2, beta=1e-4, alpha_min=1e-5, ls_points=2, ls_window=None,
+                                 warm_start=False, step_size=1.0, ablation=None)):
+        cand = torch.rand(1, 5, opt.n_masks, 8, 8, generator=g) ** 3
+        idx = torch.zeros(1, dtype=torch.long)
+        assert (opt.objective_lower_bound(st, cand, idx) <= opt.objective(st, cand, idx) + 1e-6).all()
+
+    params = dict(resolution=8, iterations=6, ig_steps=6)
+    with_bound = faithmap.explain(patch_model, x, "igos", target=0, **params)
+    monkeypatch.setattr(MaskOptimizer, "objective_lower_bound",
+                        lambda self, st, cand, idx: torch.full(cand.shape[:2], -float("inf")))
+    without = faithmap.explain(patch_model, x, "igos", target=0, **params)
+    assert torch.equal(with_bound.history["alpha"], without.history["alpha"])
+    assert torch.allclose(with_bound.saliency, without.saliency)
+    assert with_bound.counts["images"] < without.counts["images"]  # the bound saved model evaluations

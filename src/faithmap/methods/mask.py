@@ -188,7 +188,9 @@ class ArmijoLineSearch:
     def reset(self) -> None:
         self._prev = None
 
-    def step(self, masks, direction, evaluate, f_cur):
+    def step(self, masks, direction, evaluate, f_cur, lower_bound=None):
+        """One step per image. ``lower_bound(cand, idx)``, when given, bounds ``F`` from below
+        without the model; a trial whose bound already fails the condition is rejected unevaluated."""
         grid = self.grid()
         g_n = len(grid)
         b = masks.shape[0]
@@ -210,8 +212,14 @@ class ArmijoLineSearch:
             idx = torch.tensor([i for i, _ in pairs], device=dev)
             a = torch.tensor([grid[j] for _, j in pairs], device=dev, dtype=masks.dtype)
             cand = (masks[idx] - a.view(-1, 1, 1, 1) * direction[idx]).clamp(0, 1).unsqueeze(1)
-            values = evaluate(cand, idx)[:, 0]
-            ok = values - f_cur[idx] <= -a * self.beta * gg[idx]
+            need = -a * self.beta * gg[idx]
+            values = torch.full_like(a, float("nan"))
+            live = torch.ones_like(a, dtype=torch.bool)
+            if lower_bound is not None:  # certain failures need no model evaluation
+                live = lower_bound(cand, idx)[:, 0] - f_cur[idx] <= need
+            if live.any():
+                values[live] = evaluate(cand[live], idx[live])[:, 0]
+            ok = live & (values - f_cur[idx] <= need)
             for n, (i, j) in enumerate(pairs):
                 tested[i][j] = (bool(ok[n]), float(values[n]))
             todo = {}
@@ -233,6 +241,9 @@ class ArmijoLineSearch:
         alpha = torch.tensor([grid[chosen[i]] for i in range(b)], device=dev, dtype=masks.dtype)
         f_new = torch.tensor([tested[i][chosen[i]][1] for i in range(b)], device=dev, dtype=masks.dtype)
         new = (masks - alpha.view(-1, 1, 1, 1) * direction).clamp(0, 1)
+        missing = torch.isnan(f_new)  # the fallback smallest step was rejected by its bound alone
+        if missing.any():
+            f_new[missing] = evaluate(new[missing].unsqueeze(1), torch.nonzero(missing)[:, 0])[:, 0]
         return new, alpha, f_new
 
 
@@ -370,6 +381,16 @@ class MaskOptimizer:
         reg = self.regularizer(sub_rep, combine_masks(cand.flatten(0, 1), self.reg_on))
         return (data + reg).view(n, k)
 
+    def objective_lower_bound(self, st: MaskState, cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """A lower bound of :meth:`objective` that needs no model: the regulariser plus the smallest
+        value the data terms can take with probability scores in [0, 1] (0 for a deletion term,
+        ``-weight`` for an insertion term). (n, K, k, h, w) -> (n, K)."""
+        n, k = cand.shape[:2]
+        floor = sum(-t.weight for t in self.terms if t.sign < 0)
+        sub_rep = _Substate(st, idx.repeat_interleave(k))
+        reg = self.regularizer(sub_rep, combine_masks(cand.flatten(0, 1), self.reg_on))
+        return (reg + floor).view(n, k)
+
     def direction(self, st: MaskState, masks: torch.Tensor) -> torch.Tensor:
         """Total gradient TG = (integrated) gradient of the data terms + gradient of the regulariser."""
         b = masks.shape[0]
@@ -430,8 +451,10 @@ class MaskOptimizer:
                     f_cur = self.objective(st, masks.unsqueeze(1), torch.arange(b, device=x.device)).squeeze(1)
             direction = self.direction(st, masks)
             with torch.no_grad():
+                extra = {"lower_bound": lambda cand, idx: self.objective_lower_bound(st, cand, idx)} \
+                    if needs_f and score == "prob" else {}
                 masks, alpha, f_new = self.step_rule.step(
-                    masks, direction, lambda cand, idx: self.objective(st, cand, idx), f_cur)
+                    masks, direction, lambda cand, idx: self.objective(st, cand, idx), f_cur, **extra)
             if f_new is not None:
                 f_cur = f_new
             hist["loss"].append(f_cur.clone() if f_cur is not None else torch.full((b,), float("nan"), device=x.device))
