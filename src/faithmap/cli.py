@@ -261,7 +261,7 @@ def run_explain(args: argparse.Namespace) -> int:
         top = ", ".join(f"{d['name']} {d['probability']:.3f}" for d in summary["top5"])
         tqdm.write(f"{stem}: top-5 {top}", file=sys.stdout)
         tqdm.write(f"{stem}: {spec.name} for '{cls}'  deletion {summary['deletion_auc']:.3f}  "
-                   f"insertion {summary['insertion_auc']:.3f}  {exp.seconds:.1f} s  "
+                   f"insertion {summary['insertion_auc']:.3f}  over-all {summary['overall']:.3f}  {exp.seconds:.1f} s  "
                    f"{exp.counts['images']} model images", file=sys.stdout)
     print(f"wrote {len(summaries) * 5} files for {len(summaries)} image(s) to {args.out}")
     return 0

@@ -71,7 +71,7 @@ def run_mask_bench(args, method: str, reference: dict, extra: dict | None = None
 COLUMNS = [("image", "image", ""), ("resolution", "res", ""), ("seconds", "seconds", ".1f"),
            ("images", "model images", ".0f"), ("grad_images", "with grad", ".0f"),
            ("nograd_images", "without grad", ".0f"), ("deletion", "deletion ↓", ".3f"),
-           ("insertion", "insertion ↑", ".3f"), ("ref_seconds", "authors' s", ".1f"),
+           ("insertion", "insertion ↑", ".3f"), ("overall", "over-all ↑", ".3f"), ("ref_seconds", "authors' s", ".1f"),
            ("ref_images", "authors' images", ".0f"), ("ref_deletion", "authors' del", ".3f"),
            ("ref_insertion", "authors' ins", ".3f"), ("speedup", "time ratio", ".1f"),
            ("image_ratio", "image ratio", ".1f")]

@@ -54,7 +54,8 @@ def _rise_rows(args, model, images, params: dict) -> list[dict]:
         e = faithmap.explain(model, x, "rise", **params)
         c = deletion_insertion(model, x, e.saliency, e.target, batch_size=params.get("batch_size"))
         rows.append({"image": stem, "method": "rise", "seconds": e.seconds, "images": e.counts["images"],
-                     "deletion": float(c.deletion_auc[0]), "insertion": float(c.insertion_auc[0])})
+                     "deletion": float(c.deletion_auc[0]), "insertion": float(c.insertion_auc[0]),
+                     "overall": float(c.overall[0])})
         print(f"{stem}: rise {e.seconds:.1f} s, {e.counts['images']} images, deletion {rows[-1]['deletion']:.3f}, "
               f"insertion {rows[-1]['insertion']:.3f}", file=sys.stderr, flush=True)
     return rows
@@ -109,7 +110,7 @@ def bench_igospp(args) -> int:
                 src = rows[m] if m == "rise" else [x for x in rows[m] if x["resolution"] == res]
                 hit = next((x for x in src if x["image"] == stem), None)
                 if hit:
-                    for k in ("seconds", "images", "deletion", "insertion"):
+                    for k in ("seconds", "images", "deletion", "insertion", "overall"):
                         r[f"{m}:{k}"] = hit[k]
             if "igos++" in methods and "igos" in methods:
                 r["claim"] = "yes" if r["igos++:insertion"] > r["igos:insertion"] else "no"
@@ -123,7 +124,8 @@ def bench_igospp(args) -> int:
         for m in methods:
             lab = LABELS[m]
             cols += [(f"{m}:seconds", f"{lab} s", ".1f"), (f"{m}:images", f"{lab} images", ".0f"),
-                     (f"{m}:deletion", f"{lab} del ↓", ".3f"), (f"{m}:insertion", f"{lab} ins ↑", ".3f")]
+                     (f"{m}:deletion", f"{lab} del ↓", ".3f"), (f"{m}:insertion", f"{lab} ins ↑", ".3f"),
+                     (f"{m}:overall", f"{lab} over-all ↑", ".3f")]
         if "claim" in table_rows[0]:
             cols.append(("claim", "iGOS++ ins > I-GOS ins", ""))
         print(table(table_rows + [mean], cols))

@@ -14,7 +14,8 @@ from ..core.batching import DEFAULT_BATCH_SIZE
 from ..core.explanation import Explanation
 from ..errors import FaithmapError
 from ..registry import register_method
-from .mask import ArmijoLineSearch, FixedStep, L1BTV, MaskOptimizer, PathTerm, check_resolution, default_l1, run_mask_method
+from .mask import (ArmijoLineSearch, FixedStep, L1BTV, MaskOptimizer, PathTerm, check_init, check_resolution, default_l1,
+                   run_mask_method)
 
 ABLATIONS = {
     "insertion": "insertion only: one mask, I-GOS with its deletion term replaced by the insertion term",
@@ -104,7 +105,8 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
                    alpha_min: float = 1e-5, ls_points: int = 2, ls_window: int | None = None, warm_start: bool = False,
                    step_size: float = 1.0, ablation: str | None = None, baseline: str | torch.Tensor = "blur",
                    score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-                   seed: int | None = 0) -> Explanation:
+                   seed: int | None = 0, init: torch.Tensor | None = None, warmup: int = 0,
+                   warmup_blur: float = 0.5) -> Explanation:
     """iGOS++ (``igos_plus_plus.txt`` eq. 4-8).
 
     Minimises ``f(phi(I, B, Md)) - f(phi(B, I, Mi)) + f(phi(I, B, Md*Mi)) - f(phi(B, I, Md*Mi))
@@ -124,6 +126,12 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
     the fixed-step ablation of ``igos.txt`` Table 3),
     ``no-btv``; comma-separated to combine. Returns saliency ``1 - Md*Mi`` at mask resolution;
     ``extras["masks"]`` holds the masks, ``history`` the line-search objective and steps.
+
+    ``init`` (B, h, w), AOP's start (``aop_sigcam.txt`` eq. 5), is the start of the *combined*
+    mask ``Md * Mi``: both masks start at ``sqrt(init)``, so the product that the regulariser and
+    the saliency use starts exactly at ``init`` and neither game is favoured (one-mask ablations
+    start at ``init``). ``warmup`` iterations use a weaker blur (``warmup_blur``; see
+    :func:`faithmap.methods.mask.warmup_schedule`).
     """
     h, w = check_resolution(resolution, x, 2)
     opt = igospp_optimizer((h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, smooth=smooth,
@@ -134,5 +142,9 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
     params = dict(resolution=(h, w), iterations=iterations, ig_steps=ig_steps, l1=opt.regularizer.l1,
                   l2=opt.regularizer.l2, smooth=smooth, noise_std=opt.noise_std, ls_points=ls_points,
                   ablation=",".join(sorted(parse_ablation(ablation))) or None, seed=seed)
+    start = check_init(init, x, (h, w))
+    if start is not None and opt.n_masks == 2:
+        start = start.sqrt()
     return run_mask_method(opt, model, x, target, name="igos++", params=params, resolution=(h, w),
-                           baseline=baseline, score=score, batch_size=batch_size, seed=seed)
+                           baseline=baseline, score=score, batch_size=batch_size, seed=seed, init=start,
+                           warmup=warmup, warmup_blur=warmup_blur)

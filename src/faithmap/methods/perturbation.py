@@ -61,7 +61,8 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, res
                             iterations: int = 500, lr: float = 0.1, l1: float = 1e-4, l2: float = 1e-2,
                             tv_beta: float = 3.0, noise_std: float = 0.0, baseline: str | torch.Tensor = "blur",
                             score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-                            seed: int | None = 0) -> Explanation:
+                            seed: int | None = 0, init: torch.Tensor | None = None, warmup: int = 0,
+                            warmup_blur: float = 0.5) -> Explanation:
     """Meaningful perturbation (Fong & Vedaldi, ICCV 2017), the "Mask" of ``igos.txt`` Tables 1, 2, 4.
 
     Minimises ``f_c(phi(I, B, up(M))) + l1 * sum|1 - M| + l2 * sum|grad M|^tv_beta`` (``igos.txt``
@@ -69,8 +70,9 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, res
     units) by ``iterations`` (500, as in ``igos.txt`` Table 4) projected Adam steps with learning
     rate ``lr`` on the plain gradient at the mask: no integrated gradients, no line search. The
     baseline is the I-GOS blur, as in the I-GOS comparison. ``noise_std`` > 0 adds Gaussian noise
-    to the masked image at every step (their jitter is not reproduced). Returns saliency ``1 - M``
-    at mask resolution.
+    to the masked image at every step (their jitter is not reproduced). ``init`` (B, h, w) and
+    ``warmup`` / ``warmup_blur``: AOP's start mask and start-up blur (``aop`` with ``refine="mask"``).
+    Returns saliency ``1 - M`` at mask resolution.
     """
     h, w = check_resolution(resolution, x, 2)
     if iterations < 0 or lr <= 0:
@@ -81,7 +83,8 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, res
     params = dict(resolution=(h, w), iterations=iterations, lr=lr, l1=l1, l2=l2, tv_beta=tv_beta,
                   noise_std=noise_std, seed=seed)
     return run_mask_method(opt, model, x, target, name="mask", params=params, resolution=(h, w), baseline=baseline,
-                           score=score, batch_size=batch_size, seed=seed)
+                           score=score, batch_size=batch_size, seed=seed, init=init, warmup=warmup,
+                           warmup_blur=warmup_blur)
 
 
 # ----------------------------------------------------------------------------------------------
