@@ -337,6 +337,31 @@ def test_real_presets_are_consistent():
     assert "igos" in resolve("sigcam-table2").methods
 
 
+def test_expected_gradcam_table1_preset_names_every_metric_of_the_paper():
+    """Table 1 (P.F., Suff., Inf., L. Est., M. Sens., A. Sens., CP., SP.) and appendix Table 2 (all
+    19 evaluated metrics) of expected_gradcam.txt, acronym by acronym; the ten methods of Table 1."""
+    from faithmap.evaluate.presets import resolve
+    from faithmap.registry import METHODS
+
+    acronyms = {"F.E": "faithfulness_estimate", "P.F": "pixel_flipping", "Ins.": "rise_insertion",
+                "Del.": "rise_deletion", "Ins-Del.": "ins_del", "IROF": "irof", "Suff.": "sufficiency",
+                "Inf.": "infidelity", "L. Est.": "local_lipschitz", "M. Sens.": "max_sensitivity",
+                "A. Sens.": "avg_sensitivity", "RIS": "relative_input_stability", "ROS": "relative_output_stability",
+                "CP.": "complexity", "SP.": "sparseness", "A.L.": "attribution_localisation",
+                "T-K.I.": "top_k_intersection", "RR-A": "relevance_rank_accuracy", "RM-A": "relevance_mass_accuracy"}
+    table1 = ["P.F", "Suff.", "Inf.", "L. Est.", "M. Sens.", "A. Sens.", "CP.", "SP."]
+    rp = resolve("expected-gradcam-table1")
+    assert rp.skipped_metrics == [] and rp.skipped_methods == []
+    assert rp.metrics == list(acronyms.values())  # the appendix table's order
+    assert {acronyms[a] for a in table1} <= set(rp.metrics)
+    assert rp.methods == ["gradcam", "gradcam++", "smoothgradcam++", "integratedgradcam", "hirescam", "xgradcam",
+                          "layercam", "scorecam", "ablationcam", "expectedgradcam"]
+    assert all(METHODS.get(m).family == "cam" for m in rp.methods)
+    assert rp.preset.resolutions == ()  # CAMs at their layer's grid
+    # the localisation metrics need regions: evaluate provides them from the (sample) boxes
+    assert {m for m in rp.metrics if set(METRICS.get(m).needs) & {"boxes", "masks"}} == set(list(acronyms.values())[-4:])
+
+
 # ----------------------------------------------------------------------------------------------
 # one-line errors from the command line, nothing written
 # ----------------------------------------------------------------------------------------------

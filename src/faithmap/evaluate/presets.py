@@ -46,6 +46,29 @@ EXCITATION = PresetMethod("Excitation BP", ("excitation_bp", "excitationbp", "eb
 XRAI = PresetMethod("XRAI", ("xrai",))
 SIGCAM = PresetMethod("SIGCAM", ("sigcam",))
 
+# Expected Grad-CAM (expected_gradcam.txt): the ten CAM methods of Tables 1 and 3-6, and the metrics of
+# appendix Table 2 in its order (F.E, P.F, Ins., Del., Ins-Del., IROF, Suff., Inf.; L. Est., M. Sens.,
+# A. Sens., RIS, ROS; CP., SP.; A.L., T-K.I., RR-A, RM-A). Ins./Del. are the pixel-level RISE curves
+# the paper computed with the IROF library, not the I-GOS blur protocol of ``deletion``/``insertion``.
+EXPECTED_GRADCAM_METHODS = (
+    GRADCAM, GRADCAMPP,
+    PresetMethod("Smooth Grad-CAM++", ("smooth_gradcam++", "smoothgradcam++", "smooth_gradcampp", "smoothgradcampp")),
+    PresetMethod("Integrated Grad-CAM", ("integrated_gradcam", "integratedgradcam", "intgradcam", "ig_cam")),
+    PresetMethod("HiRes-CAM", ("hirescam", "hires_cam")),
+    PresetMethod("XGrad-CAM", ("xgradcam", "xgrad_cam")),
+    PresetMethod("LayerCAM", ("layercam", "layer_cam")),
+    PresetMethod("Score-CAM", ("scorecam", "score_cam")),
+    PresetMethod("Ablation-CAM", ("ablationcam", "ablation_cam")),
+    PresetMethod("Expected Grad-CAM", ("expected_gradcam", "expectedgradcam", "egc")),
+)
+EXPECTED_GRADCAM_METRICS = (
+    "faithfulness_estimate", "pixel_flipping", "rise_insertion", "rise_deletion", "ins_del", "irof", "sufficiency",
+    "infidelity",
+    "local_lipschitz", "max_sensitivity", "avg_sensitivity", "relative_input_stability", "relative_output_stability",
+    "complexity", "sparseness",
+    "attribution_localisation", "top_k_intersection", "relevance_rank_accuracy", "relevance_mass_accuracy",
+)
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("igos-table1", "I-GOS Tables 1 and 2: deletion and insertion at five resolutions",
            "igos.txt, Table 1 (VGG19) and Table 2 (ResNet50)",
@@ -65,17 +88,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            note="Boxes stand in for masks where the annotations have no segmentation (the bundled sample boxes)."),
     Preset("expected-gradcam-table3", "Expected Grad-CAM Table 3: insertion, deletion and their difference",
            "expected_gradcam.txt, Table 3 (VGG16, ResNet-50, AlexNet)",
-           (GRADCAM, GRADCAMPP,
-            PresetMethod("Smooth Grad-CAM++", ("smooth_gradcam++", "smoothgradcam++", "smooth_gradcampp", "smoothgradcampp")),
-            PresetMethod("Integrated Grad-CAM", ("integrated_gradcam", "integratedgradcam", "intgradcam", "ig_cam")),
-            PresetMethod("HiRes-CAM", ("hirescam", "hires_cam")),
-            PresetMethod("XGrad-CAM", ("xgradcam", "xgrad_cam")),
-            PresetMethod("LayerCAM", ("layercam", "layer_cam")),
-            PresetMethod("Score-CAM", ("scorecam", "score_cam")),
-            PresetMethod("Ablation-CAM", ("ablationcam", "ablation_cam")),
-            PresetMethod("Expected Grad-CAM", ("expected_gradcam", "expectedgradcam", "egc"))),
-           (), ("insertion", "deletion", "overall"),
+           EXPECTED_GRADCAM_METHODS, (), ("insertion", "deletion", "overall"),
            note="CAM methods run at their layer's grid; the table has no mask resolutions."),
+    Preset("expected-gradcam-table1",
+           "Expected Grad-CAM Table 1 with every metric of its appendix Table 2: faithfulness, robustness, "
+           "complexity, localisation",
+           "expected_gradcam.txt, Table 1 (VGG16; P.F., Suff., Inf., L. Est., M. Sens., A. Sens., CP., SP.) and "
+           "appendix Table 2 (all evaluated metrics; Tables 3-6)",
+           EXPECTED_GRADCAM_METHODS, (), EXPECTED_GRADCAM_METRICS,
+           note="CAM methods run at their layer's grid. Localisation metrics (A.L., T-K.I., RR-A, RM-A; COCO "
+                "segmentation masks in the paper) use the annotation boxes as regions where no mask is given "
+                "(the bundled sample boxes). Sufficiency is a set-level metric (an image's score depends on the "
+                "other maps of its batch) and evaluate scores one image per task, so it reads 0 here; compute it "
+                "with faithmap.metrics.faithfulness.sufficiency on a batch. Robustness metrics use the paper's "
+                "200 samples (Quantus defaults): lower them with --metric-param NAME.n_samples=N for quick runs. "
+                "Running time (R.T.) is the explain_seconds column of results.csv."),
 )}
 
 
