@@ -377,9 +377,12 @@ class MaskOptimizer:
         data = torch.zeros(n * k, device=cand.device, dtype=cand.dtype)
         owner = torch.tensor([e.image * k + e.slot for e in entries], device=cand.device)
         data.index_add_(0, owner, scores * w)
-        sub_rep = _Substate(st, idx.repeat_interleave(k))
-        reg = self.regularizer(sub_rep, combine_masks(cand.flatten(0, 1), self.reg_on))
-        return (data + reg).view(n, k)
+        return (data + self._regularise(st, cand, idx)).view(n, k)
+
+    def _regularise(self, st: MaskState, cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The regulariser of candidate masks (n, K, k, h, w) of images ``idx``, flattened to (n * K,)."""
+        sub_rep = _Substate(st, idx.repeat_interleave(cand.shape[1]))
+        return self.regularizer(sub_rep, combine_masks(cand.flatten(0, 1), self.reg_on))
 
     def objective_lower_bound(self, st: MaskState, cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """A lower bound of :meth:`objective` that needs no model: the regulariser plus the smallest
@@ -387,9 +390,7 @@ class MaskOptimizer:
         ``-weight`` for an insertion term). (n, K, k, h, w) -> (n, K)."""
         n, k = cand.shape[:2]
         floor = sum(-t.weight for t in self.terms if t.sign < 0)
-        sub_rep = _Substate(st, idx.repeat_interleave(k))
-        reg = self.regularizer(sub_rep, combine_masks(cand.flatten(0, 1), self.reg_on))
-        return (reg + floor).view(n, k)
+        return (self._regularise(st, cand, idx) + floor).view(n, k)
 
     def direction(self, st: MaskState, masks: torch.Tensor) -> torch.Tensor:
         """Total gradient TG = (integrated) gradient of the data terms + gradient of the regulariser."""
