@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+import faithmap
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+faithmap.keep_freed_memory()  # as the CLI does: reuse freed memory (faster CPU passes)
 
 
 class PatchModel(nn.Module):

@@ -97,3 +97,56 @@ def test_targets():
         resolve_targets(logits, "do", names)
     with pytest.raises(FaithmapError, match="unknown target"):
         resolve_targets(logits, "zebra", names)
+
+
+def test_keep_freed_memory_keeps_large_blocks_in_the_heap():
+    """After ``keep_freed_memory`` a 64 MiB tensor comes from glibc's heap (not a fresh mmap) and
+    its memory stays there after it is freed, ready for the next allocation."""
+    import ctypes
+    import sys
+
+    import faithmap
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc without mallinfo2")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+    assert faithmap.keep_freed_memory() is True
+    assert faithmap.keep_freed_memory() is True  # idempotent
+    before = libc.mallinfo2()
+    t = torch.ones(16 * 2**20)  # 64 MiB
+    during = libc.mallinfo2()
+    assert during.hblkhd - before.hblkhd < 2**20  # not an mmap'd block
+    assert during.uordblks - before.uordblks >= 64 * 2**20
+    del t
+    after = libc.mallinfo2()
+    assert after.arena >= 64 * 2**20  # the freed block stays in the heap for reuse
+    assert after.fordblks - during.fordblks >= 60 * 2**20
+
+
+def test_explain_spends_a_forward_pass_only_on_predicted_targets(patch_model, patch_input):
+    """Explicit targets of a model with class names cost no model pass before the method; a top-1
+    target costs exactly one image per input, and its logits are returned."""
+    import faithmap
+    from faithmap.models import wrap
+
+    clf = wrap(patch_model.net, mean=(0.0,) * 3, std=(1.0,) * 3, input_size=32, class_names=["patch", "other"])
+    x = patch_input.repeat(2, 1, 1, 1)
+    start = clf.counter.images
+    e = faithmap.explain(clf, x, "gradcam", target="patch")
+    assert clf.counter.images - start == e.counts["images"] == 2
+    assert "logits" not in e.extras and e.target.tolist() == [0, 0]
+    start = clf.counter.images
+    e2 = faithmap.explain(clf, x, "gradcam", target=None)
+    assert clf.counter.images - start == e2.counts["images"] + 2
+    torch.testing.assert_close(e2.extras["logits"], clf.net(x))
+    torch.testing.assert_close(e2.saliency, e.saliency)  # the patch class is the top-1 class here
+    with pytest.raises(FaithmapError, match="out of range"):
+        faithmap.explain(clf, x, "gradcam", target=5)

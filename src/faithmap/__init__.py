@@ -1,7 +1,8 @@
 """faithmap: saliency maps for image classifiers and the metrics that measure their faithfulness.
 
 Public API: :func:`explain`, :func:`evaluate` (benchmarks many methods on many images), the registries :data:`METHODS` and :data:`METRICS`,
-:mod:`faithmap.models` and :class:`Explanation`.
+:mod:`faithmap.models` and :class:`Explanation`; :func:`keep_freed_memory` makes CPU passes faster
+(the ``faithmap`` command calls it).
 """
 
 __version__ = "0.1.0"
@@ -12,7 +13,9 @@ from . import models  # noqa: E402
 from .api import explain  # noqa: E402
 from . import evaluate  # noqa: E402  (a callable module: faithmap.evaluate(...) runs an evaluation)
 from .core.explanation import Explanation  # noqa: E402
+from .core.memory import keep_freed_memory  # noqa: E402
 from .errors import FaithmapError  # noqa: E402
 from .registry import METHODS, METRICS  # noqa: E402
 
-__all__ = ["METHODS", "METRICS", "Explanation", "FaithmapError", "evaluate", "explain", "models", "__version__"]
+__all__ = ["METHODS", "METRICS", "Explanation", "FaithmapError", "evaluate", "explain", "keep_freed_memory", "models",
+           "__version__"]

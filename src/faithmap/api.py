@@ -74,7 +74,9 @@ def explain(model, images, method: str = "igos", target=None, *, device: str | t
     images / uint8 arrays, preprocessed by the model). ``target``: ``None``/``"top1"``, a class
     index or name, or one per image. ``params`` go to the method (see ``faithmap methods``).
     Returns an :class:`Explanation` on the input's device, with the seconds and the number of
-    images the method sent through the model.
+    images the method sent through the model. A target that asks for the model's prediction costs
+    one forward pass before the method (its logits land in ``extras["logits"]``); explicit targets
+    of a model with known class names cost none.
     """
     spec = METHODS.get(method)
     clf = as_classifier(model)
@@ -83,14 +85,30 @@ def explain(model, images, method: str = "igos", target=None, *, device: str | t
     x = as_batch(clf, images, clf.device)
     params = {k: v for k, v in params.items() if v is not None}
     check_params(spec, params)
-    with model_guard(clf), torch.no_grad():
-        logits = clf(x)
-    t = resolve_targets(logits, target, clf.class_names)
+    logits = None
+    if _needs_prediction(target) or clf.num_classes is None:
+        with model_guard(clf), torch.no_grad():
+            logits = clf(x)
+        t = resolve_targets(logits, target, clf.class_names)
+    else:  # explicit targets: checked against the class count, no model pass
+        t = resolve_targets(x.new_empty((x.shape[0], clf.num_classes)), target, clf.class_names)
     snap = clf.counter.snapshot()
     start = time.perf_counter()
     out = spec.fn(clf, x, t, **params)
     out.seconds = time.perf_counter() - start
     out.counts = clf.counter.since(snap)
     out.method = spec.name
-    out.extras.setdefault("logits", logits.detach())
+    if logits is not None:
+        out.extras.setdefault("logits", logits.detach())
     return out
+
+
+def _needs_prediction(target) -> bool:
+    """Whether ``target`` (or one of its per-image entries) names the model's own prediction."""
+    if target is None:
+        return True
+    if isinstance(target, str):
+        return target.strip().lower() in ("top1", "top-1", "pred")
+    if isinstance(target, (list, tuple)):
+        return any(_needs_prediction(t) for t in target)
+    return False

@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``faithmap`` command."""
+    from .core.memory import keep_freed_memory
+
+    keep_freed_memory()  # the command owns its process: reuse freed memory (much faster CPU passes)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

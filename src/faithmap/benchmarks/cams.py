@@ -4,11 +4,10 @@ On the default model (EfficientNet-Lite0, layer ``features.17``) and the sample 
 method of the Grad-CAM family on one photo and on a batch of 16 (the photos repeated), ours and
 pytorch-grad-cam's, plus our batch against 16 single calls; Score-CAM and Ablation-CAM on one
 photo each (pytorch-grad-cam spends minutes per photo on them). Seconds are wall-clock times of the
-whole public call (``faithmap.explain``, which also computes the logits it returns;
-pytorch-grad-cam's constructor and ``__call__``, which also resizes its map); model images are the
-images sent through the network (counted by a hook on it, for both; ``faithmap.explain`` makes one
-forward pass of its own to check the targets, counted and timed here; "of which method s" is the
-method's own time, ``Explanation.seconds``). Both get the same network
+whole public call (``faithmap.explain``; pytorch-grad-cam's constructor and ``__call__``, which
+also resizes its map); model images are the images sent through the network (counted by a hook on
+it, for both; both are given the targets, so neither needs a pass to predict them; "of which
+method s" is the method's own time, ``Explanation.seconds``). Both get the same network
 and the same channels-last inputs; ours and the peer's calls alternate, and the best of ``--repeats``
 runs (3 x ``--repeats`` for one photo) is kept. ``--param`` options:
 ``methods=gradcam,scorecam`` (a subset), ``batch=16``.
@@ -79,8 +78,7 @@ def run_peer(cls_name: str, net, layer, x: torch.Tensor, target: torch.Tensor) -
 
 
 def run_ours(model, method: str, x: torch.Tensor, target: torch.Tensor, params: dict) -> tuple[float, dict, object]:
-    """Seconds and model images of one ``faithmap.explain`` call (with the forward pass it makes
-    to check the targets and return the logits), and its explanation."""
+    """Seconds and model images of one ``faithmap.explain`` call, and its explanation."""
     import faithmap
 
     with counting(model.net) as counts:
