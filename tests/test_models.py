@@ -24,6 +24,45 @@ def test_port_matches_efficientnet_lite_pytorch():
     assert (a.argmax(1) == c.argmax(1)).all()
 
 
+def test_port_fast_paths_equal_the_module_paths():
+    """The in-place ReLU6 (taken when no hook can see the tensor) and the no-autograd padding give
+    the same outputs and input gradients as the plain modules, on inputs of odd and even sizes
+    and in both memory formats; with a hook on a ReLU6 the module path is taken and the hook fires."""
+    from faithmap.models.efficientnet_lite import _pad, efficientnet_lite0
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 5, 9, 8), (1, 3, 7, 7)]:
+        x = torch.randn(shape, generator=g)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            for pads in [(0, 1, 0, 1), (1, 2, 1, 2), (2, 0, 0, 1)]:
+                assert torch.equal(_pad(xf, *pads), torch.nn.functional.pad(x, list(pads)))
+    net = efficientnet_lite0(fuse=True).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for size in (224, 97):
+        x = torch.randn(2, 3, size, size, generator=g)
+        z = x.clone().requires_grad_(True)
+        out = net(z)
+        (grad,) = torch.autograd.grad(out[:, 3].sum(), z)
+        with torch.no_grad():
+            fast = net(x.contiguous(memory_format=torch.channels_last))
+        seen = []
+        handles = [m.register_forward_hook(lambda m, i, o: seen.append(1)) for m in net.modules()
+                   if isinstance(m, torch.nn.ReLU6)]
+        try:
+            z2 = x.clone().requires_grad_(True)
+            ref = net(z2)
+            (ref_grad,) = torch.autograd.grad(ref[:, 3].sum(), z2)
+        finally:
+            for h in handles:
+                h.remove()
+        assert len(seen) == len(handles) > 30
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast, ref.detach(), rtol=0, atol=1e-4)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_default_model(lite0):
     assert lite0.cam_layer == "features.17" and lite0.input_size == 224
     assert len(lite0.class_names) == 1000 and lite0.class_names[967] == "espresso"

@@ -46,8 +46,35 @@ class Conv2dSame(nn.Conv2d):
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
         if ph % 2 == 0 and pw % 2 == 0:  # symmetric: the convolution pads (no padded copy of x)
             return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        x = _pad(x, pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """Zero padding; without autograd, written into an empty tensor of x's memory format with only
+    the border zeroed (``F.pad`` fills the whole output first: about 1.5x slower on CPU)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.pad(x, [left, right, top, bottom])
+    n, c, h, w = x.shape
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, top:top + h, left:left + w] = x
+    for sl in ((slice(None), slice(None), slice(0, top)), (slice(None), slice(None), slice(top + h, None)),
+               (slice(None), slice(None), slice(None), slice(0, left)),
+               (slice(None), slice(None), slice(None), slice(left + w, None))):
+        out[sl].zero_()
+    return out
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether any hook could see a tensor of these modules (their own hooks or global ones)."""
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in modules)
 
 
 class ConvBN(nn.Module):
@@ -60,7 +87,11 @@ class ConvBN(nn.Module):
         self.act = nn.ReLU6() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.act(self.bn(self.conv(x)))
+        y = self.bn(self.conv(x))
+        if type(self.act) is nn.ReLU6 and not _hooked(self.conv, self.bn, self.act):
+            # nobody else holds y: clamp it in place (autograd checks that this is allowed)
+            return F.hardtanh(y, 0.0, 6.0, inplace=True)
+        return self.act(y)
 
     @torch.no_grad()
     def fuse(self) -> None:
