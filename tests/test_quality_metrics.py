@@ -168,6 +168,50 @@ def test_faithfulness_estimate_equals_quantus(setup):
     rel_close(ours, q, rtol=1e-4, atol=1e-5)
 
 
+def test_pixel_flipping_and_faithfulness_estimate_equal_quantus_on_lite0(lite0):
+    """On EfficientNet-Lite0 with RGB photos: Quantus flattens (C, H, W) and steps by features, so
+    its steps flip whole pixels only when ``features_in_step`` is a multiple of 3 that divides
+    H * W. At 224 px none exists (224^2 has no factor 3) and the bench's 1,568 features split
+    pixels across steps (the 1e-2 gap in BENCHMARKS.md); at 192 px, 1,152 features = 384 whole
+    pixels a step, and both libraries give the same curves."""
+    from faithmap.data import load_sample
+    from faithmap.metrics._common import to_input_size
+
+    x = torch.nn.functional.interpolate(lite0.preprocess([load_sample("coffee"), load_sample("rocket")]), size=192,
+                                        mode="bilinear", align_corners=False)
+    t = torch.tensor([967, 657])
+    g = torch.Generator().manual_seed(0)
+    sal = to_input_size(torch.rand(2, 7, 7, generator=g), (192, 192)) + 1e-3 * torch.rand(2, 192, 192, generator=g)
+    ours = F.pixel_flipping(lite0, x, sal, t, pixels_in_step=384)
+    fe = F.faithfulness_estimate(lite0, x, sal, t, pixels_in_step=384)
+    was_training = lite0.training
+    lite0.eval()  # Quantus refuses a model in training mode
+    try:
+        q = np.array(quantus.PixelFlipping(features_in_step=1152, disable_warnings=True)(
+            lite0, x.numpy(), t.numpy(), sal.numpy()[:, None], device="cpu"))
+        qfe = quantus.FaithfulnessEstimate(features_in_step=1152, disable_warnings=True)(
+            lite0, x.numpy(), t.numpy(), sal.numpy()[:, None], device="cpu")
+    finally:
+        lite0.train(was_training)
+    assert ours.curves.shape == q.shape == (2, 96)
+    rel_close(ours.curves, q, rtol=1e-4, atol=1e-6)
+    rel_close(fe, qfe, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_replays_infidelity_perturbations_to_captum_in_its_chunk_order():
+    """captum's infidelity asks for k samples of every image per chunk (k = max_examples_per_batch
+    // B); the bench's replay hands them out in that order, so small chunks agree too (the Lite0
+    gap of an earlier run was the replay's order, not the metric)."""
+    import argparse
+
+    from faithmap.benchmarks.metrics import _captum_infidelity, _setup
+
+    for bs in (6, 256):
+        ctx = _setup("tiny", 4, argparse.Namespace(batch_size=bs))
+        ours = F.infidelity(ctx["model"], ctx["x"], ctx["sal"], ctx["t"], n_samples=10, batch_size=bs)
+        rel_close(ours, _captum_infidelity(ctx)().double(), rtol=1e-5, atol=1e-6)
+
+
 def test_sufficiency_equals_quantus():
     model = small_model()
     x = inputs(8)

@@ -272,15 +272,19 @@ def _captum_infidelity(ctx: dict) -> Callable:
     from ..metrics._common import to_input_size
 
     m, x, t, sal = ctx["model"], ctx["x"], ctx["t"], ctx["sal"]
-    pert = torch.cat(list(F.infidelity_perturbations(x, 10, model=m, seed=0)), 1).reshape(-1, *x.shape[1:])
+    pert = torch.cat(list(F.infidelity_perturbations(x, 10, model=m, seed=0)), 1)  # (B, S, C, H, W)
     attr = to_input_size(sal, tuple(x.shape[-2:])).unsqueeze(1).expand_as(x)
 
     def run():
         state = {"at": 0}
 
-        def perturb(inp):  # captum asks chunk by chunk, in order
-            p = pert[state["at"]:state["at"] + len(inp)]
-            state["at"] += len(inp)
+        def perturb(inp):
+            # captum asks for the samples in chunks of k per image (k = max_examples_per_batch // B),
+            # each chunk laid out image-major (its inputs repeat_interleave'd): hand out samples
+            # at .. at + k of every image
+            k = len(inp) // len(x)
+            p = pert[:, state["at"]:state["at"] + k].reshape(-1, *x.shape[1:])
+            state["at"] += k
             return p, inp - p
 
         return infidelity(m, perturb, x, attr, target=t, n_perturb_samples=10, max_examples_per_batch=ctx["bs"])
