@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from faithmap.core import blur_baseline, gaussian_blur, phi, resolve_targets, tv, upsample
+from faithmap.core.scores import needs_prediction
 from faithmap.core.perturb import blur_params, make_baseline
 from faithmap.errors import FaithmapError
 
@@ -87,6 +88,8 @@ def test_targets():
     names = ["cat", "dog", "hot dog"]
     assert resolve_targets(logits, None).tolist() == [1, 0]
     assert resolve_targets(logits, "top1").tolist() == [1, 0]
+    assert [needs_prediction(t) for t in (None, " Top-1", "pred", 2, "cat", ["cat", "top1"], ["cat", 1])] == \
+        [True, True, True, False, False, True, False]
     assert resolve_targets(logits, 2).tolist() == [2, 2]
     assert resolve_targets(logits, "Hot Dog", names).tolist() == [2, 2]
     assert resolve_targets(logits, ["cat", 1], names).tolist() == [0, 1]

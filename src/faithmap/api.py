@@ -12,7 +12,7 @@ from torch import nn
 
 from .core.batching import model_guard
 from .core.explanation import Explanation
-from .core.scores import resolve_targets
+from .core.scores import needs_prediction, resolve_targets
 from .errors import FaithmapError
 from .models import Classifier, load, wrap
 from .registry import METHODS, MethodSpec
@@ -86,7 +86,7 @@ def explain(model, images, method: str = "igos", target=None, *, device: str | t
     params = {k: v for k, v in params.items() if v is not None}
     check_params(spec, params)
     logits = None
-    if _needs_prediction(target) or clf.num_classes is None:
+    if needs_prediction(target) or clf.num_classes is None:
         with model_guard(clf), torch.no_grad():
             logits = clf(x)
         t = resolve_targets(logits, target, clf.class_names)
@@ -102,13 +102,3 @@ def explain(model, images, method: str = "igos", target=None, *, device: str | t
         out.extras.setdefault("logits", logits.detach())
     return out
 
-
-def _needs_prediction(target) -> bool:
-    """Whether ``target`` (or one of its per-image entries) names the model's own prediction."""
-    if target is None:
-        return True
-    if isinstance(target, str):
-        return target.strip().lower() in ("top1", "top-1", "pred")
-    if isinstance(target, (list, tuple)):
-        return any(_needs_prediction(t) for t in target)
-    return False

@@ -66,6 +66,22 @@ def class_index(spec: str | int, class_names: Sequence[str] | None, num_classes:
     raise FaithmapError(f"unknown target class {spec!r}: give 'top1', a class index or a class name")
 
 
+_PREDICTION = ("top1", "top-1", "pred")
+
+
+def is_prediction(target) -> bool:
+    """Whether ``target`` itself names the model's prediction (``None``, ``"top1"``, ...)."""
+    return target is None or (isinstance(target, str) and target.strip().lower() in _PREDICTION)
+
+
+def needs_prediction(target) -> bool:
+    """Whether ``target`` or one of its per-image entries names the model's prediction, i.e.
+    whether :func:`resolve_targets` needs real logits rather than their shape."""
+    if isinstance(target, (list, tuple)):
+        return any(needs_prediction(t) for t in target)
+    return is_prediction(target)
+
+
 def resolve_targets(logits: torch.Tensor, target, class_names: Sequence[str] | None = None) -> torch.Tensor:
     """Targets (B,) long on the logits' device.
 
@@ -73,7 +89,7 @@ def resolve_targets(logits: torch.Tensor, target, class_names: Sequence[str] | N
     with one entry per image, or a tensor of shape (B,).
     """
     b, k = logits.shape
-    if target is None or (isinstance(target, str) and target.strip().lower() in ("top1", "top-1", "pred")):
+    if is_prediction(target):
         return logits.argmax(1)
     if isinstance(target, torch.Tensor):
         t = target.to(logits.device).long().view(-1)
