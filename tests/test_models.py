@@ -58,6 +58,20 @@ def test_port_fast_paths_equal_the_module_paths():
             for h in handles:
                 h.remove()
         assert len(seen) == len(handles) > 30
+        # global hooks (forward, and full backward pre-hooks) also see every ReLU6 module run
+        relus = {id(m) for m in net.modules() if isinstance(m, torch.nn.ReLU6)}
+        from torch.nn.modules import module as _m
+
+        for register in (lambda f: _m.register_module_forward_hook(lambda m, i, o: f(m)),
+                         lambda f: _m.register_module_full_backward_pre_hook(lambda m, g: f(m))):
+            ran = []
+            handle = register(lambda m: ran.append(id(m)) if id(m) in relus else None)
+            try:
+                z3 = x.clone().requires_grad_(True)
+                torch.autograd.grad(net(z3)[:, 3].sum(), z3)
+            finally:
+                handle.remove()
+            assert set(ran) == relus
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
         torch.testing.assert_close(fast, ref.detach(), rtol=0, atol=1e-4)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)

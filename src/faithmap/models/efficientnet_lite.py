@@ -71,7 +71,8 @@ def _hooked(*modules: nn.Module) -> bool:
     """Whether any hook could see a tensor of these modules (their own hooks or global ones)."""
     from torch.nn.modules import module as _m
 
-    if _m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks:
+    if (_m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks
+            or _m._global_backward_pre_hooks):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                for m in modules)
