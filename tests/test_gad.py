@@ -112,6 +112,39 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_fit_trains_past_epochs_until_the_loss_criterion(tmp_path):
+    model, data = tiny(), tiny_data()
+    z = model(data.x).detach()
+    targets = distanced_targets(z, data.labels, (0, 1), 3.0)
+    initial = 3.0 ** 2 / 2  # one of the two logits of every row is off by alpha
+    kw = dict(lr=1e-2, batch_size=8, seed=1, progress=False)
+    res = train_support(model, data, targets, epochs=2, fit=0.2, max_epochs=200, **kw)
+    n = len(res.losses)
+    assert res.initial_mse == pytest.approx(initial, rel=1e-6)
+    assert 2 < n < 200 and res.losses[-1] <= 0.2 * initial
+    assert all(lo > 0.2 * initial for lo in res.losses[1:-1])  # it stops at the first epoch that fits
+    # fit only lengthens training: the same run for exactly n epochs gives the same weights
+    fixed = train_support(model, data, targets, epochs=n, **kw)
+    assert fixed.losses == pytest.approx(res.losses)
+    assert all(torch.equal(p, q) for p, q in zip(fixed.net.parameters(), res.net.parameters()))
+    # the cap holds when the criterion cannot be met
+    capped = train_support(model, data, targets, epochs=2, fit=1e-9, max_epochs=4, **kw)
+    assert len(capped.losses) == 4
+    # an interrupted fit run resumes from its checkpoint to the same result
+    ckpt = str(tmp_path / "fit.ckpt")
+
+    def stop(epoch, loss):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_support(model, data, targets, epochs=2, fit=0.2, max_epochs=200, checkpoint=ckpt, callback=stop, **kw)
+    resumed = train_support(model, data, targets, epochs=2, fit=0.2, max_epochs=200, checkpoint=ckpt, **kw)
+    assert resumed.resumed_from == 3 and resumed.losses == pytest.approx(res.losses)
+    with pytest.raises(FaithmapError, match="fit must be in"):
+        train_support(model, data, targets, epochs=2, fit=1.5, **kw)
+
+
 def test_cache_resume_and_reuse(tmp_path):
     model, data = tiny(), tiny_data()
     calls = []
@@ -141,6 +174,9 @@ def test_cache_resume_and_reuse(tmp_path):
     support_models(tiny(seed=3), data, (0, 1), [2.0], **kw)
     support_models(model, data, (0, 1), [2.0], **{**kw, "lr": 2e-2})
     assert len(os.listdir(tmp_path)) == 4
+    fitted = support_models(model, data, (0, 1), [2.0], **{**kw, "fit": 0.5, "max_epochs": 6})
+    assert len(os.listdir(tmp_path)) == 5 and fitted.meta["fit"] == 0.5 and fitted.meta["max_epochs"] == 6
+    assert 3 <= len(fitted.losses[0]) <= 6
     loaded = load_supports(model, str(tmp_path / entry))
     assert [m.name for m in loaded] == ["tiny0-gad2", "tiny0-gad4"]
     assert torch.equal(loaded[1](x), second.models[1](x))
@@ -253,8 +289,8 @@ def test_gad_never_marks_a_pixel_the_original_does_not(method, fraction):
     assert torch.equal(e.saliency[keep], orig[keep]) and (e.saliency[~keep] == 0).all()
     assert keep.sum() < marked.sum()  # the supports removed something
     assert (hull_masks(e.saliency, fraction) <= hull_masks(orig, fraction)).all()
-    # the original map is the base method's own map
-    ref = faithmap.explain(model, x, method, target=t, **params).saliency
+    # the original map is the base method's own magnitude map (GAD's default channel reduction)
+    ref = faithmap.explain(model, x, method, target=t, **{**params, "reduce": "abs-sum"}).saliency
     assert torch.equal(orig, ref)
     # the model itself as its only support: GAD = the original's important pixels
     same = gad_maps(model, [model], x, t, method, fraction=fraction, base_params=params)
@@ -289,7 +325,7 @@ def run(argv, capsys):
 
 def test_demo_end_to_end(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    argv = ["gad", "--demo", "--arch", "cnn", "--demo-epochs", "1", "--epochs", "1", "--alphas", "2",
+    argv = ["gad", "--demo", "--arch", "cnn", "--demo-epochs", "1", "--epochs", "1", "--fit", "none", "--alphas", "2",
             "--images", "3", "--method", "saliency,ig", "--fast", "--figure-images", "2", "--cache-dir", str(cache),
             "--out", str(out), "--quiet", "--seed", "0", "--threads", "1"]
     rc, stdout, err = run(argv, capsys)
@@ -298,6 +334,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert names == ["gad_cnn_ig.png", "gad_cnn_saliency.png", "gad_results.json", "gad_tables.md"]
     res = json.loads((out / "gad_results.json").read_text())
     exp = res["experiments"][0]
+    assert res["fit"] is None and [r["epochs"] for r in exp["supports"]] == [1]
     assert exp["eval_images"] == 6 and exp["class_names"] == ["3", "8"] and res["alphas"] == [0.0, 2.0]
     for m in ("saliency", "ig"):
         for cls in ("3", "8"):
@@ -327,6 +364,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     (["--demo", "--alphas", "0"], "non-zero distance"),
     (["--demo", "--fraction", "1.5"], "--fraction"),
     (["--demo", "--arch", "vgg"], "unknown demo architecture"),
+    (["--demo", "--fit", "2"], "--fit must be in (0, 1)"),
+    (["--demo", "--fit", "tight"], "--fit must be a number"),
+    (["--demo", "--epochs", "5", "--max-epochs", "3"], "--max-epochs must be at least"),
     (["--classes", "a", "b"], "--data"),
     (["--demo", "--param", "steps=4", "--method", "saliency"], "parameter 'steps'"),
 ])

@@ -164,7 +164,7 @@ def distancing_record(model: Classifier, supports: SupportSet, data: ImageSet, c
     for al, sup, fit, losses, cached in zip(supports.alphas, supports.models, supports.fit_mse, supports.losses,
                                             supports.cached):
         gap = margin(model_outputs(sup, data, batch_size)) - base
-        rows.append({"alpha": al, "first_epoch_loss": losses[0] if losses else float("nan"),
+        rows.append({"alpha": al, "epochs": len(losses), "first_epoch_loss": losses[0] if losses else float("nan"),
                      "last_epoch_loss": losses[-1] if losses else float("nan"), "fit_mse": fit,
                      "distancing": float(gap.mean()), "cached": cached})
     return rows
@@ -212,10 +212,10 @@ def table_cost(results: Sequence[MethodResult]) -> str:
 
 
 def table_supports(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| alpha | loss, epoch 1 | loss, last epoch | fit MSE | distancing achieved (target = alpha) | from cache |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| alpha | epochs | loss, epoch 1 | loss, last epoch | fit MSE | distancing achieved (target = alpha) | from cache |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['alpha']:g} | {r['first_epoch_loss']:.4g} | {r['last_epoch_loss']:.4g} | {r['fit_mse']:.4g} "
+        lines.append(f"| {r['alpha']:g} | {r.get('epochs', '')} | {r['first_epoch_loss']:.4g} | {r['last_epoch_loss']:.4g} | {r['fit_mse']:.4g} "
                      f"| {r['distancing']:.3f} | {'yes' if r['cached'] else 'no'} |")
     return "\n".join(lines)
 

@@ -146,21 +146,33 @@ class TrainResult:
     fit_mse: float
     resumed_from: int = 0
     epochs_run: int = 0
+    initial_mse: float | None = None
 
 
 def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, epochs: int = 10, lr: float = 4e-5,
                   batch_size: int = 32, seed: int = 0, train_mode: bool = False, checkpoint: str | None = None,
                   callback: Callable[[int, float], None] | None = None, progress: bool = True,
-                  desc: str = "support", eval_batch_size: int | None = None) -> TrainResult:
+                  desc: str = "support", eval_batch_size: int | None = None, fit: float | None = None,
+                  max_epochs: int | None = None) -> TrainResult:
     """Regress a copy of ``model.net`` onto ``targets`` (N, K) with MSE and Adam (sec. 4.2).
 
     The copy starts from the original weights; all its parameters are trained. ``checkpoint``: a
     file written after every epoch (network, optimiser, losses) and read back on the next call, so
     an interrupted run resumes at the last finished epoch. ``callback(epoch, loss)`` runs after each
     epoch's checkpoint (epochs count from 1). The user's model is never changed.
+
+    ``fit``: train to a fit criterion instead of a fixed length (the paper asks for "the most
+    accurate approximations to these new outputs", sec. 4.2): after the first ``epochs`` epochs, go
+    on one epoch at a time until the epoch's mean training loss is at most ``fit`` times the initial
+    loss (the MSE of the original model to ``targets``, ``alpha^2 / K`` for distanced targets), or
+    ``max_epochs`` (default ``20 * epochs``) have run.
     """
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise FaithmapError(f"need epochs >= 0, lr > 0 and batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
+    if fit is not None and not 0 < fit < 1:
+        raise FaithmapError(f"fit must be in (0, 1), got {fit}")
+    limit = epochs if fit is None else max(epochs, int(max_epochs) if max_epochs is not None else 20 * epochs)
+    plan = [int(epochs), fit, int(limit)]
     device = model.device
     net = copy.deepcopy(model.net)
     for p in net.parameters():
@@ -170,7 +182,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     start = 0
     if checkpoint and os.path.isfile(checkpoint):
         state = _load(checkpoint)
-        if state is not None and state.get("epochs") == epochs:
+        if state is not None and state.get("plan", [state.get("epochs"), None, state.get("epochs")]) == plan:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optim"])
             losses = list(state["losses"])
@@ -178,12 +190,24 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     targets = targets.to(device).float()
     n = len(data)
     steps = math.ceil(n / batch_size)
+    initial = None
+    if fit is not None:
+        initial = float(torch.nn.functional.mse_loss(model_outputs(model, data, eval_batch_size).float(), targets))
     from tqdm import tqdm
 
-    bar = tqdm(total=epochs * steps, initial=start * steps, desc=desc, unit="batch", file=sys.stderr,
-               disable=None if progress else True, leave=False)
+    def done(epoch: int) -> bool:
+        if epoch >= limit:
+            return True
+        return epoch >= epochs and (fit is None or (bool(losses) and losses[-1] <= fit * initial))
+
+    bar = tqdm(total=max(epochs, start + 1) * steps, initial=start * steps, desc=desc, unit="batch",
+               file=sys.stderr, disable=None if progress else True, leave=False)
     try:
-        for epoch in range(start, epochs):
+        epoch = start
+        while not done(epoch):
+            if (epoch + 1) * steps > bar.total:
+                bar.total = (epoch + 1) * steps
+                bar.refresh()
             net.train(train_mode)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch))
             total = 0.0
@@ -203,19 +227,20 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
             losses.append(total / n)
+            epoch += 1
             if checkpoint:
-                _atomic_save({"epoch": epoch + 1, "epochs": epochs, "net": net.state_dict(),
+                _atomic_save({"epoch": epoch, "epochs": epochs, "plan": plan, "net": net.state_dict(),
                               "optim": opt.state_dict(), "losses": losses}, checkpoint)
             if callback is not None:
-                callback(epoch + 1, losses[-1])
+                callback(epoch, losses[-1])
     finally:
         bar.close()
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     sup = clone_classifier(model, net)
-    fit = float(torch.nn.functional.mse_loss(model_outputs(sup, data, eval_batch_size), targets))
-    return TrainResult(net, losses, fit, resumed_from=start, epochs_run=epochs - start)
+    fit_mse = float(torch.nn.functional.mse_loss(model_outputs(sup, data, eval_batch_size), targets))
+    return TrainResult(net, losses, fit_mse, resumed_from=start, epochs_run=len(losses) - start, initial_mse=initial)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +268,8 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
                    batch_size: int = 32, seed: int = 0, train_mode: bool = False, cache_dir: str | None = None,
                    use_cache: bool = True, progress: bool = True,
                    callback: Callable[[float, int, float], None] | None = None,
-                   eval_batch_size: int | None = None) -> SupportSet:
+                   eval_batch_size: int | None = None, fit: float | None = None,
+                   max_epochs: int | None = None) -> SupportSet:
     """One support regression model per distance in ``alphas`` (sec. 4.2-4.3), from the cache when there.
 
     ``data``: the training images of the two ``classes`` (an :class:`ImageSet`, or a pair
@@ -251,7 +277,8 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
     ``<cache_dir>/<weights>-<data>-<settings>/`` (12 hex digits of each hash) holding
     ``alpha-<a>.pt`` per finished model, ``alpha-<a>.ckpt`` while one trains, and ``meta.json``.
     ``use_cache=False`` trains in memory without reading or writing files.
-    ``callback(alpha, epoch, loss)`` runs after each epoch.
+    ``callback(alpha, epoch, loss)`` runs after each epoch. ``fit``/``max_epochs``: train each model
+    to a fit criterion (see :func:`train_support`); part of the cache key when given.
     """
     import time
 
@@ -274,6 +301,9 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
     settings = {"version": CACHE_VERSION, "classes": [a, b], "epochs": int(epochs), "lr": float(lr),
                 "batch_size": int(batch_size), "seed": int(seed), "train_mode": bool(train_mode), "loss": "mse",
                 "optimizer": "adam"}
+    if fit is not None:  # absent otherwise: fixed-length entries keep their keys
+        settings["fit"] = float(fit)
+        settings["max_epochs"] = int(max_epochs) if max_epochs is not None else 20 * int(epochs)
     directory = None
     done: dict[float, dict] = {}
     if use_cache:
@@ -313,7 +343,8 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             cb = (lambda e, lo, _al=al: callback(_al, e, lo)) if callback else None
             res = train_support(model, data, targets, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                                 train_mode=train_mode, checkpoint=ckpt, callback=cb, progress=progress,
-                                desc=f"support alpha={alpha_tag(al)}", eval_batch_size=eval_batch_size)
+                                desc=f"support alpha={alpha_tag(al)}", eval_batch_size=eval_batch_size,
+                                fit=fit, max_epochs=max_epochs)
             net = res.net
             if directory:
                 _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,

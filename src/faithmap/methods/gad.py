@@ -10,7 +10,8 @@ new crucial pixels").
 The support models come from :func:`faithmap.gad.support_models` (or ``faithmap gad``). The
 registered method ``gad`` takes them as ``supports``: a list of models, or the folder of a cache
 entry (``--param supports=DIR`` on the command line). Without support models the GAD map is the
-base map restricted to its own important pixels (the alpha = 0 model alone).
+base map restricted to its own important pixels (the alpha = 0 model alone). Base methods with a
+channel reduction use magnitude maps (:data:`MAGNITUDE`) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from ..core.explanation import Explanation
 from ..errors import FaithmapError
 from ..metrics.regions import important_pixels
 from ..registry import register_method
+
+MAGNITUDE = "abs-sum"
+"""The channel reduction of the base maps unless ``base_params`` names one: importance is magnitude.
+
+The paper's five methods are Captum's, whose image visualisation shows absolute values by
+default; and with signed maps the "top half" of a Gradient x Input or IG map is every positive
+pixel however faint (fewer than half are positive on photos with dark backgrounds), so the hulls
+reach the image's edges. ``base_params={"reduce": "sum"}`` (``--param reduce=sum``) keeps signed maps.
+"""
 
 
 def _as_supports(model, supports) -> list:
@@ -66,6 +76,8 @@ def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, b
     if not 0 < fraction <= 1:
         raise FaithmapError(f"fraction must be in (0, 1], got {fraction}")
     params = dict(base_params or {})
+    if "reduce" in spec.params and "reduce" not in params:
+        params["reduce"] = MAGNITUDE
     for key, value in (("batch_size", batch_size), ("seed", seed)):
         if key in spec.params and key not in params and value is not None:
             params[key] = value

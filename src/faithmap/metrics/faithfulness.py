@@ -164,14 +164,25 @@ def slic_segments(x: torch.Tensor, n_segments: int = 100) -> torch.Tensor:
     """SLIC superpixels of each image (scikit-image, defaults as Quantus): (B, H, W) labels 0..n-1.
 
     The one numpy step of the metrics: the segmentation runs once per image on the CPU, on the
-    model inputs in channels-last float64, exactly as Quantus 0.6 calls it.
+    model inputs in channels-last float64, exactly as Quantus 0.6 calls it; the images are spread
+    over ``torch.get_num_threads()`` threads (scikit-image's SLIC releases the GIL: 16 images at
+    224 px took 1.13 s in one thread and 0.64 s in two here, with identical segments).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from skimage.segmentation import slic
 
-    out = []
-    for img in x.detach().permute(0, 2, 3, 1).double().cpu().numpy():
-        seg = slic(img, n_segments=n_segments, start_label=0, channel_axis=-1)
-        out.append(torch.from_numpy(seg.astype("int64")))
+    imgs = list(x.detach().permute(0, 2, 3, 1).double().cpu().numpy())
+
+    def one(img):
+        return torch.from_numpy(slic(img, n_segments=n_segments, start_label=0, channel_axis=-1).astype("int64"))
+
+    workers = min(len(imgs), max(1, torch.get_num_threads()))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(one, imgs))
+    else:
+        out = [one(img) for img in imgs]
     return torch.stack(out).to(x.device)
 
 
