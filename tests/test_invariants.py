@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import faithmap
+from faithmap.errors import FaithmapError
 from faithmap.models import wrap
 
 from conftest import assert_state_equal, model_state
@@ -93,3 +94,23 @@ def test_model_unchanged_when_method_raises(name):
     finally:
         h.remove()
     assert_state_equal(before, model_state(model))
+
+
+def test_model_guard_sets_eval_and_freezes_then_restores_mixed_states():
+    from faithmap.core.batching import model_guard
+    from faithmap.models.layers import get_layer
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.ReLU(), nn.Dropout()))
+    net.eval()
+    net[1].train()  # one module training, the rest not
+    net[0].bias.requires_grad_(False)
+    before = [(m.training) for m in net.modules()], [p.requires_grad for p in net.parameters()]
+    with model_guard(net):
+        assert not any(m.training for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+        net[2].train()  # the body may change modes too: still restored
+    assert ([m.training for m in net.modules()], [p.requires_grad for p in net.parameters()]) == before
+    # get_layer walks the dotted path and names what is missing
+    assert get_layer(net, "2.1") is net[2][1]
+    with pytest.raises(FaithmapError, match="no layer '2.5'"):
+        get_layer(net, "2.5")

@@ -81,17 +81,20 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        if eval_mode:
+        if eval_mode and any(mode for _, mode in modes):  # eval() walks and sets every module: skip it when idle
             model.eval()
         if freeze:
-            for p, _ in grads:
-                p.requires_grad_(False)
+            for p, flag in grads:
+                if flag:
+                    p.requires_grad_(False)
         yield model
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
         for p, flag in grads:
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
 
 
 def per_image_generators(seed: int | None, n: int, device: torch.device | str) -> list[torch.Generator]:

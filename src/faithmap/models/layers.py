@@ -36,6 +36,11 @@ LAYOUTS = ("nchw", "nhwc", "tokens")
 
 def get_layer(net: nn.Module, name: str) -> nn.Module:
     """The sub-module of ``net`` called ``name`` (dotted path, e.g. ``features.17``)."""
+    if name:
+        try:  # a walk down the path, not a scan of every module
+            return net.get_submodule(name)
+        except (AttributeError, TypeError):
+            pass
     modules = dict(net.named_modules())
     if name in modules and name:
         return modules[name]
