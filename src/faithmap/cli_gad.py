@@ -117,7 +117,9 @@ def _check_numbers(args) -> list[float]:
         if not 0 < args.fit < 1:
             raise FaithmapError(f"--fit must be in (0, 1), got {args.fit:g}")
     if args.max_epochs is None:
-        args.max_epochs = DEMO_MAX_EPOCHS if (args.demo and args.fit is not None) else 20 * args.epochs
+        from .gad.support import epoch_limit
+
+        args.max_epochs = DEMO_MAX_EPOCHS if (args.demo and args.fit is not None) else epoch_limit(args.epochs, args.fit, None)
     if args.max_epochs < args.epochs:
         raise FaithmapError(f"--max-epochs must be at least --epochs ({args.epochs}), got {args.max_epochs}")
     if args.lr <= 0:

@@ -215,7 +215,7 @@ def table_supports(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| alpha | epochs | loss, epoch 1 | loss, last epoch | fit MSE | distancing achieved (target = alpha) | from cache |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['alpha']:g} | {r.get('epochs', '')} | {r['first_epoch_loss']:.4g} | {r['last_epoch_loss']:.4g} | {r['fit_mse']:.4g} "
+        lines.append(f"| {r['alpha']:g} | {r['epochs']} | {r['first_epoch_loss']:.4g} | {r['last_epoch_loss']:.4g} | {r['fit_mse']:.4g} "
                      f"| {r['distancing']:.3f} | {'yes' if r['cached'] else 'no'} |")
     return "\n".join(lines)
 

@@ -149,11 +149,19 @@ class TrainResult:
     initial_mse: float | None = None
 
 
+def epoch_limit(epochs: int, fit: float | None, max_epochs: int | None) -> int:
+    """The most epochs :func:`train_support` runs: ``epochs`` without ``fit``; with it ``max_epochs``
+    (default ``20 * epochs``), never fewer than ``epochs``."""
+    if fit is None:
+        return int(epochs)
+    return max(int(epochs), int(max_epochs) if max_epochs is not None else 20 * int(epochs))
+
+
 def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, epochs: int = 10, lr: float = 4e-5,
                   batch_size: int = 32, seed: int = 0, train_mode: bool = False, checkpoint: str | None = None,
                   callback: Callable[[int, float], None] | None = None, progress: bool = True,
                   desc: str = "support", eval_batch_size: int | None = None, fit: float | None = None,
-                  max_epochs: int | None = None) -> TrainResult:
+                  max_epochs: int | None = None, original: torch.Tensor | None = None) -> TrainResult:
     """Regress a copy of ``model.net`` onto ``targets`` (N, K) with MSE and Adam (sec. 4.2).
 
     The copy starts from the original weights; all its parameters are trained. ``checkpoint``: a
@@ -165,14 +173,15 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     accurate approximations to these new outputs", sec. 4.2): after the first ``epochs`` epochs, go
     on one epoch at a time until the epoch's mean training loss is at most ``fit`` times the initial
     loss (the MSE of the original model to ``targets``, ``alpha^2 / K`` for distanced targets), or
-    ``max_epochs`` (default ``20 * epochs``) have run.
+    ``max_epochs`` (default ``20 * epochs``) have run. ``original``: the model's outputs on ``data``
+    when the caller has them (saves the pass that gives the initial loss).
     """
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise FaithmapError(f"need epochs >= 0, lr > 0 and batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
     if fit is not None and not 0 < fit < 1:
         raise FaithmapError(f"fit must be in (0, 1), got {fit}")
-    limit = epochs if fit is None else max(epochs, int(max_epochs) if max_epochs is not None else 20 * epochs)
-    plan = [int(epochs), fit, int(limit)]
+    limit = epoch_limit(epochs, fit, max_epochs)
+    plan = [int(epochs), fit, limit]
     device = model.device
     net = copy.deepcopy(model.net)
     for p in net.parameters():
@@ -192,7 +201,9 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     steps = math.ceil(n / batch_size)
     initial = None
     if fit is not None:
-        initial = float(torch.nn.functional.mse_loss(model_outputs(model, data, eval_batch_size).float(), targets))
+        if original is None:
+            original = model_outputs(model, data, eval_batch_size)
+        initial = float(torch.nn.functional.mse_loss(original.to(device).float(), targets))
     from tqdm import tqdm
 
     def done(epoch: int) -> bool:
@@ -303,7 +314,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
                 "optimizer": "adam"}
     if fit is not None:  # absent otherwise: fixed-length entries keep their keys
         settings["fit"] = float(fit)
-        settings["max_epochs"] = int(max_epochs) if max_epochs is not None else 20 * int(epochs)
+        settings["max_epochs"] = epoch_limit(epochs, fit, max_epochs)
     directory = None
     done: dict[float, dict] = {}
     if use_cache:
@@ -344,7 +355,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             res = train_support(model, data, targets, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                                 train_mode=train_mode, checkpoint=ckpt, callback=cb, progress=progress,
                                 desc=f"support alpha={alpha_tag(al)}", eval_batch_size=eval_batch_size,
-                                fit=fit, max_epochs=max_epochs)
+                                fit=fit, max_epochs=max_epochs, original=original)
             net = res.net
             if directory:
                 _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,
