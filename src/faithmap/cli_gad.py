@@ -66,7 +66,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the demo split, models and support training")
     p.add_argument("--cache-dir", default=None, help="support-model cache (default $FAITHMAP_CACHE/gad or ~/.cache/faithmap/gad)")
     p.add_argument("--no-cache", action="store_true", help="train in memory; read and write no cache")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all); training sums, hence the numbers, depend on it")
     p.add_argument("--out", default="gad_out", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -201,17 +202,12 @@ def _setups(args):
 
 
 def run_gad(args: argparse.Namespace) -> int:
-    import torch
+    from .core.batching import torch_threads
 
     if args.threads is not None and args.threads < 1:
         raise FaithmapError("--threads must be at least 1")
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -235,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
     report = [f"# GAD: {', '.join(methods)}", ""]
     results_json = {"methods": methods, "alphas": [0.0, *alphas], "epochs": args.epochs, "fit": args.fit,
                     "max_epochs": args.max_epochs if args.fit is not None else None, "lr": args.lr,
-                    "train_batch_size": args.train_batch_size, "fraction": args.fraction,
+                    "train_batch_size": args.train_batch_size, "threads": torch.get_num_threads(), "fraction": args.fraction,
                     "hull_threshold": args.hull_threshold, "hull_mode": args.hull_mode, "score": args.score,
                     "experiments": []}
     files = []

@@ -97,6 +97,23 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
                 p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the body with ``n`` torch CPU threads (``None``: unchanged); the previous count is restored."""
+    before = torch.get_num_threads()
+    if n is not None:
+        if int(n) < 1:
+            from ..errors import FaithmapError
+
+            raise FaithmapError(f"threads must be at least 1, got {n}")
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def per_image_generators(seed: int | None, n: int, device: torch.device | str) -> list[torch.Generator]:
     """One random generator per image, each seeded with ``seed``.
 

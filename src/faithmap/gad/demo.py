@@ -11,7 +11,9 @@ trained on the two chosen digits only, with outputs ``[digit a, digit b]``. Two 
 in for the paper's VGG16 and ResNet18: a plain CNN (``cnn``) and a residual CNN (``resnet``), both
 with ReLU modules and no batch norm. Training is seeded and deterministic (cross-entropy, Adam,
 lr 2e-3, batch 16, 20 epochs) and takes about 15-25 s per model on a busy 2-core CPU; the trained
-weights are cached.
+weights are cached. It always runs in one torch thread: a CPU's sums, hence the trained weights,
+depend on the thread count (1 vs 2 threads: weights apart by 0.05 after 5 epochs), and the demo
+classifiers should be the same whatever ``--threads`` the run uses (about 5 s each in one thread).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.batching import model_guard
+from ..core.batching import model_guard, torch_threads
 from ..errors import FaithmapError
 from ..models import Classifier, wrap
 
@@ -153,13 +155,14 @@ TRAIN = {"epochs": 20, "lr": 2e-3, "batch_size": 16}
 
 
 def train_classifier(arch: str, data: Digits, seed: int = 0, **overrides) -> Classifier:
-    """Train a demo classifier with cross-entropy (Adam; :data:`TRAIN` settings), deterministically."""
+    """Train a demo classifier with cross-entropy (Adam; :data:`TRAIN` settings), deterministically
+    (seeded, in one torch thread)."""
     cfg = {**TRAIN, **overrides}
     model = build(arch, data.class_names, seed)
     net = model.net
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     n = len(data.y_train)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch_threads(1):  # the same weights whatever the caller's threads
         torch.manual_seed(seed)
         for epoch in range(cfg["epochs"]):
             net.train()
@@ -185,7 +188,7 @@ def demo_classifier(arch: str, data: Digits, *, seed: int = 0, cache_dir: str | 
 
     cfg = {**TRAIN, **({"epochs": int(epochs)} if epochs is not None else {})}
     key = hashlib.sha256(repr((arch, data.digits, seed, sorted(cfg.items()), DIGITS_SIZE, len(data.y_train),
-                               1)).encode()).hexdigest()[:12]
+                               2)).encode()).hexdigest()[:12]  # 2: trained in one thread
     path = os.path.join(cache_dir or default_cache_dir(), "demo", f"digits-{arch}-{data.digits[0]}{data.digits[1]}-{key}.pt")
     start, cpu = time.perf_counter(), time.process_time()
     model = None

@@ -161,12 +161,13 @@ def distancing_record(model: Classifier, supports: SupportSet, data: ImageSet, c
 
     base = margin(model_outputs(model, data, batch_size))
     rows = []
-    for al, sup, fit, losses, cached in zip(supports.alphas, supports.models, supports.fit_mse, supports.losses,
-                                            supports.cached):
+    threads = supports.threads or [None] * len(supports.alphas)
+    for al, sup, fit, losses, cached, th in zip(supports.alphas, supports.models, supports.fit_mse, supports.losses,
+                                                supports.cached, threads):
         gap = margin(model_outputs(sup, data, batch_size)) - base
         rows.append({"alpha": al, "epochs": len(losses), "first_epoch_loss": losses[0] if losses else float("nan"),
                      "last_epoch_loss": losses[-1] if losses else float("nan"), "fit_mse": fit,
-                     "distancing": float(gap.mean()), "cached": cached})
+                     "distancing": float(gap.mean()), "cached": cached, "threads": th})
     return rows
 
 
@@ -212,11 +213,12 @@ def table_cost(results: Sequence[MethodResult]) -> str:
 
 
 def table_supports(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| alpha | epochs | loss, epoch 1 | loss, last epoch | fit MSE | distancing achieved (target = alpha) | from cache |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| alpha | epochs | loss, epoch 1 | loss, last epoch | fit MSE | distancing achieved (target = alpha) "
+             "| from cache | trained in threads |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        th = r.get("threads")
         lines.append(f"| {r['alpha']:g} | {r['epochs']} | {r['first_epoch_loss']:.4g} | {r['last_epoch_loss']:.4g} | {r['fit_mse']:.4g} "
-                     f"| {r['distancing']:.3f} | {'yes' if r['cached'] else 'no'} |")
+                     f"| {r['distancing']:.3f} | {'yes' if r['cached'] else 'no'} | {th if th is not None else '-'} |")
     return "\n".join(lines)
 
 

@@ -269,6 +269,8 @@ class SupportSet:
     directory: str | None = None
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    threads: list[int | None] = field(default_factory=list)
+    """torch CPU threads each model was trained with (None: a cache entry from before this was kept)."""
 
     def __len__(self) -> int:
         return len(self.models)
@@ -336,7 +338,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
         with open(tmp, "w") as fh:
             json.dump(meta, fh, indent=2)
         os.replace(tmp, os.path.join(directory, "meta.json"))
-    models, fits, losses, cached = [], [], [], []
+    models, fits, losses, cached, threads = [], [], [], [], []
     for al in alphas:
         if al in done:
             state = done[al]
@@ -348,6 +350,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             fits.append(float(state["fit_mse"]))
             losses.append(list(state["losses"]))
             cached.append(True)
+            threads.append(state.get("threads"))
         else:
             targets = distanced_targets(original, labels, (a, b), al)
             ckpt = os.path.join(directory, f"alpha-{alpha_tag(al)}.ckpt") if directory else None
@@ -359,14 +362,17 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             net = res.net
             if directory:
                 _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,
-                              "settings": settings}, os.path.join(directory, f"alpha-{alpha_tag(al)}.pt"))
+                              "settings": settings, "threads": torch.get_num_threads()},
+                             os.path.join(directory, f"alpha-{alpha_tag(al)}.pt"))
                 if ckpt and os.path.exists(ckpt):
                     os.remove(ckpt)
             fits.append(res.fit_mse)
             losses.append(res.losses)
             cached.append(False)
+            threads.append(torch.get_num_threads())
         models.append(clone_classifier(model, net, f"{model.name}-gad{alpha_tag(al)}"))
-    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, settings)
+    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, settings,
+                      threads)
 
 
 def load_supports(model: Classifier, directory: str) -> list[Classifier]:
