@@ -77,6 +77,37 @@ def test_port_fast_paths_equal_the_module_paths():
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_padded_expansion_equals_the_module_path(monkeypatch, fuse):
+    """Without autograd, the stride-2 blocks pad their narrow input and expand it instead of padding
+    the expanded tensor: taken in all four stride-2 blocks at even sizes, bit-identical outputs."""
+    from faithmap.models.efficientnet_lite import MBConv, efficientnet_lite0
+
+    net = efficientnet_lite0(fuse=fuse).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    real, taken = MBConv._expand_depthwise_padded, []
+
+    def spy(self, inp):
+        out = real(self, inp)
+        taken.append(out is not None)
+        return out
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        monkeypatch.setattr(MBConv, "_expand_depthwise_padded", spy)
+        taken.clear()
+        with torch.no_grad():
+            fast = net(xf)
+        assert sum(taken) == 4
+        taken.clear()
+        net(xf.clone().requires_grad_(True))  # autograd: the module path
+        assert sum(taken) == 0
+        monkeypatch.setattr(MBConv, "_expand_depthwise_padded", lambda self, inp: None)
+        with torch.no_grad():
+            slow = net(xf)
+        assert torch.equal(fast, slow)
+
+
 def test_default_model(lite0):
     assert lite0.cam_layer == "features.17" and lite0.input_size == 224
     assert len(lite0.class_names) == 1000 and lite0.class_names[967] == "espresso"

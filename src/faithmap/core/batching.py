@@ -63,6 +63,20 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+def image_runs(img: torch.Tensor) -> list[tuple[int, slice]]:
+    """Runs of equal consecutive image indices in a chunk of jobs: (image, positions) pairs.
+
+    Jobs are laid out image by image, so a chunk holds a few runs; building each run's images by
+    broadcasting the one photo avoids gathering a copy of it per job.
+    """
+    values, counts = torch.unique_consecutive(img, return_counts=True)
+    out, start = [], 0
+    for v, c in zip(values.tolist(), counts.tolist()):
+        out.append((int(v), slice(start, start + c)))
+        start += c
+    return out
+
+
 def forward_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``fn`` over ``x`` in chunks of at most ``batch_size`` images, concatenated."""
     if x.shape[0] <= batch_size:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size
+from ..core.batching import (DEFAULT_BATCH_SIZE, chunks, image_runs, model_guard, per_image_generators,
+                             resolve_batch_size)
 from ..core.explanation import Explanation
 from ..core.perturb import make_baseline, phi
 from ..core.scores import score_of
@@ -97,14 +98,15 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int])
     ``cell = ceil(H / s)``, and the ``H x W`` window starting at ``shift`` is cut out (RISE's
     random shifts by less than one cell).
     """
-    n, s = grids.shape[0], grids.shape[-1]
+    s = grids.shape[-1]
     hgt, wid = size
     ch, cw = math.ceil(hgt / s), math.ceil(wid / s)
     up = F.interpolate(grids.unsqueeze(1), size=((s + 1) * ch, (s + 1) * cw), mode="bilinear",
                        align_corners=False)[:, 0]
-    rows = shifts[:, :1] + torch.arange(hgt, device=grids.device)  # (n, H)
-    cols = shifts[:, 1:] + torch.arange(wid, device=grids.device)  # (n, W)
-    return up[torch.arange(n, device=grids.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if up.shape[0] == 0:
+        return up[:, :hgt, :wid]
+    # one window per mask, cut by slicing (an advanced-index gather of every pixel was ~3x slower)
+    return torch.stack([m[r:r + hgt, c:c + wid] for m, (r, c) in zip(up, shifts.tolist())])
 
 
 @register_method(
@@ -139,13 +141,17 @@ def rise(model, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000, c
                                        torch.randint(0, cw, (n_masks,), generator=g, device=x.device)], 1)
                           for g in gens])
     base = make_baseline(baseline, x, getattr(model, "mean", None), getattr(model, "std", None))
+    diff = x - base
     sal = torch.zeros(b, hgt * wid, device=x.device, dtype=x.dtype)
     with model_guard(model), torch.no_grad():
         for sl in chunks(b * n_masks, bs):
             flat = torch.arange(sl.start, sl.stop, device=x.device)
             img, j = flat // n_masks, flat % n_masks
             masks = rise_masks(grids[img, j], shifts[img, j], (hgt, wid))
-            s = fn(model(phi(x[img], base[img], masks.unsqueeze(1))), target[img])
+            batch = torch.empty((len(img), *x.shape[1:]), device=x.device, dtype=x.dtype)
+            for i, r in image_runs(img):  # phi(x, base, m) = base + m (x - base), the photo broadcast
+                torch.mul(masks[r].unsqueeze(1), diff[i], out=batch[r]).add_(base[i])
+            s = fn(model(batch), target[img])
             sal.index_add_(0, img, s.unsqueeze(1) * masks.flatten(1))
     sal = sal.view(b, hgt, wid) / (n_masks * p)
     return Explanation(saliency=sal, target=target, method="rise",

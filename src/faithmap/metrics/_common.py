@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..core.batching import chunks, model_guard, resolve_batch_size
+from ..core.batching import chunks, image_runs, model_guard, resolve_batch_size  # noqa: F401 (image_runs re-exported)
 from ..core.perturb import BASELINES, make_baseline, upsample
 from ..core.scores import score_of
 from ..errors import FaithmapError
@@ -149,20 +149,6 @@ def run_jobs(model, n_jobs: int, build: Callable[[slice], tuple[torch.Tensor, to
         for sl in chunks(n_jobs, bs):
             images, t = build(sl)
             out[sl] = fn(model(images), t).double()
-    return out
-
-
-def image_runs(img: torch.Tensor) -> list[tuple[int, slice]]:
-    """Runs of equal consecutive image indices in a chunk of jobs: (image, positions) pairs.
-
-    Jobs are laid out image by image, so a chunk holds a few runs; building each run's images by
-    broadcasting the one photo avoids gathering a copy of it per job.
-    """
-    values, counts = torch.unique_consecutive(img, return_counts=True)
-    out, start = [], 0
-    for v, c in zip(values.tolist(), counts.tolist()):
-        out.append((int(v), slice(start, start + c)))
-        start += c
     return out
 
 
