@@ -155,12 +155,13 @@ class MBConv(nn.Module):
         if ex is None or type(ex.act) is not nn.ReLU6 or ex.conv.kernel_size != (1, 1) or ex.conv.stride != (1, 1):
             return None
         left, right, top, bottom = dw.conv.same_padding(*x.shape[-2:])
-        if (left == right and top == bottom) or (torch.is_grad_enabled() and x.requires_grad) \
-                or _hooked(ex, ex.conv, ex.bn, ex.act, dw, dw.conv, dw.bn, dw.act):
+        if left == right and top == bottom:
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in ex.parameters())):
+            return None  # autograd: the module path (in-place writes into a padded buffer would not do)
+        if _hooked(ex, ex.conv, ex.bn, ex.act, dw, dw.conv, dw.bn, dw.act):
             return None
         y = ex.bn(ex.conv(_pad(x, left, right, top, bottom)))
-        if y.requires_grad:
-            return None
         y = _zero_border(F.hardtanh(y, 0.0, 6.0, inplace=True), left, right, top, bottom)
         z = dw.bn(dw.conv.conv_padded(y))
         return F.hardtanh(z, 0.0, 6.0, inplace=True) if type(dw.act) is nn.ReLU6 else dw.act(z)
