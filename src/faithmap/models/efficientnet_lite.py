@@ -147,7 +147,7 @@ class MBConv(nn.Module):
         padding (the stride-2 blocks at even sizes), padding the block's narrow input instead of
         the expanded tensor: the 1x1 expansion of the padded input holds the expanded tensor in
         its interior (each pixel on its own), and its border, set to zero, is the padding. Same
-        values as the module path; it copies 16 or 24 channels instead of 96 or 144 (the padded
+        values as the module path; it copies 16-112 channels instead of 6x as many (the padded
         copy of the 16 x 96 x 112 x 112 tensor took about 5-20 ms of a 100 ms pass of 16 photos
         here). Taken without autograd and when no hook could see the tensors; None otherwise.
         """
