@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..core.batching import chunks, image_runs, model_guard, resolve_batch_size  # noqa: F401 (image_runs re-exported)
+from ..core.batching import chunks, model_guard, resolve_batch_size
 from ..core.perturb import BASELINES, make_baseline, upsample
 from ..core.scores import score_of
 from ..errors import FaithmapError

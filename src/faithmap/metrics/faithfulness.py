@@ -27,11 +27,11 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import chunks, model_guard, per_image_generators, resolve_batch_size
+from ..core.batching import chunks, image_runs, model_guard, per_image_generators, resolve_batch_size
 from ..errors import FaithmapError
 from ..registry import register_metric
-from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, image_runs, pixel_rank,
-                      prepare_maps, run_jobs)
+from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, pixel_rank, prepare_maps,
+                      run_jobs)
 
 # ----------------------------------------------------------------------------------------------
 # helpers

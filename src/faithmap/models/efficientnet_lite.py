@@ -101,7 +101,11 @@ class ConvBN(nn.Module):
         self.act = nn.ReLU6() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        y = self.bn(self.conv(x))
+        return self.finish(self.conv(x))
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """Batch norm and activation of the convolution's output ``y``."""
+        y = self.bn(y)
         if type(self.act) is nn.ReLU6 and not _hooked(self.conv, self.bn, self.act):
             # nobody else holds y: clamp it in place (autograd checks that this is allowed)
             return F.hardtanh(y, 0.0, 6.0, inplace=True)
@@ -161,10 +165,8 @@ class MBConv(nn.Module):
             return None  # autograd: the module path (in-place writes into a padded buffer would not do)
         if _hooked(ex, ex.conv, ex.bn, ex.act, dw, dw.conv, dw.bn, dw.act):
             return None
-        y = ex.bn(ex.conv(_pad(x, left, right, top, bottom)))
-        y = _zero_border(F.hardtanh(y, 0.0, 6.0, inplace=True), left, right, top, bottom)
-        z = dw.bn(dw.conv.conv_padded(y))
-        return F.hardtanh(z, 0.0, 6.0, inplace=True) if type(dw.act) is nn.ReLU6 else dw.act(z)
+        y = _zero_border(ex.finish(ex.conv(_pad(x, left, right, top, bottom))), left, right, top, bottom)
+        return dw.finish(dw.conv.conv_padded(y))
 
 
 class EfficientNetLite(nn.Module):
