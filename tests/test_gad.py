@@ -370,6 +370,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     (["--demo", "--fit", "2"], "--fit must be in (0, 1)"),
     (["--demo", "--fit", "tight"], "--fit must be a number"),
     (["--demo", "--epochs", "5", "--max-epochs", "3"], "--max-epochs must be at least"),
+    (["--demo", "--threads", "0"], "--threads must be at least 1"),
     (["--classes", "a", "b"], "--data"),
     (["--demo", "--param", "steps=4", "--method", "saliency"], "parameter 'steps'"),
 ])
