@@ -153,3 +153,35 @@ def test_explain_spends_a_forward_pass_only_on_predicted_targets(patch_model, pa
     torch.testing.assert_close(e2.saliency, e.saliency)  # the patch class is the top-1 class here
     with pytest.raises(FaithmapError, match="out of range"):
         faithmap.explain(clf, x, "gradcam", target=5)
+
+
+def test_swap_gives_exactly_what_where_gives():
+    """``swap`` (torch.lerp with 0/1 weights) returns the same bits as ``torch.where`` for finite
+    values of any magnitude, with bool masks and with the 0/1 floats of ``below``."""
+    from faithmap.core.perturb import below, swap
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        tiny = torch.finfo(dtype).tiny
+        scale = torch.tensor([1e-30, tiny / 4, 1.0, 3e7, torch.finfo(dtype).max / 4], dtype=dtype)
+        x = torch.randn(3, 9, 11, generator=g, dtype=dtype) * scale[torch.randint(0, 5, (3, 9, 11), generator=g)]
+        base = torch.randn(3, 9, 11, generator=g, dtype=dtype) * scale[torch.randint(0, 5, (3, 9, 11), generator=g)]
+        rank = torch.randperm(99, generator=g).view(1, 9, 11)
+        count = torch.arange(0, 100, 7).view(-1, 1, 1, 1)
+        expect = torch.where(rank < count, base, x)
+        assert torch.equal(swap(x, base, rank < count), expect)
+        weights = below(rank.to(dtype), count.to(dtype))
+        assert set(weights.unique().tolist()) <= {0.0, 1.0}
+        out = torch.empty_like(expect)
+        swap(x, base, weights, out=out)
+        assert torch.equal(out, expect)
+
+
+def test_below_is_the_comparison_up_to_float32_exact_integers():
+    from faithmap.core.perturb import below
+
+    top = 2 ** 24
+    rank = torch.tensor([0, 1, top - 2, top - 1, top], dtype=torch.long)
+    count = torch.tensor([0, 1, 2, top - 1, top], dtype=torch.long).view(-1, 1)
+    got = below(rank.float(), count.float())
+    assert torch.equal(got, (rank < count).float())

@@ -612,3 +612,41 @@ def test_missing_inputs_raise_one_clear_error(setup):
         F.infidelity(model, x, sal, t, perturbation="rotate")
     with pytest.raises(FaithmapError, match="explain returned"):
         R.avg_sensitivity(model, x, sal, t, explain=lambda xp, tp: sal[:1], n_samples=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# superpixel relabelling and compositing helpers
+# ----------------------------------------------------------------------------------------------
+def test_relabel_equals_unique_per_image():
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randint(0, 6, (3, 5, 7), generator=g) * 3 - 4  # gaps and negative labels
+    sparse = dense.clone()
+    sparse[1] = sparse[1] * 10 ** 9  # wider than the image has pixels: the per-image fallback
+    for seg in (dense, sparse):
+        out, counts = F._relabel(seg)
+        for i in range(len(seg)):
+            uniq, inv = torch.unique(seg[i], return_inverse=True)
+            assert torch.equal(out[i], inv)
+            assert int(counts[i]) == len(uniq)
+
+
+def test_irof_does_not_depend_on_how_segments_are_numbered(setup):
+    model, _, t, sal = setup
+    x = blocky()
+    seg = F.slic_segments(x, 12)
+    a = F.irof(model, x, sal, t, segments=seg)
+    b = F.irof(model, x, sal, t, segments=seg * 7 + 1000)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.extras["segments"], b.extras["segments"])
+
+
+def test_float_ranks_keep_counts_exact():
+    rank = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    assert F._float_ranks(rank, torch.float32).dtype == torch.float32
+    assert F._float_ranks(rank, torch.float16).dtype == torch.float64  # 4,096 > 2**11
+
+
+@pytest.mark.parametrize("metric", ["pixel_flipping", "faithfulness_estimate", "irof"])
+def test_non_finite_baseline_is_one_clear_error(setup, metric):
+    model, x, t, sal = setup
+    with pytest.raises(FaithmapError, match="baseline contains NaN or infinite values"):
+        getattr(F, metric)(model, x, sal, t, baseline=float("nan"))

@@ -71,6 +71,31 @@ def phi(image: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor) -> torc
     return baseline + mask * (image - baseline)
 
 
+def swap(image: torch.Tensor, baseline: torch.Tensor, removed: torch.Tensor,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """``baseline`` where ``removed`` is 1 (or True), ``image`` where it is 0 (masks broadcast over
+    channels).
+
+    The values of ``torch.where(removed, baseline, image)`` for finite inputs, about twice as fast
+    on the CPU: ``torch.lerp`` with weights exactly 0 or 1 returns its ends exactly
+    (``a + 0 (b - a) = a``, ``b - (b - a) 0 = b``) and its kernel is vectorised, where's is not.
+    ``removed`` as 0/1 floats of the image's dtype (:func:`below`) saves converting a bool mask.
+    Callers make sure the inputs are finite (a NaN or infinity would spread).
+    """
+    if removed.dtype != image.dtype:
+        removed = removed.to(image.dtype)
+    return torch.lerp(image, baseline, removed, out=out)
+
+
+def below(rank: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """1.0 where ``rank < count``, else 0.0, for integer-valued float tensors (broadcast).
+
+    ``clamp(count - rank, 0, 1)``: exact while the values are integers a float holds exactly (below
+    2**24 in float32), and about 5x faster on the CPU than a bool comparison converted to floats.
+    """
+    return torch.sub(count, rank).clamp_(0, 1)
+
+
 def upsample(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of (B, k, h, w) masks to ``size`` with ``align_corners=True``.
 

@@ -110,15 +110,19 @@ def baseline_image(kind: str | float | torch.Tensor, x: torch.Tensor, model=None
     the model's mean/std, ``zero``, ``gray``, ``noise``...) or a tensor.
     """
     if isinstance(kind, (int, float)) and not isinstance(kind, bool):
-        return torch.full_like(x, float(kind))
-    if isinstance(kind, str) and kind in QUANTUS_BASELINES:
+        out = torch.full_like(x, float(kind))
+    elif isinstance(kind, str) and kind in QUANTUS_BASELINES:
         flat = x.flatten(1)
         v = {"min": flat.amin(1), "max": flat.amax(1), "mean": flat.mean(1)}[kind]
-        return v.view(-1, 1, 1, 1).expand_as(x).clone()
-    if isinstance(kind, str) and kind not in BASELINES:
+        out = v.view(-1, 1, 1, 1).expand_as(x).clone()
+    elif isinstance(kind, str) and kind not in BASELINES:
         raise FaithmapError(f"unknown baseline {kind!r}; choose from: "
                             f"{', '.join(QUANTUS_BASELINES + BASELINES)}, a number or a tensor")
-    return make_baseline(kind, x, getattr(model, "mean", None), getattr(model, "std", None), generator)
+    else:
+        out = make_baseline(kind, x, getattr(model, "mean", None), getattr(model, "std", None), generator)
+    if not torch.isfinite(out).all():  # the metrics' compositing (core.perturb.swap) needs finite values
+        raise FaithmapError("the baseline contains NaN or infinite values")
+    return out
 
 
 def pixel_rank(a: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.batching import chunks, image_runs, model_guard, per_image_generators, resolve_batch_size
+from ..core.perturb import below, swap
 from ..errors import FaithmapError
 from ..registry import register_metric
 from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, pixel_rank, prepare_maps,
@@ -36,6 +37,14 @@ from ._common import (MetricResult, baseline_image, check_inputs, check_positive
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def _float_ranks(rank: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Ranks of an (B, 1, H, W) image's pixels as floats for :func:`~faithmap.core.perturb.below`:
+    in the image's dtype while it holds every count up to H x W exactly (float32: 2**24), else in
+    float64 (``swap`` converts the 0/1 weights)."""
+    exact = round(2 / torch.finfo(dtype).eps)  # 2**(mantissa bits + 1)
+    return rank.to(dtype if rank.shape[-2] * rank.shape[-1] <= exact else torch.float64)
 
 
 def default_pixels_in_step(h: int, w: int) -> int:
@@ -93,7 +102,7 @@ def faithfulness_estimate_scores(model, x, saliency, target, *, pixels_in_step: 
         img, step = idx // (n + 1), idx % (n + 1)  # step n = the unperturbed image
         out = torch.empty(len(idx), c, h, w, device=x.device, dtype=x.dtype)
         for i, r in image_runs(img):
-            torch.where(groups[i] == step[r].view(-1, 1, 1, 1), base[i], x[i], out=out[r])
+            swap(x[i], base[i], groups[i] == step[r].view(-1, 1, 1, 1), out=out[r])
         return out, target[img]
 
     s = run_jobs(model, b * (n + 1), build, score=score, batch_size=batch_size, device=x.device).view(b, n + 1)
@@ -138,16 +147,17 @@ def pixel_flipping(model, x, saliency, target, *, pixels_in_step: int | None = N
     b, c, h, w = x.shape
     a = prepare_maps(saliency, (h, w), normalise=normalise, absolute=absolute)
     k, n = _steps(name, h, w, pixels_in_step)
-    rank = pixel_rank(a).view(b, 1, h, w)
+    rank = _float_ranks(pixel_rank(a).view(b, 1, h, w), x.dtype)
     base = baseline_image(baseline, x, model)
     counts = torch.tensor([min(h * w, k * (t + 1)) for t in range(n)], device=x.device)
+    fcounts = counts.to(rank.dtype)
 
     def build(sl):
         idx = torch.arange(sl.start, sl.stop, device=x.device)
         img, step = idx // n, idx % n
         out = torch.empty(len(idx), c, h, w, device=x.device, dtype=x.dtype)
         for i, r in image_runs(img):
-            torch.where(rank[i] < counts[step[r]].view(-1, 1, 1, 1), base[i], x[i], out=out[r])
+            swap(x[i], base[i], below(rank[i], fcounts[step[r]].view(-1, 1, 1, 1)), out=out[r])
         return out, target[img]
 
     curve = run_jobs(model, b * n, build, score=score, batch_size=batch_size, device=x.device).view(b, n)
@@ -187,13 +197,26 @@ def slic_segments(x: torch.Tensor, n_segments: int = 100) -> torch.Tensor:
 
 
 def _relabel(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive labels 0..n_i-1 per image and the counts n_i."""
-    out, counts = torch.empty_like(segments), []
-    for i in range(segments.shape[0]):
-        uniq, inv = torch.unique(segments[i], return_inverse=True)
-        out[i] = inv
-        counts.append(len(uniq))
-    return out, torch.tensor(counts, device=segments.device)
+    """Consecutive labels 0..n_i-1 per image, in the order of the given labels, and the counts n_i.
+
+    One scatter of "label present" flags and a cumulative sum over the whole batch (the labels of
+    scikit-image's SLIC are already 0..n-1); labels spread wider than the image has pixels (an
+    unusual numbering a user passed) go through ``torch.unique`` image by image instead.
+    """
+    b = segments.shape[0]
+    flat = segments.reshape(b, -1)
+    shifted = flat - flat.amin(1, keepdim=True)
+    width = int(shifted.max()) + 1
+    if width > flat.shape[1]:
+        out, counts = torch.empty_like(flat), []
+        for i in range(b):
+            uniq, inv = torch.unique(flat[i], return_inverse=True)
+            out[i] = inv
+            counts.append(len(uniq))
+        return out.view_as(segments), torch.tensor(counts, device=segments.device)
+    present = torch.zeros(b, width, dtype=torch.long, device=segments.device).scatter_(1, shifted, 1)
+    new_id = present.cumsum(1) - 1
+    return new_id.gather(1, shifted).view_as(segments), present.sum(1)
 
 
 @register_metric("irof", higher_is_better=True, category="faithfulness",
@@ -237,7 +260,7 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     means = torch.where(cnt.view(b, L) > 0, means, torch.full_like(means, -math.inf))
     order = torch.sort(-means, dim=1, stable=True).indices
     seg_rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=x.device).expand(b, L))
-    prank = seg_rank.gather(1, seg.view(b, -1)).view(b, 1, h, w)
+    prank = _float_ranks(seg_rank.gather(1, seg.view(b, -1)).view(b, 1, h, w), x.dtype)
     base = baseline_image(baseline, x, model)
     # jobs: the photo itself, then each image's steps t = 1..n_i
     starts = torch.cumsum(torch.cat([torch.zeros(1, device=x.device, dtype=torch.long), nseg[:-1]]), 0)
@@ -246,11 +269,13 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     job_img = torch.cat([torch.arange(b, device=x.device), job_img])
     job_t = torch.cat([torch.zeros(b, device=x.device, dtype=torch.long), job_t])
 
+    ft = job_t.to(prank.dtype)
+
     def build(sl):
-        img, t = job_img[sl], job_t[sl]
+        img, t = job_img[sl], ft[sl]
         out = torch.empty(len(img), c, h, w, device=x.device, dtype=x.dtype)
         for i, r in image_runs(img):
-            torch.where(prank[i] < t[r].view(-1, 1, 1, 1), base[i], x[i], out=out[r])
+            swap(x[i], base[i], below(prank[i], t[r].view(-1, 1, 1, 1)), out=out[r])
         return out, target[img]
 
     s = run_jobs(model, len(job_img), build, score=score, batch_size=batch_size, device=x.device)
@@ -259,13 +284,14 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     curves[:, 0] = 1.0
     rel = s[b:] / p0[job_img[b:]]
     curves[job_img[b:], job_t[b:]] = rel
-    scores = torch.empty(b, device=x.device, dtype=torch.float64)
-    quantus = torch.empty_like(scores)
-    for i in range(b):  # per-image trapezoids over curves of different lengths (cheap, no model calls)
-        n = int(nseg[i])
-        ci = curves[i, :n + 1]
-        scores[i] = 1 - torch.trapezoid(ci, dx=1.0 / n)
-        quantus[i] = n - torch.trapezoid(ci[1:], dx=1.0)
+    # trapezoids over curves of different lengths, all images at once: torch.trapezoid's own
+    # formula, (sum - (first + last) / 2) * dx, over each curve's n_i + 1 points
+    last = curves.gather(1, nseg.view(-1, 1)).squeeze(1)
+    valid = torch.arange(L + 1, device=x.device) <= nseg.view(-1, 1)
+    total = torch.where(valid, curves, torch.zeros_like(curves)).sum(1)
+    n = nseg.to(torch.float64)
+    scores = 1 - (total - (curves[:, 0] + last) * 0.5) * (1.0 / n)
+    quantus = n - ((total - curves[:, 0]) - (curves[:, 1] + last) * 0.5)
     return MetricResult(scores, curves=curves, images=len(job_img),
                         extras={"segments": nseg, "quantus_aoc": quantus})
 
@@ -447,26 +473,28 @@ def rise_curves(model, x, saliency, target, *, step: int | None = None, score: s
     a = prepare_maps(saliency, (h, w), normalise=False, absolute=False)
     k = w if step is None else check_positive_int(name, "step", step)
     n = math.ceil(h * w / k)
-    rank = pixel_rank(a).view(b, 1, h, w)
+    rank = _float_ranks(pixel_rank(a).view(b, 1, h, w), x.dtype)
     dele = baseline_image(deletion_baseline, x, model)
     ins = rise_blur(x) if insertion_baseline == "blur11" else baseline_image(insertion_baseline, x, model)
-    counts = torch.tensor([min(h * w, k * t) for t in range(n + 1)], device=x.device)
-    # jobs: (image, kind, t): kind 0 = photo, 1 = deletion t = 1..n, 2 = insertion t = 0..n-1
+    counts = torch.tensor([min(h * w, k * t) for t in range(n + 1)], device=x.device, dtype=rank.dtype)
+    # jobs: (image, j): j = 0 the photo, j = 1..n deletion t = j, j = n+1..2n insertion t = j - n - 1
     per = 2 * n + 1
 
     def build(sl):
-        idx = torch.arange(sl.start, sl.stop, device=x.device)
-        img, j = idx // per, idx % per
-        parts = []
+        img = torch.arange(sl.start, sl.stop, device=x.device) // per
+        out = torch.empty(len(img), c, h, w, device=x.device, dtype=x.dtype)
         for i, r in image_runs(img):
-            jj = j[r]
-            # deletion t = 1..n for j in 1..n; insertion t = 0..n-1 for j in n+1..2n; j = 0: the photo
-            is_del = (jj <= n).view(-1, 1, 1, 1)
-            t = torch.where(jj <= n, jj, jj - n - 1)
-            moved = rank[i] < counts[t].view(-1, 1, 1, 1)
-            out = torch.where(is_del, torch.where(moved, dele[i], x[i]), torch.where(moved, x[i], ins[i]))
-            parts.append(out)
-        return torch.cat(parts), target[img]
+            j0 = (sl.start + r.start) % per  # a run is one image's consecutive j
+            nd = max(0, min(r.stop - r.start, n + 1 - j0))  # its deletion jobs (and the photo)
+            d, q = slice(r.start, r.start + nd), slice(r.start + nd, r.stop)
+            if nd:
+                t = counts[j0:j0 + nd].view(-1, 1, 1, 1)
+                swap(x[i], dele[i], below(rank[i], t), out=out[d])
+            if q.stop > q.start:
+                t0 = j0 + nd - n - 1
+                t = counts[t0:t0 + q.stop - q.start].view(-1, 1, 1, 1)
+                swap(ins[i], x[i], below(rank[i], t), out=out[q])  # inserted pixels show the photo
+        return out, target[img]
 
     s = run_jobs(model, b * per, build, score=score, batch_size=batch_size, device=x.device).view(b, per)
     deletion = torch.cat([s[:, :1], s[:, 1:n + 1]], 1)
