@@ -448,3 +448,25 @@ def test_folder_images_feed_support_training(tmp_path):
     assert FolderImages.from_folder(model, str(tmp_path), [(["c0"], 0), (["c1"], 1)]).fingerprint() != fp
     with pytest.raises(FaithmapError, match="no sub-folder for class 'dog'"):
         FolderImages.from_folder(model, str(tmp_path), [(["dog"], 0)])
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet"])
+@pytest.mark.parametrize("name", ["guidedbackprop", "deconvnet"])
+def test_demo_networks_rectifier_maps_equal_captum(arch, name):
+    """Guided Backprop and Deconvnet on both demo networks (the residual one adds its skip before
+    the block's last ReLU) give captum's maps, the implementation the GAD paper used."""
+    import warnings
+
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    from faithmap.gad.demo import build, load_digits
+
+    data = load_digits()
+    clf = build(arch, data.class_names, seed=0)
+    x, t = data.x_test[:6], data.y_test[:6]
+    ours = faithmap.explain(clf, x, name, t).attribution
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = {"guidedbackprop": GuidedBackprop, "deconvnet": Deconvolution}[name](clf.net).attribute(x.clone(), target=t)
+    assert float((ours - ref).abs().max()) <= 1e-6 * float(ref.abs().max())
+    assert float(ref.abs().max()) > 0
