@@ -266,16 +266,19 @@ def _irof_quantus_form(res) -> np.ndarray:
 
 
 def _captum_infidelity(ctx: dict) -> Callable:
+    """captum's ``infidelity`` on faithmap's perturbations. captum leaves drawing them to the
+    user's ``perturb_func``; the timed call draws them with faithmap's generator and upsamples the
+    maps, as a captum user has to, so both sides pay for the same draws."""
     from captum.metrics import infidelity
 
     from ..metrics import faithfulness as F
     from ..metrics._common import to_input_size
 
     m, x, t, sal = ctx["model"], ctx["x"], ctx["t"], ctx["sal"]
-    pert = torch.cat(list(F.infidelity_perturbations(x, 10, model=m, seed=0)), 1)  # (B, S, C, H, W)
-    attr = to_input_size(sal, tuple(x.shape[-2:])).unsqueeze(1).expand_as(x)
 
     def run():
+        pert = torch.cat(list(F.infidelity_perturbations(x, 10, model=m, seed=0)), 1)  # (B, S, C, H, W)
+        attr = to_input_size(sal, tuple(x.shape[-2:])).unsqueeze(1).expand_as(x)
         state = {"at": 0}
 
         def perturb(inp):

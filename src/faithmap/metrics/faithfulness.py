@@ -360,11 +360,14 @@ def infidelity_perturbations(x: torch.Tensor, n_samples: int, *, perturbation: s
         base = baseline_image(baseline, x, model)
         rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
         cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+        diff = (x - base).unsqueeze(1)
         for s0 in range(0, n_samples, per):
             q = pos[:, s0:s0 + per]
             r0, c0 = q[..., 0].view(b, -1, 1, 1), q[..., 1].view(b, -1, 1, 1)
-            inside = (rows >= r0) & (rows < r0 + p) & (cols >= c0) & (cols < c0 + p)  # (B, k, H, W)
-            yield (x - base).unsqueeze(1) * inside.unsqueeze(2).to(x.dtype)
+            # the square as the product of its row band (B, k, H, 1) and column band (B, k, 1, W)
+            in_rows = ((rows >= r0) & (rows < r0 + p)).to(x.dtype)
+            in_cols = ((cols >= c0) & (cols < c0 + p)).to(x.dtype)
+            yield diff * (in_rows * in_cols).unsqueeze(2)
     elif perturbation == "gaussian":
         for s0 in range(0, n_samples, per):
             k = min(per, n_samples - s0)
@@ -405,17 +408,22 @@ def infidelity(model, x, saliency, target, *, n_samples: int = 10, perturbation:
     a = prepare_maps(saliency, (h, w), normalise=normalise, absolute=absolute)
     bs = resolve_batch_size(batch_size, x.device)
     per = max(1, bs // b)  # samples per chunk: about batch_size images
-    f0 = run_jobs(model, b, lambda sl: (x[sl], target[sl]), score=score, batch_size=bs, device=x.device)
     if perturbation not in ("square", "gaussian"):
         raise FaithmapError(f"metric {name}: unknown perturbation {perturbation!r}; choose square or gaussian")
-    dots, deltas = [], []
+    f0, dots, deltas = None, [], []
     for pert in infidelity_perturbations(x, n_samples, perturbation=perturbation, patch=patch, noise_std=noise_std,
                                          baseline=baseline, model=model, seed=seed, per_chunk=per):
         k = pert.shape[1]
         dots.append((pert * a.view(b, 1, 1, h, w)).flatten(2).sum(2).double())  # (B, s)
         moved = (x.unsqueeze(1) - pert).reshape(b * k, c, h, w)
         tt = target.repeat_interleave(k)
-        f1 = run_jobs(model, b * k, lambda s_: (moved[s_], tt[s_]), score=score, batch_size=bs, device=x.device)
+        if f0 is None:  # the photos go through the model with the first chunk
+            both, tboth = torch.cat([x, moved]), torch.cat([target, tt])
+            s_ = run_jobs(model, b + b * k, lambda sl: (both[sl], tboth[sl]), score=score, batch_size=bs,
+                          device=x.device)
+            f0, f1 = s_[:b], s_[b:]
+        else:
+            f1 = run_jobs(model, b * k, lambda s_: (moved[s_], tt[s_]), score=score, batch_size=bs, device=x.device)
         deltas.append(f0.view(b, 1) - f1.view(b, k))
     dot, delta = torch.cat(dots, 1), torch.cat(deltas, 1)
     if optimal_scaling:
