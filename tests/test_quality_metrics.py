@@ -650,3 +650,15 @@ def test_non_finite_baseline_is_one_clear_error(setup, metric):
     model, x, t, sal = setup
     with pytest.raises(FaithmapError, match="baseline contains NaN or infinite values"):
         getattr(F, metric)(model, x, sal, t, baseline=float("nan"))
+
+
+@pytest.mark.parametrize("metric,kw", [("pixel_flipping", {}), ("irof", {}), ("irof", {"segments": "slic"})])
+def test_nan_images_are_one_clear_error(setup, metric, kw):
+    """IROF checks its images in numpy when it segments them itself, torch otherwise: one message."""
+    model, _, t, sal = setup
+    x = blocky()
+    if kw.get("segments") == "slic":
+        kw = {"segments": F.slic_segments(x, 12)}
+    x[1, 0, 2, 3] = float("nan")
+    with pytest.raises(FaithmapError, match=f"metric {metric}: images contain NaN or infinite values"):
+        getattr(F, metric)(model, x, sal, t, **kw)
