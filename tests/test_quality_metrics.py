@@ -662,3 +662,9 @@ def test_nan_images_are_one_clear_error(setup, metric, kw):
     x[1, 0, 2, 3] = float("nan")
     with pytest.raises(FaithmapError, match=f"metric {metric}: images contain NaN or infinite values"):
         getattr(F, metric)(model, x, sal, t, **kw)
+
+
+def test_irof_bad_n_segments_names_the_metric_once(setup):
+    model, x, t, sal = setup
+    with pytest.raises(FaithmapError, match=r"^metric irof: n_segments must be an integer of at least 2, got 1$"):
+        F.irof(model, x, sal, t, n_segments=1)

@@ -252,9 +252,10 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     x, saliency, target = check_inputs(name, model, x, saliency, target, check_values=not own)
     b, c, h, w = x.shape
     if own:  # segment before this call's torch work (see slic_segments)
+        n_segments = check_positive_int(name, "n_segments", n_segments, 2)
         try:
-            segments = slic_segments(x, check_positive_int(name, "n_segments", n_segments, 2))
-        except FaithmapError as e:
+            segments = slic_segments(x, n_segments)
+        except FaithmapError as e:  # its NaN check: name the metric
             raise FaithmapError(f"metric {name}: {e}") from None
     a = prepare_maps(saliency, (h, w), normalise=normalise, absolute=absolute)
     segments = torch.as_tensor(segments, device=x.device)
