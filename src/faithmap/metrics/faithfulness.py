@@ -430,12 +430,10 @@ def infidelity(model, x, saliency, target, *, n_samples: int = 10, perturbation:
         moved = (x.unsqueeze(1) - pert).reshape(b * k, c, h, w)
         tt = target.repeat_interleave(k)
         if f0 is None:  # the photos go through the model with the first chunk
-            both, tboth = torch.cat([x, moved]), torch.cat([target, tt])
-            s_ = run_jobs(model, b + b * k, lambda sl: (both[sl], tboth[sl]), score=score, batch_size=bs,
-                          device=x.device)
-            f0, f1 = s_[:b], s_[b:]
-        else:
-            f1 = run_jobs(model, b * k, lambda s_: (moved[s_], tt[s_]), score=score, batch_size=bs, device=x.device)
+            moved, tt = torch.cat([x, moved]), torch.cat([target, tt])
+        f1 = run_jobs(model, len(tt), lambda s_: (moved[s_], tt[s_]), score=score, batch_size=bs, device=x.device)
+        if f0 is None:
+            f0, f1 = f1[:b], f1[b:]
         deltas.append(f0.view(b, 1) - f1.view(b, k))
     dot, delta = torch.cat(dots, 1), torch.cat(deltas, 1)
     if optimal_scaling:
