@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import sys
 from typing import Any, Callable
 
+from .core.io import save_npy, write_json
 from .errors import FaithmapError
 
 EXIT_BAD_INPUT = 2
@@ -124,21 +124,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resize", default="crop", choices=("crop", "squash"),
                    help="crop: shorter side to the model's size, centre crop (default); squash: whole photo resized")
-
-
-def write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
-
-
-def save_npy(path: str, arr) -> None:
-    import numpy as np
-
-    tmp = f"{path}.tmp.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------

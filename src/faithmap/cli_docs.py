@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .cli import command
+from .core.io import write_text
 
 
 def run_docs(args) -> int:
@@ -20,10 +21,7 @@ def run_docs(args) -> int:
         if new != old:
             raise FaithmapError(f"{args.readme} is out of date; run `faithmap docs {args.readme}`")
         return 0
-    tmp = f"{args.readme}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(new)
-    os.replace(tmp, args.readme)
+    write_text(args.readme, new)
     print(f"updated the method and metric tables in {args.readme}")
     return 0
 

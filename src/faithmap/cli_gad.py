@@ -15,7 +15,8 @@ import os
 import sys
 import time
 
-from .cli import add_model_args, command, parse_params, write_json
+from .cli import add_model_args, command, parse_params
+from .core.io import write_json, write_text
 from .errors import FaithmapError
 
 
@@ -296,10 +297,7 @@ def _run(args: argparse.Namespace) -> int:
     report.append(f"Total: {total:.1f} s")
     results_json["seconds"] = total
     md = os.path.join(args.out, "gad_tables.md")
-    tmp = f"{md}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write("\n".join(report) + "\n")
-    os.replace(tmp, md)
+    write_text(md, "\n".join(report) + "\n")
     write_json(os.path.join(args.out, "gad_results.json"), results_json)
     print(f"total {total:.1f} s; wrote {len(files) + 2} files to {args.out}")
     return 0

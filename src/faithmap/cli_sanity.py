@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from .cli import add_model_args, command, gather_images, load_model, method_params, write_json
+from .cli import add_model_args, command, gather_images, load_model, method_params
+from .core.io import write_json, write_text
 from .errors import FaithmapError
 
 CHECKS = ("model", "data")
@@ -48,13 +49,6 @@ def _markdown(rows: list[dict], title: str) -> str:
         lines.append(f"| {r['step']} | {r['spearman']:.3f} ± {r['spearman_std']:.3f} | "
                      f"{r['spearman_abs']:.3f} ± {r['spearman_abs_std']:.3f} | {r['ssim']:.3f} ± {r['ssim_std']:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def run_sanity(args) -> int:
@@ -123,7 +117,7 @@ def run_sanity(args) -> int:
         save_randomisation_plot(f"{stem}.png", res.steps, sims, title, maps=res.maps,
                                 image=model.to_pixels(x[:1])[0].cpu())
         md = _markdown(rows, title)
-        _write_text(f"{stem}.md", md)
+        write_text(f"{stem}.md", md)
         write_json(f"{stem}.json", {"check": "model", "method": spec.name, "model": model.name, "images": int(x.shape[0]),
                                     "params": {k: str(v) for k, v in params.items()}, "rows": rows})
         print(md)
@@ -145,7 +139,7 @@ def run_sanity(args) -> int:
                                      f"{title} (right: random labels)")
         md = _markdown(rows, title) + (f"\ntest accuracy: real labels {true_model.test_accuracy:.3f}, random labels "
                                        f"{random_model.test_accuracy:.3f} (train {random_model.train_accuracy:.3f})\n")
-        _write_text(f"{stem}.md", md)
+        write_text(f"{stem}.md", md)
         write_json(f"{stem}.json", {"check": "data", "method": spec.name, "images": int(x_digits.shape[0]),
                                     "params": {k: str(v) for k, v in params.items()}, "rows": rows})
         print(md)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 from typing import Any, Sequence
 
 import torch
+
+from ..core.io import write_json
 
 
 def machine() -> str:
@@ -43,8 +44,7 @@ def mean_row(rows: Sequence[dict[str, Any]], label_key: str, label: str = "mean"
 
 def dump(path: str | None, obj: Any) -> None:
     if path:
-        with open(path, "w") as fh:
-            json.dump(obj, fh, indent=2)
+        write_json(path, obj)
 
 
 class Timer:

@@ -84,4 +84,4 @@ def _describe(mode: str) -> str:
         return "floating-point"
     if mode == "CMYK":
         return "CMYK"
-    return f"not RGB"
+    return "not RGB"

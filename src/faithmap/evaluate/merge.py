@@ -10,7 +10,8 @@ from typing import Sequence
 
 from ..errors import FaithmapError
 from .runner import EvalResult, _settings_equal, canonical_order, comparable
-from .store import ResultStore, read_curves, read_rows, write_atomic
+from ..core.io import write_atomic
+from .store import ResultStore, read_curves, read_rows
 
 
 def _load_json(path: str) -> dict:

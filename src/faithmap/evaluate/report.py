@@ -21,7 +21,8 @@ import numpy as np
 
 from ..registry import METRICS
 from .stats import CI_NOTE, Cost, MetricSummary, costs, grid_cells, mean_curves, summarize
-from .store import read_curves, read_rows, write_atomic
+from ..core.io import write_atomic
+from .store import read_curves, read_rows
 
 MAX_GRID_ROWS = 12
 MAX_GRID_COLUMNS = 10

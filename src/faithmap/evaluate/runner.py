@@ -29,13 +29,14 @@ import torch
 
 from .. import __version__
 from ..core.batching import model_guard, resolve_batch_size
+from ..core.io import atomic_open, save_npy, write_atomic
 from ..core.memo import sharing
 from ..data.annotations import (Annotations, Region, annotated_targets, box_mask, load_annotations, map_to_input,
                                 regions_for_target, sample_annotations)
 from ..errors import FaithmapError
 from ..registry import METHODS, METRICS
 from . import presets as _presets
-from .store import ResultStore, TIME_COLUMNS, task_key, write_atomic
+from .store import ResultStore, TIME_COLUMNS, task_key
 
 KNOWN_NEEDS = ("explain", "boxes", "masks")
 DEFAULT_METRICS = ("deletion", "insertion", "overall", "average_drop", "increase_confidence", "pointing")
@@ -675,9 +676,8 @@ def _write_images_json(out, items, probs, targets, regions, clf, save_maps) -> N
             png = os.path.join(out, "images", f"{_safe(it.name)}.png")
             if not os.path.exists(png):
                 pix = (clf.to_pixels(clf.preprocess(it.photo()))[0].permute(1, 2, 0).detach().cpu().numpy() * 255).round().astype(np.uint8)
-                tmp = f"{png}.tmp.png"
-                Image.fromarray(pix).save(tmp)
-                os.replace(tmp, png)
+                with atomic_open(png) as fh:
+                    Image.fromarray(pix).save(fh, format="png")
             info[it.name]["thumbnail"] = f"images/{_safe(it.name)}.png"
     write_atomic(path, json.dumps(info, indent=1).encode())
 
@@ -704,9 +704,7 @@ def _run_task(faithmap, clf, t: Task, it: ImageItem, x1: torch.Tensor, tgts: lis
         d = os.path.join(out, "maps", _safe(it.name))
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, f"{_safe(t.method)}@{t.resolution}.npy")
-        tmp = f"{path}.tmp.npy"
-        np.save(tmp, sal.float().cpu().numpy())
-        os.replace(tmp, path)
+        save_npy(path, sal.float().cpu().numpy())
 
     rel = [regions_for_target(regions or [], tg) for tg in tgts]
     has_region = [bool(r) for r in rel]

@@ -22,6 +22,7 @@ import math
 import os
 from typing import Iterable, Sequence
 
+from ..core.io import write_atomic
 from ..errors import FaithmapError
 
 COLUMNS = ("image", "target", "target_name", "target_prob", "category", "method", "resolution", "grid", "metric",
@@ -70,26 +71,6 @@ def append_durable(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically (temporary file, fsync, rename, fsync of the directory)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def _complete_lines(raw: bytes) -> tuple[list[bytes], bool]:

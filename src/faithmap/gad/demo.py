@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.batching import model_guard, torch_threads
+from ..core.io import atomic_open
 from ..errors import FaithmapError
 from ..models import Classifier, wrap
 
@@ -205,8 +206,8 @@ def demo_classifier(arch: str, data: Digits, *, seed: int = 0, cache_dir: str | 
         model = train_classifier(arch, data, seed, **cfg)
         if use_cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.save(model.net.state_dict(), f"{path}.tmp")
-            os.replace(f"{path}.tmp", path)
+            with atomic_open(path) as fh:
+                torch.save(model.net.state_dict(), fh)
     for p in model.net.parameters():
         p.requires_grad_(False)
     record = {"arch": arch, "test_accuracy": accuracy(model, data.x_test, data.y_test),

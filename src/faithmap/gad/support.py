@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..core.batching import chunks, model_guard, resolve_batch_size
+from ..core.io import atomic_open, write_json
 from ..errors import FaithmapError
 from ..models import Classifier
 from .data import ImageSet, TensorImages
@@ -124,9 +125,8 @@ def model_outputs(model: Classifier, data: ImageSet, batch_size: int | None = No
 
 
 def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
 
 
 def _load(path: str):
@@ -334,10 +334,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
         os.makedirs(directory, exist_ok=True)
         meta = {**settings, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
                 "model": model.name, "class_names": [model.class_name(a), model.class_name(b)]}
-        tmp = os.path.join(directory, "meta.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(meta, fh, indent=2)
-        os.replace(tmp, os.path.join(directory, "meta.json"))
+        write_json(os.path.join(directory, "meta.json"), meta)
     models, fits, losses, cached, threads = [], [], [], [], []
     for al in alphas:
         if al in done:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib
@@ -12,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from ..core.io import atomic_open  # noqa: E402
 
 
 def to_image(pixels) -> np.ndarray:
@@ -52,14 +53,11 @@ def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet") -> np.ndarra
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp.png"
     try:
-        fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_open(path) as fh:
+            fig.savefig(fh, format="png", dpi=fig.dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_heatmap(path: str, image, saliency, title: str = "", alpha: float = 0.5, cmap: str = "jet") -> None:
