@@ -80,6 +80,7 @@ class MethodSpec:
     min_resolution: int = 1
     aliases: tuple[str, ...] = ()
     fast: dict[str, Any] = field(default_factory=dict)
+    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -128,15 +129,18 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 
 def register_method(name: str, *, family: str, summary: str, paper: str = "", resolution: str = "input",
-                    min_resolution: int = 1, aliases: tuple[str, ...] = (), fast: dict | None = None):
+                    min_resolution: int = 1, aliases: tuple[str, ...] = (), fast: dict | None = None,
+                    bounds: dict[str, tuple[float | None, float | None]] | None = None):
     """Decorator that registers an explanation method (see :class:`MethodSpec`).
 
     ``fast`` holds parameter overrides for quick runs (tests, demos, ``--fast`` evaluations).
+    ``bounds`` gives numeric parameters their inclusive range ``(low, high)`` (``None``: open);
+    each parameter's type is its annotation in the signature. Both are checked once, at the boundary.
     """
 
     def deco(fn):
         METHODS.add(name, MethodSpec(name, fn, family, summary, paper, resolution, min_resolution,
-                                     aliases, dict(fast or {})), aliases)
+                                     aliases, dict(fast or {}), dict(bounds or {})), aliases)
         return fn
 
     return deco
