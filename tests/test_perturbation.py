@@ -174,23 +174,6 @@ def test_rise_bad_parameters(patch_model, patch_input):
 # ----------------------------------------------------------------------------------------------
 # occlusion
 # ----------------------------------------------------------------------------------------------
-def test_occlusion_matches_captum(patch_model):
-    from captum.attr import Occlusion
-
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    x[:, :, 8:16, 16:24] += 0.6
-    target = torch.tensor([0, 1])
-    base = make_baseline("blur", x)
-    e = faithmap.explain(patch_model, x, "occlusion", target=target, patch=8, stride=4, baseline="blur")
-
-    def prob(inp):
-        return torch.softmax(patch_model.net(inp), 1)
-
-    attr = Occlusion(prob).attribute(x, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), baselines=base,
-                                     target=target)
-    assert torch.allclose(attr[:, 0], attr[:, 2])
-    assert torch.allclose(e.saliency, attr[:, 0], atol=1e-6)
-    assert e.counts["images"] == 2 * (1 + 7 * 7)
 
 
 def test_occlusion_covers_the_far_edge():

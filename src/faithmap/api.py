@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from .core.batching import model_guard
+from .core.device import resolve_device
 from .core.explanation import Explanation
 from .core.scores import needs_prediction, resolve_targets
 from .errors import FaithmapError
@@ -81,7 +82,7 @@ def explain(model, images, method: str = "igos", target=None, *, device: str | t
     spec = METHODS.get(method)
     clf = as_classifier(model)
     if device is not None:
-        clf = clf.to(device)
+        clf = clf.to(resolve_device(device))
     x = as_batch(clf, images, clf.device)
     params = {k: v for k, v in params.items() if v is not None}
     check_params(spec, params)

@@ -68,15 +68,10 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def pick_device(name: str) -> str:
-    import torch
+    """``--device``: auto, cpu, cuda, cuda:N or mps (:func:`faithmap.core.device.resolve_device`)."""
+    from .core.device import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FaithmapError("--device cuda was asked for, but no CUDA device is available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise FaithmapError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return name
+    return str(resolve_device(name))
 
 
 def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
@@ -121,7 +116,7 @@ def load_model(args: argparse.Namespace):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision classifier")
     p.add_argument("--weights", default=None, help="local state-dict file for --model ('random' for random weights)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--resize", default="crop", choices=("crop", "squash"),
                    help="crop: shorter side to the model's size, centre crop (default); squash: whole photo resized")
 

@@ -6,7 +6,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FaithmapError
 
@@ -17,7 +17,7 @@ MAX_PIXELS = 64_000_000
 
 
 def load_image(path: str, convert: bool = False) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array from ``path``.
+    """An (H, W, 3) uint8 RGB array from ``path``, as the photo is displayed (EXIF orientation applied).
 
     Grayscale, RGBA/palette-with-alpha and 16-bit or float images are refused unless
     ``convert`` is true, in which case they are converted to 8-bit RGB (gray replicated, alpha
@@ -38,6 +38,8 @@ def load_image(path: str, convert: bool = False) -> np.ndarray:
             if w * h > MAX_PIXELS:
                 raise FaithmapError(f"{name} is too large ({w}x{h} pixels; at most {MAX_PIXELS // 1_000_000} megapixels)")
             im.load()
+            im = ImageOps.exif_transpose(im)  # the pixels as the photo is displayed (EXIF orientation applied)
+            w, h = im.size
     except FaithmapError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -29,6 +29,7 @@ import torch
 
 from .. import __version__
 from ..core.batching import model_guard, resolve_batch_size
+from ..core.device import resolve_device
 from ..core.io import atomic_open, save_npy, write_atomic
 from ..core.memo import sharing
 from ..data.annotations import (Annotations, Region, annotated_targets, box_mask, load_annotations, map_to_input,
@@ -208,15 +209,11 @@ def _load_model(model, weights, device, resize):
     from ..api import as_classifier
 
     if isinstance(model, str) or model is None:
-        from ..cli import pick_device
-
-        clf = models.load(model or models.DEFAULT_MODEL, weights=weights, device=pick_device(device or "auto"))
+        clf = models.load(model or models.DEFAULT_MODEL, weights=weights, device=resolve_device(device))
     else:
         clf = as_classifier(model)
         if device not in (None, "auto"):
-            from ..cli import pick_device
-
-            clf = clf.to(pick_device(device))
+            clf = clf.to(resolve_device(device))
     if resize:
         if resize not in ("crop", "squash"):
             raise FaithmapError(f"resize must be crop or squash, got {resize!r}")

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..core.device import resolve_device
 from ..errors import FaithmapError
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, center_crop, resize_shorter
 from .layers import default_cam_layer, get_layer, last_spatial_layer
@@ -147,7 +148,7 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
 
 def _finish(clf: Classifier, device) -> Classifier:
     """Move a model that faithmap built itself to ``device``, channels-last (faster convolutions)."""
-    clf = clf.to(device)
+    clf = clf.to(resolve_device(device))
     clf.net.to(memory_format=torch.channels_last)
     clf.channels_last = True
     return clf
