@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +32,8 @@ class Classifier(nn.Module):
 
     def __init__(self, net: nn.Module, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  input_size: int = 224, resize_size: int | None = None, class_names: Sequence[str] | None = None,
-                 cam_layer: str | None = None, name: str = "custom", resize: str = "crop"):
+                 cam_layer: str | None = None, name: str = "custom", resize: str = "crop",
+                 interpolation: str = "bilinear"):
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -42,6 +44,7 @@ class Classifier(nn.Module):
         self.cam_layer = cam_layer
         self.name = name
         self.resize = resize
+        self.interpolation = interpolation
         self.counter = EvalCounter()
         self.channels_last = False
 
@@ -78,45 +81,77 @@ class Classifier(nn.Module):
         """Model inputs -> [0, 1] RGB images (clamped)."""
         return (x * self.std.to(x) + self.mean.to(x)).clamp(0, 1)
 
+    @property
+    def transform(self) -> "PhotoTransform":
+        """This model's photo -> input transform as a small picklable object (for DataLoader workers)."""
+        return PhotoTransform(mean=tuple(float(v) for v in self.mean.flatten()),
+                              std=tuple(float(v) for v in self.std.flatten()), input_size=self.input_size,
+                              resize_size=self.resize_size, resize=self.resize,
+                              interpolation=self.interpolation)
+
     def preprocess(self, images) -> torch.Tensor:
         """Photos -> normalised model inputs (B, 3, input_size, input_size) on the model's device.
 
         Accepts a PIL image, an (H, W, 3) uint8 array, a (3, H, W) float tensor in [0, 1], or a
-        list of these.
+        list of these (see :class:`PhotoTransform`).
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
-        out = [self._prep_one(im) for im in images]
-        return torch.stack(out).to(self.device)
-
-    def _prep_one(self, im) -> torch.Tensor:
-        if isinstance(im, Image.Image):
-            if im.mode != "RGB":
-                raise FaithmapError(f"expected an RGB image, got mode {im.mode}")
-            im = np.asarray(im)
-        if isinstance(im, np.ndarray):
-            if im.ndim != 3 or im.shape[2] != 3:
-                raise FaithmapError(f"expected an (H, W, 3) image array, got shape {tuple(im.shape)}")
-            if im.dtype != np.uint8:
-                raise FaithmapError(f"expected 8-bit pixels, got {im.dtype}")
-            t = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
-        elif isinstance(im, torch.Tensor):
-            if im.dim() != 3 or im.shape[0] != 3:
-                raise FaithmapError(f"expected a (3, H, W) tensor, got shape {tuple(im.shape)}")
-            t = im.detach().float().cpu()
-        else:
-            raise FaithmapError(f"cannot use {type(im).__name__} as an image")
-        if self.resize == "squash":  # the whole photo, aspect ratio not kept (the I-GOS authors' loader)
-            t = resize_to(t, (self.input_size, self.input_size))
-        else:
-            t = center_crop(resize_shorter(t, self.resize_size), self.input_size)
-        return self.normalize(t.unsqueeze(0).to(self.mean.device))[0]
+        tf = self.transform
+        return torch.stack([tf(im) for im in images]).to(self.device)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}, cam_layer={self.cam_layer!r}"
 
 
-def resize_shorter(t: torch.Tensor, size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class PhotoTransform:
+    """Photo -> normalised model input (3, input_size, input_size) on the CPU; picklable.
+
+    ``resize="crop"``: the shorter side resized to ``resize_size`` (antialiased ``interpolation``),
+    then a centre crop of ``input_size``; ``"squash"``: the whole photo resized to ``input_size``
+    square (the I-GOS authors' loader). Then ``(x - mean) / std``. Accepts a PIL RGB image, an
+    (H, W, 3) uint8 array or a (3, H, W) float tensor in [0, 1].
+    """
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: int = 224
+    resize_size: int = 224
+    resize: str = "crop"
+    interpolation: str = "bilinear"
+
+    def __call__(self, im) -> torch.Tensor:
+        t = to_float_pixels(im)
+        if self.resize == "squash":
+            t = resize_to(t, (self.input_size, self.input_size), self.interpolation)
+        else:
+            t = center_crop(resize_shorter(t, self.resize_size, self.interpolation), self.input_size)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return (t - mean) / std
+
+
+def to_float_pixels(im) -> torch.Tensor:
+    """A (3, H, W) float tensor in [0, 1] on the CPU from a PIL RGB image, uint8 array or float tensor."""
+    if isinstance(im, Image.Image):
+        if im.mode != "RGB":
+            raise FaithmapError(f"expected an RGB image, got mode {im.mode}")
+        im = np.asarray(im)
+    if isinstance(im, np.ndarray):
+        if im.ndim != 3 or im.shape[2] != 3:
+            raise FaithmapError(f"expected an (H, W, 3) image array, got shape {tuple(im.shape)}")
+        if im.dtype != np.uint8:
+            raise FaithmapError(f"expected 8-bit pixels, got {im.dtype}")
+        return torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
+    if isinstance(im, torch.Tensor):
+        if im.dim() != 3 or im.shape[0] != 3:
+            raise FaithmapError(f"expected a (3, H, W) tensor, got shape {tuple(im.shape)}")
+        return im.detach().float().cpu()
+    raise FaithmapError(f"cannot use {type(im).__name__} as an image")
+
+
+def resize_shorter(t: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     """Resize (C, H, W) so that the shorter side is ``size`` (bilinear, antialiased); no-op if equal."""
     h, w = t.shape[-2:]
     if min(h, w) == size:
@@ -125,14 +160,16 @@ def resize_shorter(t: torch.Tensor, size: int) -> torch.Tensor:
         nh, nw = size, max(1, round(w * size / h))
     else:
         nh, nw = max(1, round(h * size / w)), size
-    return F.interpolate(t.unsqueeze(0), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    return F.interpolate(t.unsqueeze(0), size=(nh, nw), mode=interpolation, align_corners=False,
+                         antialias=True)[0].clamp(0, 1)
 
 
-def resize_to(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_to(t: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
     """Resize (C, H, W) to exactly ``size`` (bilinear, antialiased); no-op if equal."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
-    return F.interpolate(t.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    return F.interpolate(t.unsqueeze(0), size=size, mode=interpolation, align_corners=False,
+                         antialias=True)[0].clamp(0, 1)
 
 
 def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
