@@ -143,3 +143,37 @@ def run_eval(out, **kw):
                 progress=False, report=False)
     args.update(kw)
     return faithmap.evaluate(**args)
+
+
+class TinyCNN(nn.Module):
+    """A small random CNN with ReLUs, a conv layer for CAM methods and a linear head (4 classes)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 4)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def cnn_model():
+    """TinyCNN wrapped for faithmap: every registered method runs on it (CAMs on ``features.4``)."""
+    return wrap(TinyCNN().eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=32, cam_layer="features.4",
+                name="tinycnn", class_names=["a", "b", "c", "d"])
+
+
+def any_target_boxes(path, n: int = 3) -> None:
+    """Annotations with one box per photo that counts for every target (no classes, a category no class has)."""
+    import json
+
+    data = {"images": {f"img{i}": {"size": [32, 32], "objects": [{"category": "thing", "box": [6, 4, 26, 20]}]}
+                       for i in range(n)}}
+    with open(path, "w") as fh:
+        json.dump(data, fh)

@@ -33,9 +33,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     from .registry import METHODS, METRICS
 
     p.description = ("Explain every image with every method (mask methods at every --resolution, others at their "
-                     "native grid), score each map with every metric, and write results.csv, summary.md/.csv, "
-                     "mean deletion/insertion curves, a heatmap grid and report.html to --out. Re-running the same "
-                     "command resumes an interrupted run.")
+                     "native grid), score each map with every metric, and write the results (Parquet parts; "
+                     "results.csv for small runs or with --csv), summary.md/.csv, mean deletion/insertion curves, a "
+                     "heatmap grid and report.html to --out. Re-running the same command resumes an interrupted run.")
     p.add_argument("--methods", default=None, help=f"comma-separated (default: the preset's, else all): {', '.join(METHODS.names())}")
     p.add_argument("--images", nargs="+", default=None, metavar="DIR|FILE|samples",
                    help="image directories or files, 'samples' (the six bundled photos, the default) or sample:NAME")
@@ -50,10 +50,24 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="each method's quick settings")
     p.add_argument("--param", action="append", metavar="[METHOD.]KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE", help="metric option (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seed given to every method (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the run (default 0); each image's randomness comes from a seed derived from it, "
+                        "the image's name, the method and the resolution")
     p.add_argument("--batch-size", type=int, default=None, help="maximum images per forward pass")
-    p.add_argument("--target", default="top1", help="top1 (default), a class index or name, or 'annotated' "
-                                                     "(every annotated class of each image)")
+    p.add_argument("--batch-images", type=int, default=None,
+                   help="images per task: each method explains this many images in one call (default --batch-size)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local (default: this process) or ray (a pool of Ray actors; pip install 'faithmap[ray]')")
+    p.add_argument("--address", default=None,
+                   help="ray: the address of a running Ray cluster (or 'auto'); default: start a local one")
+    p.add_argument("--workers", type=int, default=None,
+                   help="ray: number of actors (default: one per CPU, or per GPU share with --gpus-per-worker)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (e.g. 1, or 0.5 to share)")
+    p.add_argument("--csv", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write results.csv (default: when the finished run has at most 100,000 rows)")
+    p.add_argument("--target", default="top1", help="top1 (default), a class index or name, 'annotated' "
+                                                     "(every annotated class of each image) or 'label' (each image's "
+                                                     "ground-truth label)")
     p.add_argument("--annotations", default=None, metavar="FILE",
                    help="ground truth for the pointing game: faithmap JSON, COCO JSON or CSV (boxes in photo pixels); "
                         "the sample photos have bundled boxes")
@@ -92,9 +106,10 @@ def _print_summary(res) -> None:
         start = res.markdown.find("## Summary")
         print(res.markdown[start:] if start >= 0 else res.markdown)
         return
-    metrics = [m for m in res.run["metrics"] if any(r["metric"] == m for r in res.rows)]
-    if res.rows:
-        print(md_table(summary_table(res.run, res.summary(), metrics)))
+    summaries = res.summary()
+    metrics = [m for m in res.run.get("metrics", []) if any(s.metric == m for s in summaries)]
+    if summaries:
+        print(md_table(summary_table(res.run, summaries, metrics)))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -112,7 +127,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.merge:
         res = merge(args.merge, args.out, report=not args.no_report)
         _print_summary(res)
-        print(f"merged {res.tasks_total} tasks ({len(res.rows)} rows) from {len(args.merge)} director"
+        print(f"merged {res.tasks_total} tasks from {len(args.merge)} director"
               f"{'y' if len(args.merge) == 1 else 'ies'} into {args.out}")
         if "report" in res.files:
             print(f"report: {res.files['report']}")
@@ -129,7 +144,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             preset=args.preset, fast=args.fast, params=params, metric_params=mparams, seed=args.seed,
             batch_size=args.batch_size, target=args.target, annotations=args.annotations, tolerance=args.tolerance,
             min_score=args.min_score, shard=args.shard, overwrite=args.overwrite, report=not args.no_report,
-            progress=not args.no_progress, save_maps=args.save_maps, convert=args.convert)
+            progress=not args.no_progress, save_maps=args.save_maps, convert=args.convert,
+            batch_images=args.batch_images, engine=args.engine, address=args.address, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, csv=args.csv)
     except KeyboardInterrupt:
         print(f"faithmap: interrupted; run the same command again to resume (finished tasks are kept in {args.out})",
               file=sys.stderr)
@@ -137,11 +154,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if res.skipped_methods:
         print(f"skipped (not registered): {', '.join(res.skipped_methods)}")
     if res.rows_dropped:
-        print(f"resumed: dropped {res.rows_dropped} row(s) of a task cut off by an interruption; it was run again")
+        print(f"resumed: removed {res.rows_dropped} unreadable result part(s); their tasks were run again")
     _print_summary(res)
     print(f"{res.tasks_done_before} task(s) were already done, {res.tasks_run} run now, {res.tasks_total} in all")
     if args.shard:
-        print(f"shard {args.shard} written to {res.files['results']}; join the shards with "
+        print(f"shard {args.shard} written to {res.files['parts']}; join the shards with "
               f"`faithmap evaluate --merge DIR... --out DIR`")
     elif "report" in res.files:
         print(f"report: {res.files['report']}")

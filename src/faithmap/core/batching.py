@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -128,20 +129,32 @@ def torch_threads(n: int | None):
             torch.set_num_threads(before)
 
 
-def per_image_generators(seed: int | None, n: int, device: torch.device | str) -> list[torch.Generator]:
-    """One random generator per image, each seeded with ``seed``.
+def per_image_generators(seed: int | Sequence[int] | None, n: int, device: torch.device | str) -> list[torch.Generator]:
+    """One random generator per image, each seeded with ``seed`` (or with ``seed[i]``: one seed per image).
 
     Every image draws from its own stream, so an image's noise does not depend on which other
-    images share its batch: batched runs equal one-by-one runs with the same seed.
+    images share its batch: batched runs equal one-by-one runs with the same seed. A sequence of
+    ``n`` seeds gives image ``i`` its own seed (``faithmap.evaluate`` derives it from the image's
+    name, so an image draws the same numbers whichever batch, shard or worker explains it).
     """
     device = torch.device(device)
+    if seed is None or isinstance(seed, (int, np.integer)):
+        seeds = [seed] * n
+    elif isinstance(seed, torch.Tensor) and seed.dim() == 0:
+        seeds = [int(seed)] * n
+    else:
+        seeds = [int(s) for s in (seed.tolist() if isinstance(seed, torch.Tensor) else seed)]
+        if len(seeds) != n:
+            from ..errors import FaithmapError
+
+            raise FaithmapError(f"got {len(seeds)} seeds for {n} images (give one seed, or one per image)")
     gens = []
-    for _ in range(n):
+    for s in seeds:
         g = torch.Generator(device=device)
-        if seed is None:
+        if s is None:
             g.seed()
         else:
-            g.manual_seed(int(seed))
+            g.manual_seed(int(s))
         gens.append(g)
     return gens
 

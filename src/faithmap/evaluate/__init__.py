@@ -3,10 +3,12 @@
 ``faithmap.evaluate`` is this package and can be called like the function it exports:
 ``faithmap.evaluate(methods, images, out=..., ...)`` is :func:`faithmap.evaluate.runner.evaluate`.
 
-Modules: :mod:`.runner` (the run, resume, shards), :mod:`.store` (crash-safe results files),
-:mod:`.stats` (means, t-intervals, per-category accuracy, costs, mean curves), :mod:`.report`
-(Markdown, CSV, pictures and the self-contained HTML page), :mod:`.merge` (joining shards) and
-:mod:`.presets` (the papers' tables as data).
+Modules, each importing only those before it: :mod:`.plan` (inputs, targets, settings, tasks),
+:mod:`.worker` (one task's work), :mod:`.engines` (``local``; :mod:`.ray_engine` for ``ray``),
+:mod:`.store` (Parquet parts, the output lock), :mod:`.stats` (means, t-intervals, per-category
+accuracy, costs, mean curves, pooled in bounded memory), :mod:`.report` (Markdown, CSV, pictures
+and the self-contained HTML page), :mod:`.runner` (the run), :mod:`.merge` (joining shards),
+:mod:`.legacy` (runs of the earlier CSV store) and :mod:`.presets` (the papers' tables as data).
 """
 
 import sys as _sys

@@ -1,35 +1,47 @@
-"""Joining the output directories of sharded (or separate, compatible) runs into one."""
+"""Joining the output directories of sharded (or separate, compatible) runs into one.
+
+Every directory must hold a ``run.json`` with the same settings (model, seed, fast, parameters,
+metrics, target, annotations, batch sizes). Whole tasks are taken from every directory's parts; a
+task found in several directories must have the same results there, compared with a tolerance:
+floats may differ at rounding level between runs that batched their images differently (a task's
+predicted probability depends by ~1e-6 on its batch neighbours), so two values agree when within
+1e-4 relative or 1e-6 absolute of each other; anything beyond is a conflict. Runs of the earlier
+CSV store can be merged too, which carries them into the Parquet store.
+"""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 from typing import Sequence
 
+from ..core.io import atomic_open, os_error, write_atomic
 from ..errors import FaithmapError
-from .runner import EvalResult, _settings_equal, canonical_order, comparable
-from ..core.io import write_atomic
-from .store import ResultStore, read_curves, read_rows
+from .plan import settings_diff
+from .runner import EvalResult
+from .store import (ROW_COLUMNS, STORE_FORMAT, OutputLock, Store, load_images_info, load_run, order_table, part_meta,
+                    rows_close)
 
 
-def _load_json(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        raise FaithmapError(f"cannot read {path}") from None
+def _sources(d: str, run: dict):
+    """(label, keys -> rows getter, parts) of one input directory."""
+    from .legacy import is_legacy, read_legacy
+
+    if is_legacy(d, run):
+        table, keys = read_legacy(d)
+        return table, keys, []
+    st = Store(d)
+    sc = st.scan()
+    return None, list(sc.keys), sc.parts
 
 
 def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
-    """Merge the results of ``dirs`` (shards of one run) into ``out`` and write its report.
+    """Merge the results of ``dirs`` (shards of one run) into ``out`` and write its report."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    Every directory must hold a ``run.json`` with the same settings (model, seed, fast, parameters,
-    metrics, target, annotations). Only whole tasks are taken; a task found in several directories
-    must have the same results there (wall-clock columns aside). The merged ``results.csv`` is in
-    the same order an unsharded run writes, so it equals that run's file but for the seconds.
-    """
     dirs = [os.fspath(d) for d in dirs]
     if not dirs:
         raise FaithmapError("--merge needs at least one directory")
@@ -39,37 +51,92 @@ def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
             raise FaithmapError(f"--merge: {d} is not a directory")
         if not os.path.exists(os.path.join(d, "run.json")):
             raise FaithmapError(f"--merge: {d} holds no run.json (not a faithmap evaluate output)")
-        runs.append(_load_json(os.path.join(d, "run.json")))
+        runs.append(load_run(d))
     base = runs[0]
     for d, r in zip(dirs[1:], runs[1:]):
-        diff = _settings_equal(base.get("settings", {}), r.get("settings", {}))
+        diff = settings_diff(base.get("settings", {}), r.get("settings", {}))
         if diff:
             raise FaithmapError(f"cannot merge {dirs[0]} and {d}: their settings differ ({', '.join(diff)})")
+    out = os.fspath(out)
     out_abs = os.path.abspath(out)
-    if os.path.exists(os.path.join(out, "results.csv")) and out_abs not in {os.path.abspath(d) for d in dirs}:
+    inputs = {os.path.abspath(d) for d in dirs}
+    if out_abs not in inputs and os.path.isdir(out) and (os.path.isdir(os.path.join(out, "parts"))
+                                                         or os.path.exists(os.path.join(out, "results.csv"))):
         raise FaithmapError(f"{out} already holds results; merge into a new directory or list it among the inputs")
+    # the output directory itself first: its parts stay where they are
+    order = sorted(range(len(dirs)), key=lambda j: os.path.abspath(dirs[j]) != out_abs)
 
-    # -- gather whole tasks ---------------------------------------------------------------------
-    rows_by_key: dict[str, list[dict[str, str]]] = {}
-    origin: dict[str, str] = {}
-    curves: dict[tuple[str, int], dict] = {}
-    for d in dirs:
-        for path in sorted(glob.glob(os.path.join(d, "results*.csv"))):
-            rows, _ = read_rows(path)
-            keys: dict[str, list[dict[str, str]]] = {}
-            for r in rows:
-                keys.setdefault(r["key"], []).append(r)
-            for k, g in keys.items():
-                if k in rows_by_key:
-                    if comparable(rows_by_key[k]) != comparable(g):
-                        raise FaithmapError(f"conflicting results for {k.replace('|', ' / ')} in {origin[k]} and {path}")
-                    continue
-                rows_by_key[k] = g
-                origin[k] = path
-            base_name = os.path.basename(path)
-            cpath = os.path.join(os.path.dirname(path), "curves" + base_name[len("results"):-len(".csv")] + ".jsonl")
-            for rec in read_curves(cpath, set(keys))[0]:
-                curves.setdefault((rec["key"], int(rec["target"])), rec)
+    from ..core.io import output_dir
+
+    pending = None
+    with output_dir(out):
+        try:
+            lock = OutputLock(out).acquire()
+        except FaithmapError as exc:
+            pending = exc
+        else:
+            try:
+                res = _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq)
+            finally:
+                lock.release()
+    if pending is not None:
+        raise pending
+    return res
+
+
+def _rows(table, key):
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table.column("key"), key)).select(list(ROW_COLUMNS) + ["fractions", "deletion_curve",
+                                                                                        "insertion_curve"]).to_pylist()
+
+
+def _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq) -> EvalResult:
+    target = Store(out)
+    taken: dict[str, tuple[str, object]] = {}  # key -> (where, table or part path)
+    copied = 0
+    for j in order:
+        d, r = dirs[j], runs[j]
+        legacy, keys, parts = _sources(d, r)
+        same = os.path.abspath(d) == out_abs
+        if legacy is not None:
+            new = [k for k in keys if not _dup(k, taken, lambda k=k: _rows(legacy, k), d)]
+            if new:
+                t = legacy.filter(pc.is_in(legacy.column("key"), value_set=pa.array(new, pa.string())))
+                target.write_table(t, new, {})
+            for k in new:
+                taken[k] = (d, ("table", legacy))
+            continue
+        for p in parts:
+            meta = part_meta(p)
+            table = None
+
+            def rows_of(k, p=p):
+                return _rows(pq.read_table(p), k)
+
+            new = [k for k in meta["keys"] if not _dup(k, taken, lambda k=k: rows_of(k), d)]
+            for k in new:
+                taken[k] = (d, ("part", p))
+            if same and len(new) == len(meta["keys"]):
+                continue  # already here
+            if not new:
+                if same:
+                    os.remove(p)
+                continue
+            if len(new) == len(meta["keys"]):
+                dest = os.path.join(target.dir, f"part-{os.urandom(16).hex()}.parquet")
+                os.makedirs(target.dir, exist_ok=True)
+                with open(p, "rb") as src, atomic_open(dest) as fh:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+            else:
+                table = pq.read_table(p)
+                table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(new, pa.string())))
+                images = {n: v for n, v in (meta.get("images") or {}).items()
+                          if any(k.split("|", 1)[0] == n for k in new)}
+                target.write_table(table, new, images)
+                if same:
+                    os.remove(p)
+            copied += 1
 
     # -- the merged run ------------------------------------------------------------------------
     def union(key):
@@ -80,37 +147,35 @@ def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
                     out_list.append(v)
         return out_list
 
-    digests: dict[str, str] = {}
-    for d, r in zip(dirs, runs):
-        for name, dg in r.get("image_digests", {}).items():
-            if digests.setdefault(name, dg) != dg:
-                raise FaithmapError(f"cannot merge: image {name} differs between the runs ({d})")
     run = dict(base)
     run.update(methods=union("methods"), resolutions=union("resolutions"), images=union("images"),
-               image_digests=digests, skipped_methods=union("skipped_methods"),
-               labels={k: v for r in runs for k, v in r.get("labels", {}).items()}, merged_from=dirs)
+               skipped_methods=union("skipped_methods"), store=STORE_FORMAT,
+               labels={k: v for r in runs for k, v in r.get("labels", {}).items()}, merged_from=list(dirs))
     run.pop("shard", None)
-    all_rows = [r for g in rows_by_key.values() for r in g]
-    all_rows, curve_list = canonical_order(all_rows, list(curves.values()), run)
-
-    os.makedirs(out, exist_ok=True)
+    run.pop("image_digests", None)
     images: dict = {}
     for d in dirs:
-        p = os.path.join(d, "images.json")
-        if os.path.exists(p):
-            for k, v in _load_json(p).items():
-                images.setdefault(k, v)
+        for k, v in load_images_info(d).items():
+            images.setdefault(k, v)
         for sub in ("maps", "images"):
             src = os.path.join(d, sub)
             if os.path.isdir(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out, sub)):
-                shutil.copytree(src, os.path.join(out, sub), dirs_exist_ok=True)
+                try:
+                    shutil.copytree(src, os.path.join(out, sub), dirs_exist_ok=True)
+                except (OSError, shutil.Error) as exc:
+                    raise FaithmapError(f"cannot copy {src} into {out}: {exc}") from None
     write_atomic(os.path.join(out, "run.json"), json.dumps(run, indent=2).encode())
-    write_atomic(os.path.join(out, "images.json"), json.dumps(images, indent=1).encode())
-    store = ResultStore(out)
-    store.rewrite(all_rows, curve_list)
-    result = EvalResult(out, store.rows, store.curves, run, skipped_methods=run.get("skipped_methods", []),
-                        tasks_total=len(rows_by_key), tasks_done_before=len(rows_by_key))
-    result.files = {"results": store.results_path, "curves": store.curves_path, "run": os.path.join(out, "run.json")}
+    if images:
+        write_atomic(os.path.join(out, "images.json"), json.dumps(images, indent=1).encode())
+    target.scan(repair=True)
+    n = len(target.scan_result.keys)
+    result = EvalResult(out, run, skipped_methods=run.get("skipped_methods", []), tasks_total=n, tasks_done_before=n)
+    result.files = {"run": os.path.join(out, "run.json"), "parts": target.dir}
+    from .store import export_csv
+
+    if target.scan_result.rows <= 100_000:
+        export_csv(target, run, os.path.join(out, "results.csv"))
+        result.files["results"] = os.path.join(out, "results.csv")
     if report:
         from .report import write_report
 
@@ -118,3 +183,17 @@ def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
         result.files.update(files)
         result.markdown = md
     return result
+
+
+def _dup(key: str, taken: dict, rows, where: str) -> bool:
+    """Whether ``key`` is already taken; a copy that disagrees beyond rounding is a conflict."""
+    if key not in taken:
+        return False
+    prev_where, (kind, obj) = taken[key]
+    import pyarrow.parquet as pq
+
+    prev = _rows(obj if kind == "table" else pq.read_table(obj), key)
+    diff = rows_close(prev, rows())
+    if diff:
+        raise FaithmapError(f"conflicting results for {key.replace('|', ' / ')} in {prev_where} and {where} ({diff})")
+    return True

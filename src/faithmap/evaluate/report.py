@@ -1,60 +1,32 @@
 """The report of an evaluation: a Markdown summary, a CSV summary, pictures, and one self-contained HTML page.
 
-Everything is rebuilt from the output directory alone (``run.json``, ``images.json``,
-``results.csv``, ``curves.jsonl``, ``maps/``, ``images/``), so a merged or resumed run reports the
-same way as an uninterrupted one.
+Everything is rebuilt from the output directory alone (``run.json``, the Parquet parts, ``images.json``,
+``maps/``, ``images/``), so a merged or resumed run reports the same way as an uninterrupted one.
+The numbers come from one streaming pass over the parts (:func:`faithmap.evaluate.stats.aggregate`);
+only the rows of the per-image table (the first images) are read as rows.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import glob
 import html
 import io
-import json
 import math
 import os
 from typing import Sequence
 
 import numpy as np
 
-from ..registry import METRICS
-from .stats import CI_NOTE, Cost, MetricSummary, costs, grid_cells, mean_curves, summarize
 from ..core.io import write_atomic
-from .store import read_curves, read_rows
+from ..registry import METRICS
+from . import stats as _stats
+from .stats import CI_NOTE, Cost, MetricSummary, grid_cells
+from .store import load_images_info, open_results
 
 MAX_GRID_ROWS = 12
 MAX_GRID_COLUMNS = 10
 MAX_HTML_ROWS = 2000
-
-
-# ----------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------
-def load_output(out: str) -> tuple[dict, dict, list[dict[str, str]], list[dict]]:
-    """(run, images, rows, curves) of an output directory (``results.csv``, else its shard files)."""
-    from ..errors import FaithmapError
-
-    run_path = os.path.join(out, "run.json")
-    if not os.path.exists(run_path):
-        raise FaithmapError(f"{out} holds no run.json (not a faithmap evaluate output)")
-    with open(run_path) as fh:
-        run = json.load(fh)
-    images = {}
-    if os.path.exists(os.path.join(out, "images.json")):
-        with open(os.path.join(out, "images.json")) as fh:
-            images = json.load(fh)
-    main = os.path.join(out, "results.csv")
-    paths = [main] if os.path.exists(main) else sorted(glob.glob(os.path.join(out, "results.shard-*.csv")))
-    rows, curves = [], []
-    for p in paths:
-        r, _ = read_rows(p)
-        rows += r
-        base = os.path.basename(p)
-        curves += read_curves(os.path.join(out, "curves" + base[len("results"):-len(".csv")] + ".jsonl"),
-                              {x["key"] for x in r})[0]
-    return run, images, rows, curves
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,15 +53,12 @@ def _plain_label(run: dict, method: str) -> str:
     return run.get("labels", {}).get(method) or method
 
 
-_ROW_DIRECTIONS: dict[str, bool] = {}
-
-
-def _arrow(metric: str) -> str:
+def _arrow(metric: str, directions: dict | None = None) -> str:
     """The metric's arrow from its :class:`MetricSpec`; for a metric no longer registered, from the results."""
     if metric in METRICS:
         return METRICS.get(metric).arrow
-    if metric in _ROW_DIRECTIONS:
-        return "↑" if _ROW_DIRECTIONS[metric] else "↓"
+    if directions and metric in directions:
+        return "↑" if directions[metric] else "↓"
     return ""
 
 
@@ -109,10 +78,11 @@ def _best(summaries: Sequence[MetricSummary]) -> set[tuple[str, str, str]]:
     return best
 
 
-def summary_table(run: dict, summaries: list[MetricSummary], metrics: list[str], markdown: bool = True) -> list[list[str]]:
+def summary_table(run: dict, summaries: list[MetricSummary], metrics: list[str], markdown: bool = True,
+                  directions: dict | None = None) -> list[list[str]]:
     """Rows of the summary table: grid, method, one 'mean ± ci' cell per metric, n."""
     best = _best(summaries)
-    head = ["grid", "method"] + [f"{m} {_arrow(m)}" for m in metrics] + ["n"]
+    head = ["grid", "method"] + [f"{m} {_arrow(m, directions)}" for m in metrics] + ["n"]
     out = [head]
     groups: dict[tuple[str, str], dict[str, MetricSummary]] = {}
     order: list[tuple[str, str]] = []
@@ -137,9 +107,23 @@ def summary_table(run: dict, summaries: list[MetricSummary], metrics: list[str],
             elif not markdown:
                 text = html.escape(text)
             cells.append(text)
-        label = _label(run, k[0]) if markdown else html.escape(_plain_label(run, k[0]))
+        label = _md(_label(run, k[0])) if markdown else html.escape(_plain_label(run, k[0]))
         n = max(s.n_images for s in g.values())
         out.append([first.grid, label] + cells + [str(n)])
+    return out
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell: pipes and line breaks cannot end the cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def correct_table(run: dict, pairs, metrics: list[str]) -> list[list[str]]:
+    """Per method and metric: the mean over correctly and over wrongly predicted images (needs labels)."""
+    out = [["grid", "method", "metric", "correct: mean ± ci", "n", "wrong: mean ± ci", "n"]]
+    for ok, bad in pairs:
+        out.append([ok.grid, _plain_label(run, ok.method), ok.metric, fmt_interval(ok), str(ok.n_images),
+                    fmt_interval(bad), str(bad.n_images)])
     return out
 
 
@@ -155,7 +139,8 @@ def cost_table(run: dict, cs: list[Cost]) -> list[list[str]]:
     return out
 
 
-def category_tables(run: dict, summaries: list[MetricSummary]) -> dict[str, list[list[str]]]:
+def category_tables(run: dict, summaries: list[MetricSummary], directions: dict | None = None
+                    ) -> dict[str, list[list[str]]]:
     """Per metric pooled by category: categories down, methods across, cells 'hits/total'; then the mean."""
     out = {}
     for metric in dict.fromkeys(s.metric for s in summaries if s.aggregate == "category_mean"):
@@ -169,14 +154,14 @@ def category_tables(run: dict, summaries: list[MetricSummary]) -> dict[str, list
                 c = next((c for c in s.categories if c.category == cat), None)
                 row.append("–" if c is None else f"{c.hits:g}/{c.total} ({c.accuracy:.2f})")
             rows.append(row)
-        rows.append([f"mean over categories {_arrow(metric)}"] + [fmt_interval(s) for s in ss])
+        rows.append([f"mean over categories {_arrow(metric, directions)}"] + [fmt_interval(s) for s in ss])
         out[metric] = rows
     return out
 
 
 def md_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += ["| " + " | ".join(str(c).replace("\n", " ") for c in r) + " |" for r in rows[1:]]
     return "\n".join(lines)
 
 
@@ -190,10 +175,9 @@ def html_table(rows: list[list[str]], cls: str = "", escape: bool = True) -> str
 # ----------------------------------------------------------------------------------------------
 # pictures
 # ----------------------------------------------------------------------------------------------
-def _curve_figures(out: str, run: dict, curves: list[dict]) -> list[tuple[str, str]]:
+def _curve_figures(out: str, run: dict, mc: list) -> list[tuple[str, str]]:
     from ..viz.evaluate import save_mean_curves
 
-    mc = mean_curves(curves, run["methods"], list(run["resolutions"]) + ["native"])
     by_grid: dict[str, list] = {}
     for c in mc:
         by_grid.setdefault(c.grid, []).append(c)
@@ -213,7 +197,7 @@ def _grid_figures(out: str, run: dict, images: dict, summaries: list[MetricSumma
 
     from ..metrics.pointing import most_salient_point
     from ..viz.evaluate import save_heatmap_grid
-    from .runner import _safe
+    from .plan import safe_name as _safe
 
     cols = list(dict.fromkeys((s.method, s.resolution, s.grid) for s in summaries))
     names = [n for n in run["images"] if n in images and images[n].get("thumbnail")
@@ -255,18 +239,46 @@ def _b64(path: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # the report
 # ----------------------------------------------------------------------------------------------
+def _per_image(src, run: dict, metrics: list[str]) -> tuple[list[list[str]], int]:
+    """The per-image table of the first images in run order (at most MAX_HTML_ROWS rows), and the row count in all."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .store import order_table
+
+    groups = max(1, len(run.get("methods", [])) * max(1, len(run.get("resolutions", []))))
+    take = max(1, MAX_HTML_ROWS // groups + 1)
+    names = run.get("images", [])[:take]
+    cols = ["image", "target", "target_name", "method", "resolution", "grid", "metric", "value", "task_row"]
+    t = src.table(cols, filter=pc.field("image").isin(pa.array(names, pa.string())) if names else None)
+    t = order_table(t, run)
+    seen: dict[tuple, dict] = {}
+    for r in t.to_pylist():
+        seen.setdefault((r["image"], r["target_name"], _plain_label(run, r["method"]), r["grid"]), {})[r["metric"]] = r["value"]
+    per = [["image", "target", "method", "grid"] + metrics]
+    for k, vals in list(seen.items())[:MAX_HTML_ROWS]:
+        per.append(list(k) + [_fmt_value(vals.get(m)) for m in metrics])
+    return per, len(seen)
+
+
 def write_report(out: str) -> tuple[dict[str, str], str]:
     """Write ``summary.md``, ``summary.csv``, the PNGs and ``report.html`` into ``out``; return (files, markdown)."""
-    run, images, rows, curves = load_output(out)
-    metrics = [m for m in run.get("metrics", []) if any(r["metric"] == m for r in rows)]
-    _ROW_DIRECTIONS.update({r["metric"]: r["higher_is_better"] == "true" for r in rows})
+    run, src = open_results(out)
+    images = load_images_info(out)
     res_order = list(run["resolutions"]) + ["native"]
+    cat_metrics = [m for m in METRICS.names() if METRICS.get(m).aggregate == "category_mean"]
+    agg = _stats.aggregate(src.batches(_stats.COLUMNS), categories=cat_metrics)
+    present = {k[3] for k in agg.costs}
+    metrics = [m for m in run.get("settings", {}).get("metrics", run.get("metrics", [])) if m in present]
+    metrics += sorted(present - set(metrics))
     aggregates = {m: METRICS.get(m).aggregate if m in METRICS else "mean" for m in metrics}
-    summaries = summarize(rows, run["methods"], res_order, metrics, aggregates)
-    cs = costs(rows, run["methods"], res_order)
+    summaries = agg.summaries(run["methods"], res_order, metrics, aggregates)
+    cs = agg.cost_list(run["methods"], res_order)
+    pairs = agg.correct_split(run["methods"], res_order, metrics)
     files: dict[str, str] = {}
 
-    curve_pngs = _curve_figures(out, run, curves) if curves else []
+    mc = agg.mean_curves(run["methods"], res_order)
+    curve_pngs = _curve_figures(out, run, mc) if mc else []
     grid_pngs = _grid_figures(out, run, images, summaries)
     for tag, p in curve_pngs:
         files[f"curves_{tag}"] = p
@@ -274,30 +286,35 @@ def write_report(out: str) -> tuple[dict[str, str], str]:
         files[f"grid_{tag}"] = p
 
     s = run.get("settings", {})
-    n_images = len({r["image"] for r in rows})
-    title = f"faithmap evaluation{' — ' + run['preset'] if run.get('preset') else ''}"
+    dirs = agg.directions
+    title = f"faithmap evaluation{' — ' + str(run['preset']) if run.get('preset') else ''}"
     facts = [
         ("model", f"{s.get('model')} (input {s.get('input_size')} px, {s.get('resize')})"),
-        ("images", f"{n_images} evaluated of {len(run.get('images', []))}"),
+        ("images", f"{len(agg.images)} evaluated of {len(run.get('images', []))}"),
         ("methods", ", ".join(_plain_label(run, m) for m in run["methods"])),
         ("resolutions (mask methods)", ", ".join(f"{r}x{r}" for r in run["resolutions"]) or "–"),
-        ("metrics", ", ".join(f"{m} {_arrow(m)}" for m in metrics)),
+        ("metrics", ", ".join(f"{m} {_arrow(m, dirs)}" for m in metrics)),
         ("target", s.get("target")), ("seed", s.get("seed")), ("fast settings", "yes" if s.get("fast") else "no"),
+        ("batch size (images per forward pass; images per task)", f"{s.get('batch_size', '–')}; {s.get('batch_images', '–')}"),
         ("annotations", (s.get("annotations") or {}).get("source", "none")),
         ("faithmap", f"{run.get('faithmap')}; run created {run.get('created')}, last started {run.get('updated', '')}"),
     ]
     if run.get("skipped_methods"):
-        facts.append(("skipped (not registered)", ", ".join(run["skipped_methods"])))
-    sm = summary_table(run, summaries, metrics)
+        facts.append(("skipped (not registered)", ", ".join(map(str, run["skipped_methods"]))))
+    sm = summary_table(run, summaries, metrics, directions=dirs)
     ct = cost_table(run, cs)
-    cats = category_tables(run, summaries)
+    cats = category_tables(run, summaries, dirs)
+    cor = correct_table(run, pairs, metrics) if pairs else None
 
     md = [f"# {title}", ""]
-    md += [f"- **{k}**: {v}" for k, v in facts] + [""]
+    md += [f"- **{k}**: {_md(v)}" for k, v in facts] + [""]
     md += ["## Summary", "", "Mean ± half-width of the 95% confidence interval; ↑ higher is better, ↓ lower is "
            "better; bold marks the best mean among maps of the same grid.", "", md_table(sm), "", CI_NOTE, ""]
     for m, t in cats.items():
-        md += [f"## {m}: accuracy per category (hits/total)", "", md_table(t), ""]
+        md += [f"## {m}: accuracy per category (hits/total)", "", md_table([[_md(c) for c in r] for r in t]), ""]
+    if cor:
+        md += ["## Correct and wrong predictions", "", "The same means over the images the model classifies "
+               "correctly (prediction = label) and over those it gets wrong.", "", md_table(cor), ""]
     md += ["## Cost", "", "Seconds and images sent through the model, per image; metrics that share a computation "
            "(deletion, insertion and overall) count it once, under the first of them.", "", md_table(ct), ""]
     markdown = "\n".join(md)
@@ -315,7 +332,9 @@ def write_report(out: str) -> tuple[dict[str, str], str]:
     write_atomic(os.path.join(out, "summary.csv"), buf.getvalue().encode())
     files["summary_csv"] = os.path.join(out, "summary.csv")
 
-    page = _html(title, facts, run, summaries, metrics, cats, ct, curve_pngs, grid_pngs, rows)
+    per, n_rows = _per_image(src, run, metrics)
+    n_rows = max(n_rows, agg.rows // max(1, len(metrics)))
+    page = _html(title, facts, run, summaries, metrics, cats, ct, curve_pngs, grid_pngs, per, n_rows, cor, dirs)
     write_atomic(os.path.join(out, "report.html"), page.encode())
     files["report"] = os.path.join(out, "report.html")
     return files, markdown
@@ -339,14 +358,14 @@ table.cost td:last-child{white-space:normal;text-align:left;min-width:180px}
 """
 
 
-def _html(title, facts, run, summaries, metrics, cats, ct, curve_pngs, grid_pngs, rows) -> str:
+def _html(title, facts, run, summaries, metrics, cats, ct, curve_pngs, grid_pngs, per, n_rows, cor, dirs) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     parts.append("<table class='facts'>" + "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts) + "</table>")
     parts.append("<h2 id='summary'>Summary</h2><p class='note'>Mean ± half-width of the 95% confidence interval; "
                  "↑ higher is better, ↓ lower is better; <b>bold</b> marks the best mean among maps of the same grid.</p>")
-    parts.append(f"<div class='scroll'>{html_table(summary_table(run, summaries, metrics, markdown=False), 'summary', escape=False)}</div>")
+    parts.append(f"<div class='scroll'>{html_table(summary_table(run, summaries, metrics, markdown=False, directions=dirs), 'summary', escape=False)}</div>")
     parts.append(f"<p class='note'>{html.escape(CI_NOTE)}</p>")
     for m, t in cats.items():
         parts.append(f"<h2>{html.escape(m)}: accuracy per category</h2><p class='note'>hits/total (accuracy) per "
@@ -362,16 +381,15 @@ def _html(title, facts, run, summaries, metrics, cats, ct, curve_pngs, grid_pngs
                      "ground-truth regions, the cross marks each map's most salient point (the pointing game's point).</p>")
         for tag, p in grid_pngs:
             parts.append(f"<img class='fig' alt='heatmap grid {html.escape(tag)}' src='data:image/png;base64,{_b64(p)}'>")
+    if cor:
+        parts.append("<h2 id='correct'>Correct and wrong predictions</h2><p class='note'>The same means over the "
+                     "images the model classifies correctly (prediction = label) and over those it gets wrong.</p>"
+                     f"<div class='scroll'>{html_table(cor, 'correct')}</div>")
     parts.append("<h2 id='cost'>Cost</h2><p class='note'>Seconds and images sent through the model, per image; metrics "
                  "that share a computation count it once, under the first of them.</p>")
     parts.append(f"<div class='scroll'>{html_table(ct, 'cost')}</div>")
-    per = [["image", "target", "method", "grid"] + metrics]
-    seen: dict[tuple, dict] = {}
-    for r in rows:
-        seen.setdefault((r["image"], r["target_name"], _plain_label(run, r["method"]), r["grid"]), {})[r["metric"]] = r["value"]
-    for k, vals in list(seen.items())[:MAX_HTML_ROWS]:
-        per.append(list(k) + [_fmt_value(vals.get(m)) for m in metrics])
-    shown = f"{len(per) - 1} rows" if len(seen) <= MAX_HTML_ROWS else f"the first {MAX_HTML_ROWS} of {len(seen)} rows; all are in results.csv"
+    shown = (f"{len(per) - 1} rows" if n_rows <= MAX_HTML_ROWS
+             else f"the first {len(per) - 1} rows; all are in the Parquet parts (and results.csv with --csv)")
     parts.append(f"<details><summary>Per-image results ({shown})</summary><div class='scroll'>"
                  f"{html_table(per, 'per-image')}</div></details>")
     parts.append("<script>window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);"

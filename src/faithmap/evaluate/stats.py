@@ -1,12 +1,15 @@
 """Pooling per-image results: means with t confidence intervals, per-category accuracy, costs, mean curves.
 
-Computation only (the report module presents these numbers).
+Computation only (the report module presents these numbers). :func:`aggregate` reads the results
+as a stream of Arrow tables (a few tens of thousands of rows each, see
+:meth:`faithmap.evaluate.store.Store.batches`) and keeps only per-group running sums: count, mean and
+the sum of squared deviations merged chunk by chunk (Chan, Golub and LeVeque's pairwise update), so
+memory does not grow with the number of rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -16,6 +19,11 @@ CI_LEVEL = 0.95
 CI_NOTE = ("95% confidence intervals are Student-t intervals over images: mean ± t(0.975, n−1)·s/√n, "
            "s the sample standard deviation (n − 1 in its denominator); none when n < 2. For metrics pooled "
            "per category (the pointing game) n counts categories and the interval is over category accuracies.")
+GROUP = ("method", "resolution", "grid", "metric")
+COLUMNS = ("method", "resolution", "grid", "metric", "value", "higher_is_better", "category", "correct", "image",
+           "explain_seconds", "explain_images", "explain_grad_images", "metric_seconds", "metric_images",
+           "fractions", "deletion_curve", "insertion_curve")
+"""The columns :func:`aggregate` reads."""
 
 
 @dataclass
@@ -41,25 +49,40 @@ def t_quantile(p: float, dof: int) -> float:
     return float(t.ppf(p, dof))
 
 
+def interval(n: int, mean: float, m2: float, level: float = CI_LEVEL) -> Interval:
+    """The t-interval of ``n`` values with this ``mean`` and sum of squared deviations ``m2``."""
+    if n == 0:
+        return Interval(float("nan"), float("nan"), 0, float("nan"))
+    if n < 2:
+        return Interval(float(mean), float("nan"), 1, float("nan"))
+    sd = math.sqrt(max(m2, 0.0) / (n - 1))
+    return Interval(float(mean), t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n), int(n), sd)
+
+
 def t_interval(values: Iterable[float], level: float = CI_LEVEL) -> Interval:
     """Mean and t-interval of the finite ``values`` (NaNs are left out)."""
     v = np.array([float(x) for x in values if x is not None and math.isfinite(float(x))], dtype=np.float64)
-    n = int(v.size)
-    if n == 0:
-        return Interval(float("nan"), float("nan"), 0, float("nan"))
-    mean = float(v.mean())
-    if n < 2:
-        return Interval(mean, float("nan"), 1, float("nan"))
-    sd = float(v.std(ddof=1))
-    half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return Interval(mean, half, n, sd)
+    if v.size == 0:
+        return interval(0, 0.0, 0.0, level)
+    return interval(int(v.size), float(v.mean()), float(((v - v.mean()) ** 2).sum()), level)
 
 
-def _float(s: str) -> float:
-    try:
-        return float(s)
-    except (TypeError, ValueError):
-        return float("nan")
+@dataclass
+class Running:
+    """Count, mean and sum of squared deviations, merged chunk by chunk."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def merge(self, n: int, mean: float, m2: float) -> None:
+        if n <= 0:
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.n = total
 
 
 @dataclass
@@ -104,78 +127,6 @@ class Cost:
         return sum(self.metric_seconds.values())
 
 
-def grid_cells(grid: str) -> int:
-    try:
-        h, w = grid.lower().split("x")
-        return int(h) * int(w)
-    except ValueError:
-        return 0
-
-
-def group_order(rows: Sequence[dict[str, str]], methods: Sequence[str], resolutions: Sequence[str]) -> list[tuple[str, str]]:
-    """(method, resolution) groups present in ``rows``: finest grid first, then in run order."""
-    seen: "OrderedDict[tuple[str, str], str]" = OrderedDict()
-    for r in rows:
-        seen.setdefault((r["method"], r["resolution"]), r["grid"])
-    m_idx = {m: i for i, m in enumerate(methods)}
-    r_idx = {str(x): i for i, x in enumerate(resolutions)}
-    return sorted(seen, key=lambda k: (-grid_cells(seen[k]), m_idx.get(k[0], len(m_idx)), r_idx.get(k[1], len(r_idx)), k))
-
-
-def summarize(rows: Sequence[dict[str, str]], methods: Sequence[str], resolutions: Sequence[str],
-              metrics: Sequence[str], aggregates: dict[str, str]) -> list[MetricSummary]:
-    """One :class:`MetricSummary` per (method, resolution, metric) present in ``rows``."""
-    by: dict[tuple[str, str, str], list[dict[str, str]]] = {}
-    for r in rows:
-        by.setdefault((r["method"], r["resolution"], r["metric"]), []).append(r)
-    out = []
-    for method, res in group_order(rows, methods, resolutions):
-        for metric in metrics:
-            g = by.get((method, res, metric))
-            if not g:
-                continue
-            vals = [_float(r["value"]) for r in g]
-            finite = [v for v in vals if math.isfinite(v)]
-            agg = aggregates.get(metric, "mean")
-            cats: list[CategoryScore] = []
-            if agg == "category_mean":
-                per: "OrderedDict[str, list[float]]" = OrderedDict()
-                for r, v in zip(g, vals):
-                    if math.isfinite(v):
-                        per.setdefault(r["category"], []).append(v)
-                cats = [CategoryScore(c, float(sum(v)), len(v), float(np.mean(v))) for c, v in per.items()]
-                interval = t_interval([c.accuracy for c in cats])
-            else:
-                interval = t_interval(finite)
-            out.append(MetricSummary(method, res, g[0]["grid"], metric, g[0]["higher_is_better"] == "true", agg,
-                                     interval, len(finite), cats))
-    return out
-
-
-def costs(rows: Sequence[dict[str, str]], methods: Sequence[str], resolutions: Sequence[str]) -> list[Cost]:
-    """Seconds and model images per image (per image x target), for explaining and for each metric."""
-    out = []
-    for method, res in group_order(rows, methods, resolutions):
-        g = [r for r in rows if r["method"] == method and r["resolution"] == res]
-        per_image: "OrderedDict[tuple[str, str], dict[str, str]]" = OrderedDict()
-        for r in g:
-            per_image.setdefault((r["image"], r["target"]), r)
-        n = len(per_image)
-        first = list(per_image.values())
-        ms: dict[str, list[float]] = {}
-        mi: dict[str, list[float]] = {}
-        for r in g:
-            ms.setdefault(r["metric"], []).append(_float(r["metric_seconds"]))
-            mi.setdefault(r["metric"], []).append(_float(r["metric_images"]))
-        out.append(Cost(method, res, g[0]["grid"], n,
-                        float(np.mean([_float(r["explain_seconds"]) for r in first])),
-                        float(np.mean([_float(r["explain_images"]) for r in first])),
-                        float(np.mean([_float(r["explain_grad_images"]) for r in first])),
-                        {k: float(np.mean(v)) for k, v in ms.items()},
-                        {k: float(np.mean(v)) for k, v in mi.items()}))
-    return out
-
-
 @dataclass
 class MeanCurves:
     method: str
@@ -195,29 +146,345 @@ class MeanCurves:
         return float(np.trapezoid(self.insertion, self.fractions))
 
 
-def mean_curves(curves: Sequence[dict], methods: Sequence[str], resolutions: Sequence[str]) -> list[MeanCurves]:
-    """Mean deletion and insertion curves per (method, resolution), over images.
+def grid_cells(grid: str) -> int:
+    try:
+        h, w = grid.lower().split("x")
+        return int(h) * int(w)
+    except ValueError:
+        return 0
 
-    Curves of one group share their fractions when the maps share a grid; otherwise each is
-    interpolated linearly onto the first one's fractions. The AUC of the mean curve equals the mean
-    AUC in the first case (the trapezoid is linear).
-    """
-    groups: "OrderedDict[tuple[str, str], list[dict]]" = OrderedDict()
-    for c in curves:
-        groups.setdefault((c["method"], str(c["resolution"])), []).append(c)
-    fake_rows = [{"method": m, "resolution": r, "grid": g[0].get("grid", "")} for (m, r), g in groups.items()]
-    out = []
-    for key in group_order(fake_rows, methods, resolutions):
-        g = groups[key]
-        fr = np.asarray(g[0]["fractions"], dtype=np.float64)
-        dels, inss = [], []
-        for c in g:
-            f = np.asarray(c["fractions"], dtype=np.float64)
-            d = np.asarray(c["deletion"], dtype=np.float64)
-            i = np.asarray(c["insertion"], dtype=np.float64)
-            if f.shape != fr.shape or not np.allclose(f, fr):
-                d, i = np.interp(fr, f, d), np.interp(fr, f, i)
-            dels.append(d)
-            inss.append(i)
-        out.append(MeanCurves(key[0], key[1], g[0].get("grid", ""), fr, np.mean(dels, 0), np.mean(inss, 0), len(g)))
-    return out
+
+def order_groups(keys: Iterable[tuple[str, str, str]], methods: Sequence[str], resolutions: Sequence[str]
+                 ) -> list[tuple[str, str, str]]:
+    """(method, resolution, grid) groups: finest grid first, then in run order."""
+    m_idx = {m: i for i, m in enumerate(methods)}
+    r_idx = {str(x): i for i, x in enumerate(resolutions)}
+    return sorted(set(keys), key=lambda k: (-grid_cells(k[2]), m_idx.get(k[0], len(m_idx)),
+                                            r_idx.get(k[1], len(r_idx)), k))
+
+
+@dataclass
+class Aggregates:
+    """Everything the report shows, pooled over all rows."""
+
+    values: dict = field(default_factory=dict)  # (method, res, grid, metric) -> Running over finite values
+    directions: dict = field(default_factory=dict)  # metric -> higher_is_better (from the rows)
+    by_correct: dict = field(default_factory=dict)  # (method, res, grid, metric, correct) -> Running
+    categories: dict = field(default_factory=dict)  # (method, res, grid, metric) -> {category: [sum, count]}
+    costs: dict = field(default_factory=dict)  # (method, res, grid, metric) -> [rows, sums of the 5 cost columns]
+    curves: dict = field(default_factory=dict)  # (method, res, grid) -> [fractions, sum del, sum ins, n]
+    images: set = field(default_factory=set)
+    rows: int = 0
+
+    def summaries(self, methods, resolutions, metrics, aggregates: dict[str, str]) -> list[MetricSummary]:
+        out = []
+        for method, res, grid in order_groups([k[:3] for k in self.values] + [k[:3] for k in self.costs],
+                                              methods, resolutions):
+            for metric in metrics:
+                k = (method, res, grid, metric)
+                if k not in self.costs:
+                    continue
+                run = self.values.get(k, Running())
+                agg = aggregates.get(metric, "mean")
+                cats: list[CategoryScore] = []
+                if agg == "category_mean":
+                    per = self.categories.get(k, {})
+                    cats = [CategoryScore(c, float(s), int(n), float(s / n)) for c, (s, n) in sorted(per.items()) if n]
+                    iv = t_interval([c.accuracy for c in cats])
+                else:
+                    iv = interval(run.n, run.mean, run.m2)
+                out.append(MetricSummary(method, res, grid, metric, bool(self.directions.get(metric, True)), agg,
+                                         iv, run.n, cats))
+        return out
+
+    def correct_split(self, methods, resolutions, metrics) -> list[tuple[MetricSummary, MetricSummary]]:
+        """Per (method, resolution, metric): the summary over correctly and over wrongly predicted images."""
+        out = []
+        for method, res, grid in order_groups([k[:3] for k in self.by_correct], methods, resolutions):
+            for metric in metrics:
+                pair = []
+                for ok in (True, False):
+                    r = self.by_correct.get((method, res, grid, metric, ok), Running())
+                    pair.append(MetricSummary(method, res, grid, metric, bool(self.directions.get(metric, True)),
+                                              "mean", interval(r.n, r.mean, r.m2), r.n))
+                if pair[0].n_images or pair[1].n_images:
+                    out.append((pair[0], pair[1]))
+        return out
+
+    def cost_list(self, methods, resolutions) -> list[Cost]:
+        out = []
+        for method, res, grid in order_groups([k[:3] for k in self.costs], methods, resolutions):
+            per = {k[3]: v for k, v in self.costs.items() if k[:3] == (method, res, grid)}
+            rows = sum(v[0] for v in per.values())
+            sums = np.sum([v[1:4] for v in per.values()], 0)
+            out.append(Cost(method, res, grid, max(v[0] for v in per.values()),
+                            float(sums[0] / rows), float(sums[1] / rows), float(sums[2] / rows),
+                            {m: float(v[4] / v[0]) for m, v in per.items()},
+                            {m: float(v[5] / v[0]) for m, v in per.items()}))
+        return out
+
+    def mean_curves(self, methods, resolutions) -> list[MeanCurves]:
+        out = []
+        for k in order_groups(self.curves, methods, resolutions):
+            fr, d, i, n = self.curves[k]
+            out.append(MeanCurves(k[0], k[1], k[2], fr, d / n, i / n, n))
+        return out
+
+
+def aggregate(chunks: Iterable, *, categories: Sequence[str] = ()) -> Aggregates:
+    """Pool a stream of Arrow tables (with :data:`COLUMNS`); ``categories`` names the metrics pooled per category."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    agg = Aggregates()
+    cat_metrics = pa.array(sorted(set(categories)), pa.string())
+    for t in chunks:
+        if t.num_rows == 0:
+            continue
+        agg.rows += t.num_rows
+        agg.images.update(pc.unique(t.column("image")).to_pylist())
+        for r in t.group_by(["metric"]).aggregate([("higher_is_better", "min")]).to_pylist():
+            agg.directions.setdefault(r["metric"], r["higher_is_better_min"])
+        # costs: every row
+        g = t.group_by(list(GROUP)).aggregate([([], "count_all"), ("explain_seconds", "sum"),
+                                               ("explain_images", "sum"), ("explain_grad_images", "sum"),
+                                               ("metric_seconds", "sum"), ("metric_images", "sum")])
+        for r in g.to_pylist():
+            k = tuple(r[c] for c in GROUP)
+            acc = agg.costs.setdefault(k, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            acc[0] += r["count_all"]
+            for j, c in enumerate(("explain_seconds", "explain_images", "explain_grad_images", "metric_seconds",
+                                   "metric_images"), start=1):
+                acc[j] += r[f"{c}_sum"] or 0.0
+        # values: finite ones
+        fin = t.filter(pc.is_finite(t.column("value")))
+        if fin.num_rows:
+            opts = pc.VarianceOptions(ddof=0)
+            g = fin.group_by(list(GROUP)).aggregate([("value", "count"), ("value", "mean"), ("value", "variance", opts)])
+            for r in g.to_pylist():
+                n = r["value_count"]
+                agg.values.setdefault(tuple(r[c] for c in GROUP), Running()).merge(n, r["value_mean"],
+                                                                                 r["value_variance"] * n)
+            lab = fin.filter(pc.is_valid(fin.column("correct")))
+            if lab.num_rows:
+                g = lab.group_by(list(GROUP) + ["correct"]).aggregate(
+                    [("value", "count"), ("value", "mean"), ("value", "variance", opts)])
+                for r in g.to_pylist():
+                    n = r["value_count"]
+                    key = tuple(r[c] for c in GROUP) + (bool(r["correct"]),)
+                    agg.by_correct.setdefault(key, Running()).merge(n, r["value_mean"], r["value_variance"] * n)
+            if len(cat_metrics):
+                cat = fin.filter(pc.is_in(fin.column("metric"), value_set=cat_metrics))
+                if cat.num_rows:
+                    g = cat.group_by(list(GROUP) + ["category"]).aggregate([("value", "sum"), ("value", "count")])
+                    for r in g.to_pylist():
+                        per = agg.categories.setdefault(tuple(r[c] for c in GROUP), {})
+                        acc = per.setdefault(r["category"], [0.0, 0])
+                        acc[0] += r["value_sum"]
+                        acc[1] += r["value_count"]
+        # curves: on each (image, target)'s first row
+        cv = t.filter(pc.is_valid(t.column("fractions")))
+        if cv.num_rows:
+            for k in {tuple(r.values()) for r in cv.select(["method", "resolution", "grid"]).to_pylist()}:
+                mask = pc.and_(pc.and_(pc.equal(cv.column("method"), k[0]), pc.equal(cv.column("resolution"), k[1])),
+                               pc.equal(cv.column("grid"), k[2]))
+                part = cv.filter(mask)
+                _add_curves(agg.curves, k, part)
+    return agg
+
+
+def _add_curves(store: dict, key, part) -> None:
+    """Add the curves of ``part`` (one group) to ``store[key]``; curves on other fractions are interpolated."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(part.column("fractions")).to_numpy(zero_copy_only=False)
+    acc = store.get(key)
+    if (lengths == lengths[0]).all():
+        L = int(lengths[0])
+        fr, d, i = (pc.list_flatten(part.column(c)).to_numpy(zero_copy_only=False).reshape(-1, L)
+                    for c in ("fractions", "deletion_curve", "insertion_curve"))
+        ref = acc[0] if acc is not None else fr[0]
+        if ref.shape == (L,) and np.allclose(fr, ref):  # the usual case: one grid, one set of fractions
+            if acc is None:
+                store[key] = [ref.copy(), d.sum(0), i.sum(0), d.shape[0]]
+            else:
+                acc[1] += d.sum(0)
+                acc[2] += i.sum(0)
+                acc[3] += d.shape[0]
+            return
+        rows = list(zip(fr, d, i))
+    else:
+        rows = list(zip(*(part.column(c).to_pylist() for c in ("fractions", "deletion_curve", "insertion_curve"))))
+    for f, d, i in rows:
+        f, d, i = (np.asarray(v, dtype=np.float64) for v in (f, d, i))
+        if acc is None:
+            acc = store[key] = [f.copy(), np.zeros_like(f), np.zeros_like(f), 0]
+        if f.shape != acc[0].shape or not np.allclose(f, acc[0]):
+            d, i = np.interp(acc[0], f, d), np.interp(acc[0], f, i)
+        acc[1] += d
+        acc[2] += i
+        acc[3] += 1
+
+
+def mean_curves(self, methods, resolutions) -> list[MeanCurves]:
+        out = []
+        for k in order_groups(self.curves, methods, resolutions):
+            fr, d, i, n = self.curves[k]
+            out.append(MeanCurves(k[0], k[1], k[2], fr, d / n, i / n, n))
+        return out
+
+
+def aggregate(chunks: Iterable, *, categories: Sequence[str] = ()) -> Aggregates:
+    """Pool a stream of Arrow tables (with :data:`COLUMNS`); ``categories`` names the metrics pooled per category."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    agg = Aggregates()
+    cat_metrics = pa.array(sorted(set(categories)), pa.string())
+    for t in chunks:
+        if t.num_rows == 0:
+            continue
+        agg.rows += t.num_rows
+        agg.images.update(pc.unique(t.column("image")).to_pylist())
+        for r in t.group_by(["metric"]).aggregate([("higher_is_better", "min")]).to_pylist():
+            agg.directions.setdefault(r["metric"], r["higher_is_better_min"])
+        # costs: every row
+        g = t.group_by(list(GROUP)).aggregate([([], "count_all"), ("explain_seconds", "sum"),
+                                               ("explain_images", "sum"), ("explain_grad_images", "sum"),
+                                               ("metric_seconds", "sum"), ("metric_images", "sum")])
+        for r in g.to_pylist():
+            k = tuple(r[c] for c in GROUP)
+            acc = agg.costs.setdefault(k, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            acc[0] += r["count_all"]
+            for j, c in enumerate(("explain_seconds", "explain_images", "explain_grad_images", "metric_seconds",
+                                   "metric_images"), start=1):
+                acc[j] += r[f"{c}_sum"] or 0.0
+        # values: finite ones
+        fin = t.filter(pc.is_finite(t.column("value")))
+        if fin.num_rows:
+            opts = pc.VarianceOptions(ddof=0)
+            g = fin.group_by(list(GROUP)).aggregate([("value", "count"), ("value", "mean"), ("value", "variance", opts)])
+            for r in g.to_pylist():
+                n = r["value_count"]
+                agg.values.setdefault(tuple(r[c] for c in GROUP), Running()).merge(n, r["value_mean"],
+                                                                                 r["value_variance"] * n)
+            lab = fin.filter(pc.is_valid(fin.column("correct")))
+            if lab.num_rows:
+                g = lab.group_by(list(GROUP) + ["correct"]).aggregate(
+                    [("value", "count"), ("value", "mean"), ("value", "variance", opts)])
+                for r in g.to_pylist():
+                    n = r["value_count"]
+                    key = tuple(r[c] for c in GROUP) + (bool(r["correct"]),)
+                    agg.by_correct.setdefault(key, Running()).merge(n, r["value_mean"], r["value_variance"] * n)
+            if len(cat_metrics):
+                cat = fin.filter(pc.is_in(fin.column("metric"), value_set=cat_metrics))
+                if cat.num_rows:
+                    g = cat.group_by(list(GROUP) + ["category"]).aggregate([("value", "sum"), ("value", "count")])
+                    for r in g.to_pylist():
+                        per = agg.categories.setdefault(tuple(r[c] for c in GROUP), {})
+                        acc = per.setdefault(r["category"], [0.0, 0])
+                        acc[0] += r["value_sum"]
+                        acc[1] += r["value_count"]
+        # curves: on each (image, target)'s first row
+        cv = t.filter(pc.is_valid(t.column("fractions")))
+        if cv.num_rows:
+            for k in {tuple(r.values()) for r in cv.select(["method", "resolution", "grid"]).to_pylist()}:
+                mask = pc.and_(pc.and_(pc.equal(cv.column("method"), k[0]), pc.equal(cv.column("resolution"), k[1])),
+                               pc.equal(cv.column("grid"), k[2]))
+                part = cv.filter(mask)
+                _add_curves(agg.curves, k, part)
+    return agg
+
+
+def _add_curves(store: dict, key, part) -> None:
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(part.column("fractions")).to_numpy(zero_copy_only=False)
+    acc = store.get(key)
+    if (lengths == lengths[0]).all():
+        L = int(lengths[0])
+        fr = pc.list_flatten(part.column("fractions")).to_numpy(zero_copy_only=False).reshape(-1, L)
+        d = pc.list_flatten(part.column("deletion_curve")).to_numpy(zero_copy_only=False).reshape(-1, L)
+        i = pc.list_flatten(part.column("insertion_curve")).to_numpy(zero_copy_only=False).reshape(-1, L)
+        rows = [(fr[j], d[j], i[j]) for j in range(fr.shape[0])] if acc is not None and (
+            acc[0].shape != (L,) or not np.allclose(acc[0], fr[0])) or not np.allclose(fr, fr[0]) else None
+        if rows is None:
+            if acc is None:
+                store[key] = [fr[0].copy(), d.sum(0), i.sum(0), d.shape[0]]
+            else:
+                acc[1] += d.sum(0)
+                acc[2] += i.sum(0)
+                acc[3] += d.shape[0]
+            return
+    else:
+        rows = list(zip(*(np.asarray(part.column(c).to_pylist(), dtype=object) for c in
+                          ("fractions", "deletion_curve", "insertion_curve"))))
+    for f, d, i in rows:  # curves on other grids: interpolated onto the first one's fractions
+        f, d, i = (np.asarray(v, dtype=np.float64) for v in (f, d, i))
+        if acc is None:
+            acc = store[key] = [f.copy(), np.zeros_like(f), np.zeros_like(f), 0]
+        if f.shape != acc[0].shape or not np.allclose(f, acc[0]):
+            d, i = np.interp(acc[0], f, d), np.interp(acc[0], f, i)
+        acc[1] += d
+        acc[2] += i
+        acc[3] += 1
+
+
+def mean_curves(curves: Sequence[dict], methods: Sequence[str], resolutions: Sequence[str]) -> list[MeanCurves]:
+    """Mean deletion and insertion curves per (method, resolution) of curve records (dicts with
+    ``method, resolution, grid, fractions, deletion, insertion``); the AUC of the mean curve equals
+    the mean AUC when the maps share a grid (the trapezoid is linear)."""
+    import pyarrow as pa
+
+    if not curves:
+        return []
+    t = pa.table({"method": [c["method"] for c in curves], "resolution": [str(c["resolution"]) for c in curves],
+                  "grid": [c.get("grid", "") for c in curves],
+                  "fractions": [list(map(float, c["fractions"])) for c in curves],
+                  "deletion_curve": [list(map(float, c["deletion"])) for c in curves],
+                  "insertion_curve": [list(map(float, c["insertion"])) for c in curves]})
+    store: dict = {}
+    for k in {(c["method"], str(c["resolution"]), c.get("grid", "")) for c in curves}:
+        import pyarrow.compute as pc
+
+        mask = pc.and_(pc.and_(pc.equal(t.column("method"), k[0]), pc.equal(t.column("resolution"), k[1])),
+                       pc.equal(t.column("grid"), k[2]))
+        _add_curves(store, k, t.filter(mask))
+    return Aggregates(curves=store).mean_curves(methods, resolutions)
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def rows_table(rows: Sequence[dict]):
+    """An Arrow table with :data:`COLUMNS` from row dicts (values as numbers or as their text)."""
+    import pyarrow as pa
+
+    def flag(v):
+        return v if isinstance(v, bool) or v is None else str(v).lower() == "true"
+
+    cols = {
+        "method": [str(r["method"]) for r in rows], "resolution": [str(r["resolution"]) for r in rows],
+        "grid": [str(r.get("grid", "")) for r in rows], "metric": [str(r["metric"]) for r in rows],
+        "value": [_num(r.get("value")) for r in rows],
+        "higher_is_better": [flag(r.get("higher_is_better", True)) for r in rows],
+        "category": [str(r.get("category", "")) for r in rows], "correct": [flag(r.get("correct")) for r in rows],
+        "image": [str(r.get("image", "")) for r in rows],
+    }
+    for c in ("explain_seconds", "explain_images", "explain_grad_images", "metric_seconds", "metric_images"):
+        cols[c] = [_num(r.get(c, 0.0)) for r in rows]
+    for c in ("fractions", "deletion_curve", "insertion_curve"):
+        cols[c] = pa.array([None] * len(rows), pa.list_(pa.float64()))
+    return pa.table(cols)
+
+
+def summarize(rows: Sequence[dict], methods: Sequence[str], resolutions: Sequence[str], metrics: Sequence[str],
+              aggregates: dict[str, str]) -> list[MetricSummary]:
+    """One :class:`MetricSummary` per (method, resolution, metric) of row dicts (small inputs; the report
+    streams the parts through :func:`aggregate` instead)."""
+    agg = aggregate([rows_table(rows)], categories=[m for m, a in aggregates.items() if a == "category_mean"])
+    return agg.summaries(methods, resolutions, metrics, aggregates)

@@ -1,216 +1,451 @@
-"""Crash-safe, append-only storage of evaluation results.
+"""Columnar, crash-safe storage of evaluation results: one Parquet part per finished task.
 
-``results.csv`` holds one row per image x target x method x resolution x metric. The rows of one
-*task* (one image, method and resolution: every target and metric of it) are appended with a single
-``write`` on a file opened with ``O_APPEND`` and made durable with ``fsync`` before the next task
-starts. Every row carries its task's ``key`` and ``task_rows``, the number of rows the task wrote,
-so a reader can tell a whole task from a torn one: a task counts as done only when all its rows are
-present and every line ends with a newline. Opening a store drops torn lines and incomplete tasks
-(rewriting the file atomically: temporary file, ``fsync``, ``os.replace``), so a process killed at
-any instant, even in the middle of a write, loses at most the task it was working on.
+Why Parquet through pyarrow: a column store with projection (a resume reads the keys only; the
+report reads the few columns it aggregates), compression, typed columns and a reader in every data
+tool; pyarrow also streams datasets of many files batch by batch, so summaries are computed in
+bounded memory. (DuckDB would do the aggregation in SQL, but adds a second engine for what pyarrow
+already does.)
 
-``curves.jsonl`` holds the deletion/insertion curves of each task, one JSON line per target,
-written (and fsynced) *before* the task's rows; lines of tasks that are not done are dropped.
+Layout of ``--out``::
+
+    run.json            settings and the lists of methods, resolutions and images
+    parts/part-*.parquet  one file per finished task (method, resolution, batch of images)
+    images.json         top-5, targets and regions of the images whose maps are kept
+    maps/, images/      maps (.npy) and input thumbnails of the first --save-maps images
+    .lock               held (fcntl.flock) by the one process that writes
+
+A part holds the task's rows (one per image x target x metric; the deletion/insertion curves ride
+on each (image, target)'s first row) and, in its Parquet metadata, the task's keys
+(``image|method|resolution``, also for images that got no row) and each image's fingerprint. It is
+written whole or not at all: a temporary file made by :func:`faithmap.core.io.atomic_open`
+(``mkstemp`` in ``parts/``: a fresh ``O_EXCL`` name), ``fsync``, ``os.replace``. A process killed at
+any instant, even inside a write, leaves finished parts and at most a stray temporary file, which
+the next run removes; nothing is torn, so nothing needs repairing. Resuming reads only the parts'
+footers (their metadata). Only the driver writes parts; workers return results to it.
+
+Two processes on one ``--out``: the first holds an exclusive lock on ``.lock`` for the whole run
+(released by the kernel when it exits, even on SIGKILL); a second one refuses with one line before
+it writes anything, so no task is lost or duplicated. Shards that run at the same time use separate
+directories, joined with ``--merge``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import errno
+import fcntl
 import json
-import math
 import os
-from typing import Iterable, Sequence
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
-from ..core.io import write_atomic
+from ..core.io import atomic_open, os_error
 from ..errors import FaithmapError
 
-COLUMNS = ("image", "target", "target_name", "target_prob", "category", "method", "resolution", "grid", "metric",
-           "value", "higher_is_better", "seed", "fast", "explain_seconds", "explain_images", "explain_grad_images",
-           "metric_seconds", "metric_images", "key", "task_rows")
-"""Columns of ``results.csv``, in order."""
-
+STORE_FORMAT = "parquet-1"
+PARTS = "parts"
+LOCK = ".lock"
+META_KEY = b"faithmap"
 TIME_COLUMNS = ("explain_seconds", "metric_seconds")
 """Columns that change from run to run (wall-clock time); everything else is reproducible."""
+COST_COLUMNS = TIME_COLUMNS + ("explain_images", "explain_grad_images", "metric_images")
+"""What a task cost, per row: its seconds and model images shared evenly among its rows. A method that
+adapts its work per image (AOP/SIGCAM) costs a batch other than the sum of its images' costs alone."""
+CURVE_COLUMNS = ("fractions", "deletion_curve", "insertion_curve")
+FLOAT_COLUMNS = ("target_prob", "value", "explain_images", "explain_grad_images", "metric_images")
 
 
-def task_key(image: str, method: str, resolution: str | int) -> str:
-    """The key of a task: ``image|method|resolution``."""
-    return f"{image}|{method}|{resolution}"
+def schema():
+    import pyarrow as pa
+
+    f64, i64, s = pa.float64(), pa.int64(), pa.string()
+    return pa.schema([
+        ("key", s), ("image", s), ("label", i64), ("predicted", i64), ("correct", pa.bool_()), ("target", i64),
+        ("target_name", s), ("target_prob", f64), ("category", s), ("method", s), ("resolution", s), ("grid", s),
+        ("metric", s), ("value", f64), ("higher_is_better", pa.bool_()), ("seed", pa.uint64()), ("image_seed", i64),
+        ("fast", pa.bool_()), ("explain_seconds", f64), ("explain_images", f64), ("explain_grad_images", f64),
+        ("metric_seconds", f64), ("metric_images", f64), ("task_row", pa.int32()),
+        ("fractions", pa.list_(f64)), ("deletion_curve", pa.list_(f64)), ("insertion_curve", pa.list_(f64)),
+    ])
 
 
-def format_value(v) -> str:
-    """Exact, round-trippable text for a cell (floats by ``repr``; NaN as ``nan``)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(v)
-    if v is None:
-        return ""
-    return str(v).replace("\r", " ").replace("\n", " ")
+ROW_COLUMNS = tuple(n for n in ("key", "image", "label", "predicted", "correct", "target", "target_name", "target_prob",
+                                "category", "method", "resolution", "grid", "metric", "value", "higher_is_better",
+                                "seed", "image_seed", "fast", "explain_seconds", "explain_images",
+                                "explain_grad_images", "metric_seconds", "metric_images", "task_row"))
+"""Columns of a row (the curves aside), in order: those of ``results.csv``."""
 
 
-def _csv_line(values: Sequence[str]) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
-    return buf.getvalue().encode("utf-8")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def append_durable(path: str, data: bytes) -> None:
-    """Append ``data`` to ``path`` with O_APPEND and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+# ----------------------------------------------------------------------------------------------
+# reading JSON written by earlier runs
+# ----------------------------------------------------------------------------------------------
+def read_json(path: str, what: str = "") -> dict:
+    """A JSON object from ``path``; one line naming the file when it is unreadable, corrupt or absurdly nested."""
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise FaithmapError(f"{path} does not exist{what}") from None
+    except OSError as exc:
+        raise os_error("read", path, exc) from None
+    except (ValueError, UnicodeDecodeError):
+        raise FaithmapError(f"{path} is corrupt (not valid JSON){what}") from None
+    except RecursionError:
+        raise FaithmapError(f"{path} is corrupt (JSON nested too deeply){what}") from None
+    if not isinstance(data, dict):
+        raise FaithmapError(f"{path} is corrupt (expected a JSON object){what}")
+    return data
 
 
-def _complete_lines(raw: bytes) -> tuple[list[bytes], bool]:
-    """Lines that end with a newline, and whether a torn tail was dropped."""
-    parts = raw.split(b"\n")
-    return parts[:-1], parts[-1] != b""
-
-
-def read_rows(path: str) -> tuple[list[dict[str, str]], bool]:
-    """Rows of whole tasks from a results file, and whether anything torn or incomplete was dropped."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    lines, dirty = _complete_lines(raw)
-    if not lines:
-        return [], dirty or bool(raw)
-    try:
-        head = next(csv.reader([lines[0].decode("utf-8")]))
-    except (UnicodeDecodeError, StopIteration, csv.Error):
-        head = []
-    if tuple(head) != COLUMNS:
-        raise FaithmapError(f"{path} is not a faithmap results file (its header differs); use another --out")
-    groups: dict[str, list[dict[str, str]]] = {}
-    order: list[str] = []
-    for line in lines[1:]:
-        try:
-            vals = next(csv.reader([line.decode("utf-8")]))
-        except (UnicodeDecodeError, StopIteration, csv.Error):
-            dirty = True
-            continue
-        if len(vals) != len(COLUMNS):
-            dirty = True
-            continue
-        row = dict(zip(COLUMNS, vals))
-        if row["key"] not in groups:
-            groups[row["key"]] = []
-            order.append(row["key"])
-        groups[row["key"]].append(row)
-    rows: list[dict[str, str]] = []
-    for key in order:
-        g = groups[key]
-        try:
-            n = int(g[0]["task_rows"])
-        except ValueError:
-            dirty = True
-            continue
-        if n <= 0 or len(g) < n or any(r["task_rows"] != g[0]["task_rows"] for r in g):
-            dirty = True
-            continue
-        if len(g) > n:  # the same task twice (should not happen): keep the first copy
-            dirty = True
-            g = g[:n]
-        rows.extend(g)
-    return rows, dirty
-
-
-def read_curves(path: str, done: set[str]) -> tuple[list[dict], bool]:
-    """Curve records of done tasks (the last record per key and target), and whether any line was dropped."""
+def load_run(out: str) -> dict:
+    """``run.json`` of an output directory, checked enough that reports can rely on it."""
+    path = os.path.join(out, "run.json")
     if not os.path.exists(path):
-        return [], False
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    lines, dirty = _complete_lines(raw)
-    recs: dict[tuple[str, int], dict] = {}
-    for line in lines:
+        raise FaithmapError(f"{out} holds no run.json (not a faithmap evaluate output)")
+    run = read_json(path, "; rerun the evaluation into this --out to rewrite it, or use --overwrite")
+    for k, kind in (("methods", list), ("resolutions", list), ("images", list), ("settings", dict)):
+        if not isinstance(run.get(k, kind()), kind):
+            raise FaithmapError(f"{path} is corrupt ({k!r} should be a JSON {kind.__name__})")
+    run.setdefault("methods", [])
+    run.setdefault("resolutions", [])
+    run.setdefault("images", [])
+    run.setdefault("settings", {})
+    run["resolutions"] = [str(r) for r in run["resolutions"]]
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# the lock
+# ----------------------------------------------------------------------------------------------
+class OutputLock:
+    """An exclusive ``fcntl.flock`` on ``<out>/.lock``: one writing process per output directory."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, LOCK)
+        self.fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
         try:
-            rec = json.loads(line.decode("utf-8"))
-            k = (rec["key"], int(rec["target"]))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            dirty = True
-            continue
-        if rec["key"] not in done:
-            dirty = True
-            continue
-        if k in recs:
-            dirty = True
-        recs[k] = rec
-    return list(recs.values()), dirty
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise os_error("lock", self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise FaithmapError(f"another faithmap process{who} is writing to {os.path.dirname(self.path)}; "
+                                    f"wait for it to finish, or use another --out") from None
+            raise os_error("lock", self.path, exc) from None
+        try:  # who holds it, for the message above (the lock itself is the flock, not this text)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
-def rows_bytes(rows: Iterable[dict[str, str]], header: bool = False) -> bytes:
-    out = [_csv_line(COLUMNS)] if header else []
-    out += [_csv_line([r[c] for c in COLUMNS]) for r in rows]
-    return b"".join(out)
+# ----------------------------------------------------------------------------------------------
+# the parts
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Scan:
+    """What the finished parts hold, read from their footers only."""
+
+    parts: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # key -> part file
+    images: dict[str, list] = field(default_factory=dict)  # image -> [digest, size, mtime_ns]
+    dropped: int = 0  # unreadable parts removed
+    rows: int = 0
 
 
-def curves_bytes(recs: Iterable[dict]) -> bytes:
-    return b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in recs)
+def part_meta(path: str) -> dict:
+    import pyarrow.parquet as pq
+
+    md = pq.read_schema(path).metadata or {}
+    meta = json.loads(md[META_KEY].decode("utf-8"))
+    if not isinstance(meta, dict) or not isinstance(meta.get("keys"), list):
+        raise ValueError("no keys")
+    return meta
 
 
-class ResultStore:
-    """The results and curves files of one run (or one shard of it)."""
+class Store:
+    """The parts of one output directory (``writable`` stores also clean up after killed writers)."""
 
-    def __init__(self, out: str, suffix: str = ""):
+    def __init__(self, out: str):
         self.out = out
-        self.results_path = os.path.join(out, f"results{suffix}.csv")
-        self.curves_path = os.path.join(out, f"curves{suffix}.jsonl")
-        self.rows: list[dict[str, str]] = []
-        self.curves: list[dict] = []
+        self.dir = os.path.join(out, PARTS)
+        self.scan_result: Scan | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+    def scan(self, repair: bool = False) -> Scan:
+        """Keys and image fingerprints of the finished parts; with ``repair`` (the lock held) also
+        remove stray temporary files and unreadable or duplicate parts."""
+        import pyarrow.parquet as pq
+
+        sc = Scan()
+        if not os.path.isdir(self.dir):
+            self.scan_result = sc
+            return sc
+        for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name)
+            if name.startswith("."):  # a temporary file of a writer that was killed
+                if repair:
+                    _remove(path)
+                continue
+            if not (name.startswith("part-") and name.endswith(".parquet")):
+                continue
+            try:
+                meta = part_meta(path)
+                n = pq.read_metadata(path).num_rows
+            except Exception:  # noqa: BLE001 - any unreadable part is dropped (it holds nothing usable)
+                sc.dropped += 1
+                if repair:
+                    _remove(path)
+                continue
+            dup = [k for k in meta["keys"] if k in sc.keys]
+            if dup:  # the same task twice (cannot happen under the lock; e.g. files copied by hand)
+                if repair and len(dup) == len(meta["keys"]):
+                    _remove(path)
+                    continue
+                if repair:
+                    self._drop_keys(path, set(dup))
+                    meta = part_meta(path)
+                    n = pq.read_metadata(path).num_rows
+                else:
+                    continue
+            sc.parts.append(path)
+            sc.rows += n
+            for k in meta["keys"]:
+                sc.keys[k] = path
+            for img, v in (meta.get("images") or {}).items():
+                sc.images.setdefault(img, v)
+        self.scan_result = sc
+        return sc
 
     @property
-    def done(self) -> set[str]:
-        return {r["key"] for r in self.rows}
+    def parts(self) -> list[str]:
+        return (self.scan_result or self.scan()).parts
 
-    def open(self) -> int:
-        """Load what earlier runs finished, repairing torn writes; returns the number of rows dropped."""
-        dropped = 0
-        if os.path.exists(self.results_path):
-            rows, dirty = read_rows(self.results_path)
-            if dirty:
-                with open(self.results_path, "rb") as fh:
-                    before = max(0, fh.read().count(b"\n") - 1)
-                dropped = max(0, before - len(rows))
-                write_atomic(self.results_path, rows_bytes(rows, header=True))
-            self.rows = rows
+    def dataset(self):
+        import pyarrow.dataset as ds
+
+        return ds.dataset(self.parts, schema=schema(), format="parquet")
+
+    def batches(self, columns: Sequence[str], filter=None, rows: int = 65536) -> Iterator:
+        """Record batches of ``columns`` over all parts, gathered to about ``rows`` rows (bounded memory)."""
+        import pyarrow as pa
+
+        if not self.parts:
+            return
+        pending, count = [], 0
+        for b in self.dataset().to_batches(columns=list(columns), filter=filter, batch_size=rows):
+            if b.num_rows:
+                pending.append(b)
+                count += b.num_rows
+            if count >= rows:
+                yield pa.Table.from_batches(pending).combine_chunks()
+                pending, count = [], 0
+        if pending:
+            yield pa.Table.from_batches(pending).combine_chunks()
+
+    def table(self, columns: Sequence[str] | None = None, filter=None):
+        import pyarrow as pa
+
+        if not self.parts:
+            return schema().empty_table().select(list(columns) if columns else schema().names)
+        t = self.dataset().to_table(columns=list(columns) if columns else None, filter=filter)
+        return t if isinstance(t, pa.Table) else pa.table(t)
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, columns: dict[str, list], keys: Sequence[str], images: dict[str, list], task: int | None = None) -> str:
+        """Write one task's rows as a new part, atomically; returns its path."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as exc:
+            raise os_error("create", self.dir, exc) from None
+        sch = schema()
+        if columns and columns.get("key"):
+            table = pa.table({n: pa.array(columns[n], type=sch.field(n).type) for n in sch.names}, schema=sch)
         else:
-            write_atomic(self.results_path, rows_bytes([], header=True))
-            self.rows = []
-        curves, dirty = read_curves(self.curves_path, self.done)
-        if dirty or not os.path.exists(self.curves_path):
-            write_atomic(self.curves_path, curves_bytes(curves))
-        self.curves = curves
-        return dropped
+            table = sch.empty_table()
+        meta = {"format": STORE_FORMAT, "keys": list(keys), "images": images, "task": task}
+        table = table.replace_schema_metadata({META_KEY: json.dumps(meta, separators=(",", ":")).encode("utf-8")})
+        path = os.path.join(self.dir, f"part-{uuid.uuid4().hex}.parquet")
+        with atomic_open(path) as fh:
+            pq.write_table(table, fh, compression="zstd")
+        if self.scan_result is not None:
+            self.scan_result.parts.append(path)
+            self.scan_result.rows += table.num_rows
+            for k in keys:
+                self.scan_result.keys[k] = path
+            for img, v in images.items():
+                self.scan_result.images.setdefault(img, v)
+        return path
 
-    def append_task(self, rows: list[dict], curves: list[dict]) -> None:
-        """Write one task: its curves first, then all its rows in one durable append."""
-        n = len(rows)
-        if n == 0:
-            raise ValueError("a task must write at least one row")
-        text = []
-        for r in rows:
-            r["task_rows"] = str(n)
-            text.append({c: format_value(r.get(c)) for c in COLUMNS})
-        if curves:
-            append_durable(self.curves_path, curves_bytes(curves))
-        append_durable(self.results_path, rows_bytes(text))
-        self.rows.extend(text)
-        self.curves.extend(curves)
+    def write_table(self, table, keys: Sequence[str], images: dict[str, list]) -> str:
+        """A part from an Arrow table with the store's columns (merge, migration)."""
+        cols = {n: table.column(n).to_pylist() for n in schema().names} if table.num_rows else {}
+        return self.write(cols, keys, images)
 
-    def rewrite(self, rows: list[dict[str, str]], curves: list[dict]) -> None:
-        """Replace both files atomically (used to put a finished run in canonical order)."""
-        write_atomic(self.curves_path, curves_bytes(curves))
-        write_atomic(self.results_path, rows_bytes(rows, header=True))
-        self.rows, self.curves = list(rows), list(curves)
+    def _drop_keys(self, path: str, keys: set[str]) -> None:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        meta = part_meta(path)
+        t = pq.read_table(path)
+        t = t.filter(pc.invert(pc.is_in(t.column("key"), value_set=__import__("pyarrow").array(sorted(keys)))))
+        meta["keys"] = [k for k in meta["keys"] if k not in keys]
+        t = t.replace_schema_metadata({META_KEY: json.dumps(meta).encode("utf-8")})
+        with atomic_open(path) as fh:
+            pq.write_table(t, fh, compression="zstd")
+
+    def clear(self) -> None:
+        import shutil
+
+        if os.path.isdir(self.dir):
+            shutil.rmtree(self.dir)
+        self.scan_result = Scan()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise os_error("remove", path, exc) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# order, comparison, export
+# ----------------------------------------------------------------------------------------------
+def order_table(table, run: dict):
+    """Rows sorted by (image, method, resolution) in run order, each task's rows in their own order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return table
+
+    def index(col, values):
+        idx = pc.index_in(table.column(col), value_set=pa.array([str(v) for v in values], pa.string()))
+        return pc.fill_null(idx, len(values)).to_numpy(zero_copy_only=False)
+
+    i_idx = index("image", run.get("images", []))
+    m_idx = index("method", run.get("methods", []))
+    r_idx = index("resolution", list(run.get("resolutions", [])) + ["native"])
+    pos = table.column("task_row").to_numpy(zero_copy_only=False)
+    order = np.lexsort((pos, r_idx, m_idx, i_idx))
+    return table.take(pa.array(order))
+
+
+def comparable(rows: Sequence[dict], drop: Sequence[str] = TIME_COLUMNS) -> list[dict]:
+    """Rows without their wall-clock columns (what must match between runs); ``drop=COST_COLUMNS`` also
+    leaves out the model-image counts (what must match between runs that batch differently)."""
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def rows_close(a: Sequence[dict], b: Sequence[dict], rel: float = 1e-4, abs_: float = 1e-6) -> str | None:
+    """None when the rows agree (floats within ``rel``/``abs_``; the rest exactly); else what differs first."""
+    import math
+
+    if len(a) != len(b):
+        return f"{len(a)} rows against {len(b)}"
+    for ra, rb in zip(a, b):
+        for k in ra:
+            if k in TIME_COLUMNS:
+                continue
+            x, y = ra[k], rb.get(k)
+            if isinstance(x, float) and isinstance(y, float):
+                if math.isnan(x) and math.isnan(y):
+                    continue
+                if not math.isclose(x, y, rel_tol=rel, abs_tol=abs_):
+                    return f"{k} {x!r} against {y!r}"
+            elif isinstance(x, list) and isinstance(y, list) and x and isinstance(x[0], float):
+                if len(x) != len(y) or any(not math.isclose(u, v, rel_tol=rel, abs_tol=abs_) for u, v in zip(x, y)):
+                    return f"{k} differs"
+            elif x != y:
+                return f"{k} {x!r} against {y!r}"
+    return None
+
+
+def export_csv(store: Store, run: dict, path: str) -> int:
+    """Write every row (the curves aside) to ``path`` as CSV, in run order; returns the number of rows."""
+    import pyarrow.csv as pacsv
+
+    t = order_table(store.table(ROW_COLUMNS), run)
+    with atomic_open(path) as fh:
+        pacsv.write_csv(t, fh)
+    return t.num_rows
+
+
+def iter_parts(paths: Iterable[str]):
+    """(path, metadata, table) of each part file."""
+    import pyarrow.parquet as pq
+
+    for p in paths:
+        yield p, part_meta(p), pq.read_table(p)
+
+
+class TableSource:
+    """An in-memory table with a store's reading interface (runs of the earlier CSV store)."""
+
+    def __init__(self, table):
+        self._t = table
+
+    @property
+    def parts(self) -> list[str]:
+        return []
+
+    def table(self, columns: Sequence[str] | None = None, filter=None):
+        t = self._t if filter is None else self._t.filter(filter)
+        return t.select(list(columns)) if columns else t
+
+    def batches(self, columns: Sequence[str], filter=None, rows: int = 65536) -> Iterator:
+        t = self.table(columns, filter)
+        for start in range(0, t.num_rows, rows):
+            yield t.slice(start, rows)
+
+
+def open_results(out: str):
+    """(run, results) of an output directory: its Parquet parts, or the rows of an earlier CSV store."""
+    from .legacy import is_legacy, read_legacy
+
+    run = load_run(out)
+    if is_legacy(out, run):
+        return run, TableSource(read_legacy(out)[0])
+    st = Store(out)
+    st.scan()
+    return run, st
+
+
+def load_images_info(out: str) -> dict:
+    p = os.path.join(out, "images.json")
+    if not os.path.exists(p):
+        return {}
+    return read_json(p, "; rerun the evaluation to rewrite it")

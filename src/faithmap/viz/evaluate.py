@@ -17,6 +17,14 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from .draw import _save, overlay, to_image  # noqa: E402
 
 
+def _plain_text(fig) -> None:
+    """No text of the figure is parsed as mathtext: image names and labels come from users (``$x$`` stays ``$x$``)."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+
+
 def _colors(n: int):
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
@@ -46,6 +54,7 @@ def save_mean_curves(path: str, curves: Sequence[tuple[str, np.ndarray, np.ndarr
     axes[0].set_ylabel("mean probability of the target")
     if title:
         fig.suptitle(title, fontsize=11)
+    _plain_text(fig)
     fig.tight_layout()
     _save(fig, path)
 
@@ -93,5 +102,6 @@ def save_heatmap_grid(path: str, rows: Sequence[tuple[str, np.ndarray, Sequence[
                 s.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
+    _plain_text(fig)
     fig.tight_layout(pad=0.3)
     _save(fig, path)
