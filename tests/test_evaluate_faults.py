@@ -199,6 +199,19 @@ def test_report_only_with_a_corrupt_run_json(tmp_path, capsys, content, needle):
     one_line(capsys, needle)
 
 
+def test_a_corrupt_run_json_binds_only_with_finished_tasks(tmp_path):
+    """Nothing finished: the corrupt run.json is rewritten by the run. Tasks finished: refused, one line."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "run.json").write_text("{torn")
+    res = evalkit.run_eval(out, methods="test-blob", resolutions="4", metrics="deletion")
+    assert res.tasks_run == 3 and json.load(open(out / "run.json"))["methods"] == ["test-blob"]
+    (out / "run.json").write_text("{torn")
+    with pytest.raises(FaithmapError, match="run.json is corrupt .*--overwrite"):
+        evalkit.run_eval(out, methods="test-blob", resolutions="4", metrics="deletion")
+    assert evalkit.run_eval(out, methods="test-blob", resolutions="4", metrics="deletion", overwrite=True).tasks_run == 3
+
+
 def test_report_only_without_a_run(tmp_path, capsys):
     assert main(["evaluate", "--report-only", "--out", str(tmp_path / "nothing")]) == 2
     one_line(capsys, "holds no run.json")

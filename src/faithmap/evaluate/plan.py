@@ -467,8 +467,7 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
           params: dict | None = None, metric_params: dict | None = None, seed: int = 0,
           batch_size: int | None = None, batch_images: int | None = None, target: Any = "top1",
           annotations: str | Annotations | None = None, tolerance: float | None = None,
-          min_score: float | None = None, shard: Any = None, save_maps: int = 12, convert: bool = False,
-          load: bool = True) -> Plan:
+          min_score: float | None = None, shard: Any = None, save_maps: int = 12, convert: bool = False) -> Plan:
     """Check every argument of :func:`faithmap.evaluate` and make the plan (see the module docstring)."""
     skipped: list[str] = []
     labels: dict[str, str] = {}

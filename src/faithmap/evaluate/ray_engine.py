@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from typing import Callable, Iterable
 
 from ..errors import FaithmapError
@@ -64,6 +65,7 @@ class RayEngine:
         self.num_cpus = num_cpus  # of a local instance started here (None: all)
         self.actors: list = []  # the live actors while a run is going (tests kill one)
         self.restarts = 0
+        self.startup_s = 0.0  # seconds until every actor had loaded the model
 
     def _init(self) -> bool:
         if ray.is_initialized():
@@ -86,12 +88,23 @@ class RayEngine:
 
     def run(self, ctx: Context, jobs: Iterable[Job], on_output: Callable[[Output], None]) -> None:
         started = self._init()
-        device = "cuda" if self.gpus_per_worker else None
+        device = "cuda" if self.gpus_per_worker else "cpu"  # an actor uses only what Ray reserved for it
         threads = max(1, int(self.cpus_per_worker))
         remote = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_Actor)
         ctx_ref = ray.put(ctx)
         try:
+            t0 = time.perf_counter()
             self.actors = [remote.remote(ctx_ref, device, threads) for _ in range(self._count())]
+            try:
+                ray.get([a.pid.remote() for a in self.actors])  # jobs would queue behind the model loads anyway
+            except _LOST:
+                pass  # an actor that cannot start: its first job fails over below
+            except ray.exceptions.RayTaskError as exc:  # the model or the specs cannot be loaded there
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, FaithmapError):
+                    raise FaithmapError(str(cause)) from None
+                raise
+            self.startup_s = time.perf_counter() - t0
             idle = collections.deque(self.actors)
             retry: collections.deque[Job] = collections.deque()
             attempts: dict[int, int] = collections.Counter()

@@ -190,7 +190,11 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
     if os.path.isdir(out) and os.path.exists(os.path.join(out, "run.json")) and not overwrite:
         from .legacy import is_legacy
 
-        if is_legacy(out, load_run(out)):
+        try:
+            old = load_run(out)
+        except FaithmapError:
+            old = None  # a corrupt run.json: binding only when tasks finished (checked under the lock)
+        if is_legacy(out, old):
             raise FaithmapError(f"{out} holds a run of faithmap's earlier CSV store (results.csv); rebuild its report "
                                 f"with --report-only, carry it on with `faithmap evaluate --merge {out} --out NEW` "
                                 f"(then resume NEW), or use --overwrite")
@@ -223,11 +227,15 @@ def _run(plan: Plan, eng, out: str, *, overwrite: bool, report: bool, progress: 
     if overwrite:
         _clear(out)
     run_path = os.path.join(out, "run.json")
-    old_run = None
-    if os.path.exists(run_path):
-        old_run = load_run(out)
     sc = store.scan(repair=True)
     bound = bool(sc.keys)  # a run binds its settings once it has a finished task
+    old_run = None
+    if os.path.exists(run_path):
+        try:
+            old_run = load_run(out)
+        except FaithmapError:
+            if bound:
+                raise
     if bound:
         if old_run is None:
             raise FaithmapError(f"{out} holds results without run.json; use another --out or --overwrite")

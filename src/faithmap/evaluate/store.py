@@ -102,7 +102,7 @@ def load_run(out: str) -> dict:
     path = os.path.join(out, "run.json")
     if not os.path.exists(path):
         raise FaithmapError(f"{out} holds no run.json (not a faithmap evaluate output)")
-    run = read_json(path, "; rerun the evaluation into this --out to rewrite it, or use --overwrite")
+    run = read_json(path, " (faithmap evaluate --overwrite starts this folder afresh)")
     for k, kind in (("methods", list), ("resolutions", list), ("images", list), ("settings", dict)):
         if not isinstance(run.get(k, kind()), kind):
             raise FaithmapError(f"{path} is corrupt ({k!r} should be a JSON {kind.__name__})")

@@ -74,10 +74,6 @@ def _register(specs: dict, registry) -> None:
             registry.add(name, spec, tuple(getattr(spec, "aliases", ())))
 
 
-def _count(v: float) -> float:
-    return float(v)
-
-
 class Worker:
     """Runs jobs; holds the model and the settings of one run."""
 
@@ -95,12 +91,11 @@ class Worker:
     def load(self, job: Job) -> dict:
         """Decode and preprocess the job's photos (CPU work an engine may overlap with the last job)."""
         tf = self.model.transform
-        photos, xs, info = [], [], {}
+        xs, info = [], {}
         for rec in job.images:
             photo = rec.photo()
             xs.append(tf(photo))
             info[rec.name] = {"digest": photo_digest(photo), "hw": list(photo_hw(photo)), "stat": rec.stat()}
-            photos.append(photo)
         return {"x": torch.stack(xs), "info": info}
 
     # -- the job ------------------------------------------------------------------------------
