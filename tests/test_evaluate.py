@@ -489,3 +489,13 @@ def test_cli_end_to_end_on_the_default_model(tmp_path, capsys):
     assert all(r["metric_images"] == 2 * 49 for r in dele)  # 7x7: one cell a step, 49 steps
     assert {r["category"] for r in rows} == {"espresso cup"}
     assert os.path.exists(out / "report.html") and os.path.exists(out / "mean_curves_7x7.png")
+
+
+def test_the_local_engine_never_imports_ray(tmp_path):
+    script = (f"import sys; sys.path.insert(0, {HERE!r}); import evalkit; evalkit.register(); "
+              f"evalkit.run_eval({str(tmp_path / 'o')!r}, methods='test-blob', resolutions='4', metrics='deletion'); "
+              "print('ray' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.decode().strip().splitlines()[-1] == "False", p.stderr.decode()[-500:]

@@ -108,3 +108,21 @@ def test_html_report_renders_in_headless_chromium(report_dir, tmp_path):
 
     px = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert px.shape == (2000, 1280) and px.std() > 20  # text, tables and figures, not a blank page
+
+
+def test_labels_target_and_the_correct_wrong_split(tmp_path):
+    """--target label explains each image's label; rows keep label, prediction and agreement; the report
+    pools correctly and wrongly predicted images apart (the tiny model predicts class 0 for every photo)."""
+    photos = evalkit.photos(3)
+    labelled = [(n, p, lab) for (n, p), lab in zip(photos, (0, 1, 0))]
+    with evalkit.registered():
+        res = evalkit.run_eval(tmp_path / "o", images=labelled, target="label", methods="test-blob",
+                               resolutions="4", metrics="deletion", report=True)
+    rows = {r["image"]: r for r in res.rows}
+    assert [(rows[n]["label"], rows[n]["predicted"], rows[n]["correct"], rows[n]["target"]) for n in
+            ("img0", "img1", "img2")] == [(0, 0, True, 0), (1, 0, False, 1), (0, 0, True, 0)]
+    md = open(os.path.join(res.out, "summary.md")).read()
+    ok = np.mean([rows["img0"]["value"], rows["img2"]["value"]])
+    line = next(x for x in md.splitlines() if x.startswith("| 4x4 | test-blob | deletion |"))
+    assert f"| {ok:.3f} ± " in line and f"| {rows['img1']['value']:.3f} | 1 |" in line
+    assert "Correct and wrong predictions" in open(res.files["report"]).read()
