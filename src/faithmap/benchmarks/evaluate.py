@@ -180,7 +180,8 @@ def synth(out: str, rows: int) -> dict:
     sch = schema()
     per_part, metrics, L = 20, ("deletion", "insertion", "overall"), 54
     methods = ("gradcam", "gradcam++", "igos", "sigcam")
-    n_images = max(1, rows // (len(metrics) * len(methods)))
+    per_block = per_part * len(metrics) * len(methods)
+    n_images = per_part * -(-rows // per_block)
     os.makedirs(os.path.join(out, "parts"), exist_ok=True)
     g = np.random.default_rng(0)
     fr = list(np.linspace(0, 1, L))
@@ -189,7 +190,7 @@ def synth(out: str, rows: int) -> dict:
     while written < rows:
         m = methods[part % len(methods)]
         start = (part // len(methods)) * per_part
-        imgs = [f"img{(start + i) % n_images:06d}" for i in range(per_part)]
+        imgs = [f"img{start + i:06d}" for i in range(per_part)]
         k = min(per_part * len(metrics), rows - written)
         img_col = [imgs[j // len(metrics)] for j in range(k)]
         met = [metrics[j % len(metrics)] for j in range(k)]
@@ -236,6 +237,8 @@ if what == "scan":
 elif what == "report":
     write_report(out)
     n = 0
+elif what == "compact":
+    n = Store(out).compact()
 else:  # the baseline: imports only
     n = 0
 secs = time.perf_counter() - t
@@ -266,6 +269,10 @@ def store(opts: dict, work: str) -> dict:
         info["load_before"] = load()
         info["scan"] = child("scan", d)
         info["report"] = child("report", d)
+        info["compact"] = child("compact", d)
+        info["compacted_parts"] = len(os.listdir(os.path.join(d, "parts")))
+        info["scan_compacted"] = child("scan", d)
+        info["report_compacted"] = child("report", d)
         info["load_after"] = load()
         out[n] = info
         shutil.rmtree(d, ignore_errors=True)
@@ -327,16 +334,22 @@ def bench_evaluate(args) -> int:
             for n, v in r.items():
                 if n == "baseline":
                     continue
-                rows.append({"rows": n, "parts": v["parts"], "mb": v["bytes"] / 1e6, "write": v["write_s"],
-                             "scan": v["scan"]["seconds"], "scan_mb": v["scan"]["peak_rss_mb"],
-                             "report": v["report"]["seconds"], "report_mb": v["report"]["peak_rss_mb"],
-                             "arrow_mb": v["report"]["arrow_peak_mb"],
-                             "load": f"{v['load_before']}-{v['load_after']}"})
-            print(table(rows, [("rows", "rows", "d"), ("parts", "parts", "d"), ("mb", "MB on disk", ".1f"),
-                               ("write", "synthesis s", ".1f"), ("scan", "resume scan s", ".2f"),
-                               ("scan_mb", "scan peak RSS MB", ".0f"), ("report", "report s", ".2f"),
-                               ("report_mb", "report peak RSS MB", ".0f"), ("arrow_mb", "of which Arrow pool peak MB", ".0f"),
-                               ("load", "load", "")]))
+                for tag, scan, rep, files in (("as written", "scan", "report", v["parts"]),
+                                              ("compacted", "scan_compacted", "report_compacted", v["compacted_parts"])):
+                    rows.append({"rows": n, "layout": tag, "parts": files, "scan": v[scan]["seconds"],
+                                 "scan_mb": v[scan]["peak_rss_mb"], "report": v[rep]["seconds"],
+                                 "report_mb": v[rep]["peak_rss_mb"], "arrow_mb": v[rep]["arrow_peak_mb"]})
+                rows[-1]["compact"] = v["compact"]["seconds"]
+                rows[-1]["compact_mb"] = v["compact"]["peak_rss_mb"]
+                rows[-2]["write"] = v["write_s"]
+                rows[-2]["mb"] = v["bytes"] / 1e6
+                rows[-1]["load"] = rows[-2]["load"] = f"{v['load_before']}-{v['load_after']}"
+            print(table(rows, [("rows", "rows", "d"), ("layout", "parts", ""), ("parts", "files", "d"),
+                               ("mb", "MB on disk", ".1f"), ("write", "synthesis s", ".1f"),
+                               ("compact", "compaction s", ".1f"), ("compact_mb", "compaction peak RSS MB", ".0f"),
+                               ("scan", "resume scan s", ".2f"), ("scan_mb", "scan peak RSS MB", ".0f"),
+                               ("report", "report s", ".2f"), ("report_mb", "report peak RSS MB", ".0f"),
+                               ("arrow_mb", "of which Arrow pool peak MB", ".0f"), ("load", "load", "")]))
             print(f"\nbaseline child (imports only): {r['baseline']['peak_rss_mb']:.0f} MB peak RSS\n")
         if "projection" in parts:
             r = result["projection"] = projection(opts, work)

@@ -168,6 +168,7 @@ def _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq) -> EvalRes
     if images:
         write_atomic(os.path.join(out, "images.json"), json.dumps(images, indent=1).encode())
     target.scan(repair=True)
+    target.compact()
     n = len(target.scan_result.keys)
     result = EvalResult(out, run, skipped_methods=run.get("skipped_methods", []), tasks_total=n, tasks_done_before=n)
     result.files = {"run": os.path.join(out, "run.json"), "parts": target.dir}

@@ -250,7 +250,7 @@ def _per_image(src, run: dict, metrics: list[str]) -> tuple[list[list[str]], int
     take = max(1, MAX_HTML_ROWS // groups + 1)
     names = run.get("images", [])[:take]
     cols = ["image", "target", "target_name", "method", "resolution", "grid", "metric", "value", "task_row"]
-    t = src.table(cols, filter=pc.field("image").isin(pa.array(names, pa.string())) if names else None)
+    t = src.table(cols, filter=pc.field("image").isin(pa.array(names, pa.string())) if names else None, images=names)
     t = order_table(t, run)
     seen: dict[tuple, dict] = {}
     for r in t.to_pylist():

@@ -291,6 +291,7 @@ def _run(plan: Plan, eng, out: str, *, overwrite: bool, report: bool, progress: 
     result = EvalResult(out, run, skipped_methods=plan.skipped_methods, tasks_total=total, tasks_done_before=before,
                         tasks_run=counts["ran"], rows_dropped=sc.dropped, model_images=counts["images"])
     result.files = {"run": run_path, "parts": store.dir}
+    store.compact()  # many small parts -> a few large ones (faster scans and reports); a no-op for small runs
     if plan.shard is None and result.complete:
         rows = store.scan_result.rows
         if csv or (csv is None and rows <= CSV_AUTO_ROWS):

@@ -52,6 +52,7 @@ COST_COLUMNS = TIME_COLUMNS + ("explain_images", "explain_grad_images", "metric_
 """What a task cost, per row: its seconds and model images shared evenly among its rows. A method that
 adapts its work per image (AOP/SIGCAM) costs a batch other than the sum of its images' costs alone."""
 CURVE_COLUMNS = ("fractions", "deletion_curve", "insertion_curve")
+READ_THREADS = 4
 FLOAT_COLUMNS = ("target_prob", "value", "explain_images", "explain_grad_images", "metric_images")
 
 
@@ -177,16 +178,18 @@ class Scan:
     images: dict[str, list] = field(default_factory=dict)  # image -> [digest, size, mtime_ns]
     dropped: int = 0  # unreadable parts removed
     rows: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # part -> rows
 
 
-def part_meta(path: str) -> dict:
+def part_meta(path: str, with_rows: bool = False):
+    """A part's metadata (its keys, image fingerprints, and the parts it replaces), from its footer alone."""
     import pyarrow.parquet as pq
 
-    md = pq.read_schema(path).metadata or {}
-    meta = json.loads(md[META_KEY].decode("utf-8"))
+    fmd = pq.read_metadata(path)
+    meta = json.loads((fmd.metadata or {})[META_KEY].decode("utf-8"))
     if not isinstance(meta, dict) or not isinstance(meta.get("keys"), list):
         raise ValueError("no keys")
-    return meta
+    return (meta, fmd.num_rows) if with_rows else meta
 
 
 class Store:
@@ -207,6 +210,7 @@ class Store:
         if not os.path.isdir(self.dir):
             self.scan_result = sc
             return sc
+        found = []
         for name in sorted(os.listdir(self.dir)):
             path = os.path.join(self.dir, name)
             if name.startswith("."):  # a temporary file of a writer that was killed
@@ -216,26 +220,32 @@ class Store:
             if not (name.startswith("part-") and name.endswith(".parquet")):
                 continue
             try:
-                meta = part_meta(path)
-                n = pq.read_metadata(path).num_rows
+                meta, n = part_meta(path, with_rows=True)
             except Exception:  # noqa: BLE001 - any unreadable part is dropped (it holds nothing usable)
                 sc.dropped += 1
                 if repair:
                     _remove(path)
                 continue
+            found.append((name, path, meta, n))
+        # a compacted part names the parts it replaces: if a compaction was cut short, they are still there
+        replaced = {r for _, _, meta, _ in found for r in meta.get("replaces") or ()}
+        for name, path, meta, n in found:
+            if name in replaced:
+                if repair:
+                    _remove(path)
+                continue
             dup = [k for k in meta["keys"] if k in sc.keys]
             if dup:  # the same task twice (cannot happen under the lock; e.g. files copied by hand)
-                if repair and len(dup) == len(meta["keys"]):
+                if not repair:
+                    continue
+                if len(dup) == len(meta["keys"]):
                     _remove(path)
                     continue
-                if repair:
-                    self._drop_keys(path, set(dup))
-                    meta = part_meta(path)
-                    n = pq.read_metadata(path).num_rows
-                else:
-                    continue
+                self._drop_keys(path, set(dup))
+                meta, n = part_meta(path, with_rows=True)
             sc.parts.append(path)
             sc.rows += n
+            sc.sizes[path] = n
             for k in meta["keys"]:
                 sc.keys[k] = path
             for img, v in (meta.get("images") or {}).items():
@@ -243,39 +253,117 @@ class Store:
         self.scan_result = sc
         return sc
 
+    def compact(self, min_parts: int = 256, target_rows: int = 100_000) -> int:
+        """Join small parts into parts of about ``target_rows`` rows (call with the lock held); returns
+        how many parts were replaced. Each new part lists the parts it replaces and is written (atomically)
+        before they are removed, so an interrupted compaction leaves duplicates that every scan ignores."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sc = self.scan(repair=True)
+        small = [p for p in sc.parts if sc.sizes.get(p, 0) < target_rows // 4]
+        if len(small) < min_parts:
+            return 0
+        groups, cur, rows = [], [], 0
+        for p in small:
+            cur.append(p)
+            rows += sc.sizes.get(p, 0)
+            if rows >= target_rows:
+                groups.append(cur)
+                cur, rows = [], 0
+        if cur:
+            groups.append(cur)
+        replaced = 0
+        for g in groups:
+            if len(g) < 2:
+                continue
+            tables, keys, images = [], [], {}
+            for p in g:
+                meta = part_meta(p)
+                keys += meta["keys"]
+                images.update(meta.get("images") or {})
+                t = pq.read_table(p)
+                if t.num_rows:
+                    tables.append(t.replace_schema_metadata(None))
+            table = pa.concat_tables(tables) if tables else schema().empty_table()
+            meta = {"format": STORE_FORMAT, "keys": keys, "images": images, "task": None,
+                    "replaces": [os.path.basename(p) for p in g]}
+            table = table.replace_schema_metadata({META_KEY: json.dumps(meta, separators=(",", ":")).encode("utf-8")})
+            path = os.path.join(self.dir, f"part-{uuid.uuid4().hex}.parquet")
+            with atomic_open(path) as fh:
+                pq.write_table(table, fh, compression="zstd", row_group_size=65536)
+            for p in g:
+                _remove(p)
+            replaced += len(g)
+        self.scan(repair=True)
+        return replaced
+
     @property
     def parts(self) -> list[str]:
         return (self.scan_result or self.scan()).parts
 
-    def dataset(self):
-        import pyarrow.dataset as ds
+    def parts_of(self, images: Iterable[str]) -> list[str]:
+        """The parts that hold rows of ``images`` (from the footers' keys: no row is read)."""
+        want = set(images)
+        keys = (self.scan_result or self.scan()).keys
+        found = {p for k, p in keys.items() if k.rsplit("|", 2)[0] in want}
+        return [p for p in self.parts if p in found]
 
-        return ds.dataset(self.parts, schema=schema(), format="parquet")
-
-    def batches(self, columns: Sequence[str], filter=None, rows: int = 65536) -> Iterator:
-        """Record batches of ``columns`` over all parts, gathered to about ``rows`` rows (bounded memory)."""
+    def batches(self, columns: Sequence[str], filter=None, rows: int = 65536, parts: Sequence[str] | None = None
+                ) -> Iterator:
+        """Tables of ``columns`` over the parts, one file read at a time and gathered to about ``rows``
+        rows: memory is bounded by one chunk, whatever the number of parts."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        if not self.parts:
-            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        paths = list(self.parts if parts is None else parts)
+        cols = list(columns)
+
+        def read(path):
+            t = pq.ParquetFile(path).read(columns=cols, use_threads=False)
+            return t.filter(filter) if filter is not None else t
+
+        def tables():
+            """Small parts read by a few threads, 32 at a time (pyarrow releases the GIL); a large (compacted)
+            part streamed one batch of ``rows`` at a time. Memory stays bounded either way."""
+            sizes = (self.scan_result.sizes if self.scan_result is not None else {})
+            small = []
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                for path in paths:
+                    if sizes.get(path, 0) < rows:
+                        small.append(path)
+                        if len(small) == 32:
+                            yield from pool.map(read, small)
+                            small = []
+                        continue
+                    yield from pool.map(read, small)
+                    small = []
+                    for b in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=cols, use_threads=False):
+                        t = pa.Table.from_batches([b])
+                        yield t.filter(filter) if filter is not None else t
+                yield from pool.map(read, small)
+
         pending, count = [], 0
-        for b in self.dataset().to_batches(columns=list(columns), filter=filter, batch_size=rows):
-            if b.num_rows:
-                pending.append(b)
-                count += b.num_rows
+        for t in tables():
+            if t.num_rows:
+                pending.append(t)
+                count += t.num_rows
             if count >= rows:
-                yield pa.Table.from_batches(pending).combine_chunks()
+                yield pa.concat_tables(pending).combine_chunks()
                 pending, count = [], 0
         if pending:
-            yield pa.Table.from_batches(pending).combine_chunks()
+            yield pa.concat_tables(pending).combine_chunks()
 
-    def table(self, columns: Sequence[str] | None = None, filter=None):
+    def table(self, columns: Sequence[str] | None = None, filter=None, images: Iterable[str] | None = None):
+        """All rows (of ``images`` only, if given) as one table."""
         import pyarrow as pa
 
-        if not self.parts:
-            return schema().empty_table().select(list(columns) if columns else schema().names)
-        t = self.dataset().to_table(columns=list(columns) if columns else None, filter=filter)
-        return t if isinstance(t, pa.Table) else pa.table(t)
+        cols = list(columns) if columns else schema().names
+        parts = self.parts_of(images) if images is not None else None
+        chunks = list(self.batches(cols, filter, parts=parts))
+        return pa.concat_tables(chunks) if chunks else schema().empty_table().select(cols)
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, columns: dict[str, list], keys: Sequence[str], images: dict[str, list], task: int | None = None) -> str:
@@ -422,7 +510,7 @@ class TableSource:
     def parts(self) -> list[str]:
         return []
 
-    def table(self, columns: Sequence[str] | None = None, filter=None):
+    def table(self, columns: Sequence[str] | None = None, filter=None, images=None):
         t = self._t if filter is None else self._t.filter(filter)
         return t.select(list(columns)) if columns else t
 
