@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from .core.io import save_npy, write_json
+from .core.io import output_dir, save_npy, write_json
 from .errors import FaithmapError
 
 EXIT_BAD_INPUT = 2
@@ -22,11 +22,23 @@ EXIT_BAD_INPUT = 2
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def command(name: str, help: str):
-    """Register a sub-command: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` is optional."""
+OWNS_OUT: set[str] = set()
+"""Sub-commands whose ``--out`` folder is made for them and removed again if they fail (see :func:`main`)."""
+
+
+def command(name: str, help: str, *, owns_out: bool = False):
+    """Register a sub-command: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` is optional.
+
+    ``owns_out``: :func:`main` runs the command inside :func:`faithmap.core.io.output_dir` for its
+    ``--out``: the folder is checked and created, and removed again (with what the command wrote)
+    when the command fails and the folder did not exist before. Commands whose partial output is
+    meant to survive a failure (``evaluate`` resumes) manage their folder themselves.
+    """
 
     def deco(run):
         COMMANDS[name] = (help, getattr(run, "add_arguments", lambda p: None), run)
+        if owns_out:
+            OWNS_OUT.add(name)
         return run
 
     return deco
@@ -194,7 +206,6 @@ def run_explain(args: argparse.Namespace) -> int:
         if min(h, w) < spec.min_resolution or max(h, w) > model.input_size:
             raise FaithmapError(f"method {spec.name} cannot use resolution {res}: choose "
                                 f"{spec.min_resolution} to {model.input_size}")
-    os.makedirs(args.out, exist_ok=True)
     summaries = []
     bar = tqdm(list(zip(batch, logits, targets)), desc=f"{spec.name}", unit="image", file=sys.stderr,
                disable=None)
@@ -248,7 +259,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 run_explain.add_arguments = _explain_args  # type: ignore[attr-defined]
-command("explain", "explain a classifier's decisions with a saliency method")(run_explain)
+command("explain", "explain a classifier's decisions with a saliency method", owns_out=True)(run_explain)
 
 
 def _jsonable(v):
@@ -353,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return EXIT_BAD_INPUT
-        return int(COMMANDS[args.command][2](args) or 0)
+        run = COMMANDS[args.command][2]
+        if args.command in OWNS_OUT and getattr(args, "out", None):
+            with output_dir(args.out):
+                return int(run(args) or 0)
+        return int(run(args) or 0)
     except FaithmapError as exc:
         print(f"faithmap: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

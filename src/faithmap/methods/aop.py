@@ -155,7 +155,7 @@ def run_aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str, refine: 
     fast={"fast_stages": True, "warmup": 2},
 )
 def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", refine: str = "igos",
-        theta: float = 0.7, lam: float = 0.15, resolution: int = 28, warmup: int = 5, warmup_blur: float = 0.5,
+        theta: float = 0.7, lam: float = 0.15, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
         iterations: int | None = None, layer: str | None = None, base_params: dict | None = None,
         refine_params: dict | None = None, fast_stages: bool = False,
         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
@@ -183,7 +183,7 @@ def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", 
     fast={"fast_stages": True, "warmup": 2},
 )
 def sigcam(model, x: torch.Tensor, target: torch.Tensor, *, preset: str = "imagenet", theta: float | None = None,
-           lam: float | None = None, resolution: int = 28, warmup: int = 5, warmup_blur: float = 0.5,
+           lam: float | None = None, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
            iterations: int | None = None, layer: str | None = None, refine_params: dict | None = None,
            fast_stages: bool = False, batch_size: int | None = DEFAULT_BATCH_SIZE,
            seed: int | None = 0) -> Explanation:

@@ -98,7 +98,7 @@ def igospp_optimizer(resolution, *, iterations: int = 15, ig_steps: int = 20, l1
     summary="iGOS++: separate deletion and insertion masks, integrated gradients, bilateral TV, line search",
     fast={"iterations": 4, "ig_steps": 6},
 )
-def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28, iterations: int = 15,
+def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
                    ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, smooth: str = "btv",
                    tv_beta: float = 2.0, sigma: float = 0.01, noise_std: float = 0.2, noise_product: bool = False,
                    data_scale: float | None = None, alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4,

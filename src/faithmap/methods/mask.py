@@ -563,7 +563,7 @@ def run_mask_method(optimizer: MaskOptimizer, model, x, target, *, name: str, pa
     summary="I-GOS: deletion mask optimised with integrated gradients and a revised Armijo line search",
     fast={"iterations": 5, "ig_steps": 8},
 )
-def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28, iterations: int = 15,
+def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
          ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, noise_std: float = 0.2,
          alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4, alpha_min: float = 1e-5,
          ls_points: int = 3, ls_window: int | None = None, warm_start: bool = False, ls_rule: str = "right",
