@@ -576,7 +576,12 @@ def test_stream_chosen_indices_and_photos_without_transform(photos, tiny):
                                               for i, p in zip(b.indices, b.images))
     assert list(iter_batches(recs, tiny.transform, 2, indices=[])) == []
     with pytest.raises(FaithmapError):
-        list(iter_batches(recs, tiny.transform, 0))
+        iter_batches(recs, tiny.transform, 0)  # checked when called, not at the first batch
+    with pytest.raises(FaithmapError):
+        iter_batches(recs, tiny.transform, 2, indices=[0, 7])
+    gen = iter_batches(recs, tiny.transform, 2, workers=2)
+    assert next(gen).indices == [0, 1]
+    gen.close()  # stopping early stops the workers
 
 
 def test_photo_dataset_pickles_without_the_model(photos, tiny):

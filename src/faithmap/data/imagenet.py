@@ -81,7 +81,8 @@ def read_meta_mat(path: str) -> dict[int, str]:
     known = wnid_to_index()
     if sorted(table) != list(range(1, NUM_CLASSES + 1)) or len(set(table.values())) != NUM_CLASSES \
             or any(w not in known for w in table.values()):
-        raise FaithmapError(f"{path} does not list the 1000 ILSVRC2012 classes (leaf synsets with ILSVRC2012_ID 1-1000)")
+        raise FaithmapError(f"{path} does not list the 1000 ILSVRC2012 classes "
+                            f"(leaf synsets with ILSVRC2012_ID 1-1000)")
     return table
 
 

@@ -11,8 +11,8 @@ listed first), by the first of these that is free: the path relative to the fold
 (``a.jpg``, ``a.png``; ``cat/1.jpg``), then ``<stem>-<8 hex>`` and ``<stem>-<16 hex>`` of the
 SHA-1 of that relative path (so names do not depend on where the folder is mounted), then the same
 of the path as given. "Free" means that no other input's own name and no name chosen before has
-the same :func:`safe_name` (see :func:`unique_names`). Names given by the caller (``(name, photo)`` pairs or a dict) are kept as
-they are, and refused with one line if two of them collide.
+the same :func:`safe_name` (see :func:`unique_names`). Names given by the caller (``(name, photo)``
+pairs or a dict) are kept as they are, and refused with one line if two of them collide.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import FaithmapError
 
@@ -35,6 +36,7 @@ MAX_NAME = 120
 """Longest :func:`safe_name` (longer names keep their start and get a hash of the whole)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+@=-]")
+_SAFE = re.compile(r"^(?!\.)[A-Za-z0-9._+@=-]+(?<!\.)$")
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 
 
@@ -47,8 +49,11 @@ def safe_name(name: str) -> str:
     ``_`` in front, and names longer than :data:`MAX_NAME` keep their start plus ``-`` and 8 hex
     digits of the SHA-1 of the whole name. Never empty.
     """
-    text = unicodedata.normalize("NFKD", str(name))
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    name = str(name)
+    if len(name) <= MAX_NAME and _SAFE.match(name) and name.split(".")[0].upper() not in _RESERVED:
+        return name  # the common case, fast: already a safe file name
+    text = name if name.isascii() else "".join(
+        c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
     out = _UNSAFE.sub("_", text)
     if out.startswith("."):
         out = "_" + out[1:]
@@ -107,6 +112,32 @@ def unique_names(candidates: Sequence[Sequence[str]]) -> list[str]:
         pending = rest
         level += 1
     return [str(n) for n in out]
+
+
+class _Candidates(Sequence):
+    """The names of a listed file, preferred first; the hashed ones computed only when a name collides."""
+
+    __slots__ = ("src", "base", "rel")
+
+    def __init__(self, src: str, base: str, rel: str):
+        self.src, self.base, self.rel = src, base, rel
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(6))]
+        if i < 0:
+            i += 6
+        if i == 0:
+            return self.base
+        if i == 1:
+            return self.rel
+        if i >= 6:
+            raise IndexError(i)
+        text, n = ((self.rel, 8), (self.rel, 16), (self.src, 8), (self.src, 40))[i - 2]
+        return f"{self.base}-{_hex(text, n)}"
 
 
 @dataclass(eq=False)
@@ -268,7 +299,8 @@ def list_images(images=None) -> Listing:
         try:
             paths = [os.fspath(p) for p in images]
         except TypeError:
-            raise FaithmapError("images must be paths, 'samples', (name, photo) pairs or a dict name -> photo") from None
+            raise FaithmapError("images must be paths, 'samples', (name, photo) pairs "
+                                "or a dict name -> photo") from None
     if not paths:
         paths = ["samples"]
     entries: list[tuple[str, str, str, Any, str]] = []  # (source, base name, rel, raw label, label source)
@@ -300,9 +332,7 @@ def list_images(images=None) -> Listing:
         if key in seen:
             raise FaithmapError(f"image {src} is given twice")
         seen.add(key)
-    cands = [[base, rel, f"{base}-{_hex(rel, 8)}", f"{base}-{_hex(rel, 16)}", f"{base}-{_hex(src, 8)}",
-              f"{base}-{_hex(src, 40)}"] for src, base, rel, *_ in entries]
-    names = unique_names(cands)
+    names = unique_names([_Candidates(src, base, rel) for src, base, rel, *_ in entries])
     recs = [ImageRecord(n, src, raw_label=lab, rel=rel, label_source=where)
             for n, (src, _, rel, lab, where) in zip(names, entries)]
     return Listing(recs, layouts)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
@@ -33,7 +32,11 @@ from .imagenet import WNID, devkit_to_wnid, imagenet_words, is_imagenet, read_me
 from .inputs import IMAGE_EXTENSIONS, ImageRecord
 
 DEVKIT_NAME = "ILSVRC2012_val_{:08d}"
-_INT = re.compile(r"^\s*\d+\s*$")
+
+
+def _is_number(text: str) -> bool:
+    t = text.strip()
+    return t.isascii() and t.isdigit()
 
 
 class LabelRow:
@@ -65,7 +68,7 @@ def read_labels(path: str | os.PathLike) -> tuple[list[LabelRow], str]:
         lines.pop()
     if not lines:
         raise FaithmapError(f"labels file {name} is empty")
-    if _INT.match(lines[0]):
+    if _is_number(lines[0]):
         return _read_devkit(path, lines), "devkit"
     try:
         table = list(csv.reader(io.StringIO("\n".join(lines)), strict=True))
@@ -83,7 +86,7 @@ def _read_devkit(path: str, lines: list[str]) -> list[LabelRow]:
     table = read_meta_mat(meta) if os.path.isfile(meta) else devkit_to_wnid()
     rows = []
     for i, line in enumerate(lines, 1):
-        if not _INT.match(line):
+        if not _is_number(line):
             raise FaithmapError(f"{name} line {i}: expected one ILSVRC2012_ID (1-1000), got {line.strip()[:40]!r}")
         k = int(line)
         if k not in table:
@@ -199,7 +202,7 @@ class _Resolver:
     def __call__(self, raw: Any, where: str) -> int:
         if isinstance(raw, bool):
             raise FaithmapError(f"{where}: label {raw!r} is not a class")
-        if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
+        if isinstance(raw, int) or (isinstance(raw, str) and _is_number(raw)):
             idx = int(raw)
             if not 0 <= idx < self.k:
                 raise FaithmapError(f"{where}: label {idx} is outside the model's classes (0-{self.k - 1})")

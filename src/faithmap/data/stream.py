@@ -110,13 +110,15 @@ def iter_batches(records: Sequence[ImageRecord], transform: Callable[[Any], Any]
         bad = next((i for i in order if not 0 <= i < len(data)), None)
         if bad is not None:
             raise FaithmapError(f"record index {bad} is out of range (0-{len(data) - 1})")
-        if not order:
-            return
-    elif not len(data):
-        return
+    if (len(order) if order is not None else len(data)) == 0:
+        return iter(())
     loader = DataLoader(data, batch_size=batch_size, sampler=order, shuffle=False, num_workers=workers,
                         collate_fn=_collate, pin_memory=pin_memory,
                         worker_init_fn=_worker_init if workers else None)
+    return _batches(loader)  # arguments are checked now, not at the first batch
+
+
+def _batches(loader: DataLoader) -> Iterator[Batch]:
     it = iter(loader)
     try:
         for b in it:
