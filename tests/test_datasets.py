@@ -200,6 +200,13 @@ def test_csv_labels(tmp_path):
     assert gather(str(d), labels={"a": 1, "b.jpg": 0, "c": 2, "d": 1}, num_classes=3)[0].label == 1
 
 
+def test_labels_name_files_before_renamed_names(tmp_path):
+    d = _flat(tmp_path, ("a.jpg", "a.png", "a.jpg.png"))  # the third one's name is 'a.jpg'
+    (tmp_path / "l.csv").write_text("a.jpg,0\na.png,1\nsub/a.jpg.png,2\n")
+    recs = gather(str(d), labels=str(tmp_path / "l.csv"), num_classes=3)
+    assert {os.path.basename(r.source): r.label for r in recs} == {"a.jpg": 0, "a.png": 1, "a.jpg.png": 2}
+
+
 def test_loc_val_solution(tmp_path):
     d = tmp_path / "val"
     for i in (1, 2, 3):

@@ -125,8 +125,8 @@ def _read_csv(name: str, table: list[list[str]]) -> list[LabelRow]:
 def attach_labels(records: Sequence[ImageRecord], labels: str | os.PathLike | Mapping[str, Any]) -> str:
     """Set ``raw_label`` of every record from a labels file or a mapping image name -> label; the format.
 
-    A row names an image by its file name, its file name without the extension, or its record
-    name. Refused with one line: a row that names no input image, or several; two rows for one
+    A row names an image by its file name (a folder part is ignored), its record name, or its file
+    name without the extension (``LOC_val_solution.csv`` and the devkit do). Refused with one line: a row that names no input image, or several; two rows for one
     image; an input image that no row names.
     """
     if isinstance(labels, Mapping):
@@ -135,20 +135,20 @@ def attach_labels(records: Sequence[ImageRecord], labels: str | os.PathLike | Ma
     else:
         rows, fmt = read_labels(labels)
         source = os.path.basename(os.fspath(labels))
-    by_file: dict[str, list[int]] = defaultdict(list)
-    by_stem: dict[str, list[int]] = defaultdict(list)
+    by_file: dict[str, list[int]] = {}
+    by_stem: dict[str, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         if r.path is not None:
-            base = os.path.basename(r.path)
-            by_file[base].append(i)
-            by_stem[os.path.splitext(base)[0]].append(i)
-        by_file.setdefault(r.name, [])
-        if i not in by_file[r.name]:
-            by_file[r.name].append(i)
+            base = r.rel.rsplit("/", 1)[-1] if r.rel else os.path.basename(r.path)
+            by_file.setdefault(base, []).append(i)
+            dot = base.rfind(".")
+            by_stem.setdefault(base[:dot] if dot > 0 else base, []).append(i)
+        by_name.setdefault(r.name, []).append(i)
     owner: dict[int, LabelRow] = {}
     for row in rows:
         key = row.image.replace("\\", "/").rsplit("/", 1)[-1]
-        hits = by_file.get(key) or by_stem.get(key)
+        hits = by_file.get(key) or by_name.get(key) or by_stem.get(key)
         if not hits and key.lower().endswith(IMAGE_EXTENSIONS):
             hits = by_stem.get(os.path.splitext(key)[0])
         if not hits:
