@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import operator
 import os
 from typing import Any, Mapping, Sequence
 
@@ -60,9 +61,13 @@ def gather(images=None, labels: str | os.PathLike | Mapping[str, Any] | None = N
 def _count(what: str, n) -> int | None:
     if n is None:
         return None
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    try:
+        k = operator.index(n) if not isinstance(n, bool) else None
+    except TypeError:
+        k = None
+    if k is None or k < 1:
         raise FaithmapError(f"{what} must be a whole number of images, at least 1; got {n!r}")
-    return n
+    return k
 
 
 def sample_key(name: str, seed: int) -> bytes:
@@ -81,8 +86,13 @@ def select(records: Sequence[ImageRecord], limit: int | None = None, sample: int
     images than there are is refused.
     """
     out = list(records)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    try:
+        number = operator.index(seed) if not isinstance(seed, bool) else None
+    except TypeError:
+        number = None
+    if number is None:
         raise FaithmapError(f"seed must be a whole number, got {seed!r}")
+    seed = number
     if sample is not None:
         if sample > len(out):
             raise FaithmapError(f"cannot sample {sample} images: there are only {len(out)}")
