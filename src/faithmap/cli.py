@@ -87,34 +87,12 @@ def pick_device(name: str) -> str:
 
 
 def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
-    """(stem, uint8 array) for each path (directories are expanded), or the sample photos."""
-    from .data import load_image, load_sample, sample_names
+    """(name, uint8 array) for each input, or the sample photos: a thin call of :func:`faithmap.data.gather`
+    (files, folders, class-folder trees, ``sample:NAME``). Names are unique after
+    :func:`faithmap.data.safe_name`, which every per-image output file name must use."""
+    from .data import gather
 
-    if not paths or paths == ["samples"]:
-        return [(n, load_sample(n)) for n in sample_names()]
-    exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
-    files: list[str] = []
-    for p in paths:
-        if p.startswith("sample:"):
-            files.append(p)
-        elif os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(exts))
-            if not found:
-                raise FaithmapError(f"no images found in directory {p}")
-            files.extend(found)
-        else:
-            files.append(p)
-    out, seen = [], {}
-    for f in files:
-        if f.startswith("sample:"):
-            stem, arr = f.split(":", 1)[1], load_sample(f.split(":", 1)[1])
-        else:
-            stem, arr = os.path.splitext(os.path.basename(f))[0], load_image(f, convert=convert)
-        seen[stem] = seen.get(stem, 0) + 1
-        if seen[stem] > 1:
-            stem = f"{stem}-{seen[stem]}"
-        out.append((stem, arr))
-    return out
+    return [(r.name, r.load(convert)) for r in gather(paths or None)]
 
 
 def load_model(args: argparse.Namespace):
@@ -183,6 +161,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .core.batching import model_guard
     from .core.perturb import make_baseline
     from .core.scores import resolve_targets, topk
+    from .data import safe_name
     from .metrics.deletion import deletion_insertion, images_at_fraction
     from .registry import METHODS
 
@@ -191,8 +170,8 @@ def run_explain(args: argparse.Namespace) -> int:
     check_params(spec, params)
     if not 0 <= args.fraction <= 1:
         raise FaithmapError(f"--fraction must be between 0 and 1, got {args.fraction}")
-    model = load_model(args)
     images = gather_images(args.images, args.convert)
+    model = load_model(args)
     # check every input before writing anything
     batch = [(stem, model.preprocess(arr)) for stem, arr in images]
     with model_guard(model), torch.no_grad():
@@ -221,7 +200,8 @@ def run_explain(args: argparse.Namespace) -> int:
         pix = model.to_pixels(x)[0]
         sal = exp.saliency[0].detach().float().cpu()
         cls = model.class_name(int(t))
-        prefix = os.path.join(args.out, f"{stem}_{spec.name}")
+        file_stem = f"{safe_name(stem)}_{spec.name}"  # unique per image (the gatherer guarantees it)
+        prefix = os.path.join(args.out, file_stem)
         title = f"{stem}: {spec.name} for '{cls}' (p={float(p[0]):.3f})"
         viz.save_heatmap(f"{prefix}_heatmap.png", pix, sal, title)
         save_npy(f"{prefix}_map.npy", sal.numpy().astype(np.float32))
@@ -242,7 +222,7 @@ def run_explain(args: argparse.Namespace) -> int:
             "deletion_auc": float(curves.deletion_auc[0]), "insertion_auc": float(curves.insertion_auc[0]),
             "overall": float(curves.overall[0]), "seconds": round(exp.seconds, 3), "model_images": exp.counts,
             "map_resolution": list(exp.resolution), "params": {k: _jsonable(v) for k, v in exp.params.items()},
-            "files": {k: f"{stem}_{spec.name}_{k}.{ext}" for k, ext in
+            "files": {k: f"{file_stem}_{k}.{ext}" for k, ext in
                       (("heatmap", "png"), ("map", "npy"), ("curves", "png"), ("strip", "png"))},
         }
         if "loss" in exp.history:
