@@ -91,10 +91,7 @@ def _ecosystem_config(net: nn.Module, input_size: int | None, processor) -> tupl
         return kwargs, notes, timm_models.class_names(net, imagenet_classes()), timm_models.architecture_name(net)
     from . import hf_models
 
-    kwargs, notes = hf_models.model_preprocessing(net, processor)
-    if input_size and kwargs["input_size"] != int(input_size):  # keep the processor's crop ratio
-        kwargs["resize_size"] = max(int(input_size), round(kwargs["resize_size"] * int(input_size) / kwargs["input_size"]))
-        kwargs["input_size"] = int(input_size)
+    kwargs, notes = hf_models.model_preprocessing(net, processor, input_size)
     return kwargs, notes, hf_models.class_names(net), hf_models.model_name(net)
 
 

@@ -163,7 +163,7 @@ def default_processor(config):
     return None
 
 
-def preprocessing(processor, config=None) -> tuple[dict, list[str]]:
+def preprocessing(processor, config=None, input_size: int | None = None) -> tuple[dict, list[str]]:
     """Classifier keyword arguments (mean, std, input_size, resize_size, resize, interpolation) that
     reproduce ``processor`` (an image processor of transformers), and notes on what is approximated.
 
@@ -171,8 +171,11 @@ def preprocessing(processor, config=None) -> tuple[dict, list[str]]:
     ``size={"shortest_edge"}`` with ``crop_pct`` (ConvNeXt, ResNet, RegNet): shorter side to
     ``int(size / crop_pct)``, centre crop ``size`` (a warp without crop at 384 or more, as there);
     ``shortest_edge`` + ``crop_size`` (BiT, DINOv2, CLIP): shorter side, then centre crop.
-    Rescaling (``rescale_factor``, ``rescale_offset``) is folded into mean and std.
+    Rescaling (``rescale_factor``, ``rescale_offset``) is folded into mean and std. ``input_size``
+    (another size than the processor's) keeps the processor's rule: ``int(size / crop_pct)`` for
+    ConvNeXt's, else the same ratio of resize to crop.
     """
+    want = int(input_size) if input_size else None
     notes: list[str] = []
     size = _get(processor, "size")
     height, width, short = _get(size, "height"), _get(size, "width"), _get(size, "shortest_edge")
@@ -209,6 +212,12 @@ def preprocessing(processor, config=None) -> tuple[dict, list[str]]:
         resize, input_size, resize_size = "crop", image_size, image_size
         notes.append(f"{name} gives no usable size; faithmap resizes the shorter side to {image_size} and crops "
                      f"the centre")
+    if want and want != input_size:
+        if crop_pct is not None and "ConvNext" in name and short:
+            resize, resize_size = ("crop", int(want / float(crop_pct))) if want < 384 else ("squash", want)
+        else:
+            resize_size = max(want, round(resize_size * want / input_size))
+        input_size = want
     interp = _resample_name(_get(processor, "resample"))
     if interp not in ("bilinear", "bicubic", "nearest"):
         notes.append(f"{name}'s {interp} resampling is replaced by bicubic")
@@ -229,7 +238,7 @@ def preprocessing(processor, config=None) -> tuple[dict, list[str]]:
                 interpolation=interp, rounding="transformers"), notes
 
 
-def model_preprocessing(net: nn.Module, processor=None) -> tuple[dict, list[str]]:
+def model_preprocessing(net: nn.Module, processor=None, input_size: int | None = None) -> tuple[dict, list[str]]:
     """Preprocessing of a transformers model: from ``processor`` if given, else from the processor saved
     beside the model (``config._name_or_path`` when it is a local folder), else the default processor
     of its model type at ``config.image_size`` (said in the notes)."""
@@ -250,18 +259,18 @@ def model_preprocessing(net: nn.Module, processor=None) -> tuple[dict, list[str]
             from .classifier import IMAGENET_MEAN, IMAGENET_STD
 
             kind = "ImageNet preprocessing (no processor class is known for this model type)"
-            size = _config_size(config)
+            size = int(input_size) if input_size else _config_size(config)
             kwargs, more = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=size, resize_size=int(size / 0.875),
                                 resize="crop", interpolation="bilinear", rounding="transformers"), []
         else:
             kind = f"the default {type(processor).__name__}"
-            kwargs, more = preprocessing(processor, config)
+            kwargs, more = preprocessing(processor, config, input_size)
         notes.append(f"no image processor saved with the model: using {kind} at the config's image size (input "
                      f"{kwargs['input_size']} px, {kwargs['resize']}, mean "
                      f"{tuple(round(v, 4) for v in kwargs['mean'])}, std {tuple(round(v, 4) for v in kwargs['std'])}); "
                      f"pass processor= to wrap() or save the processor into the folder to be sure")
         return kwargs, notes + more
-    return preprocessing(processor, config)
+    return preprocessing(processor, config, input_size)
 
 
 def class_names(net: nn.Module) -> list[str]:

@@ -91,7 +91,8 @@ def _shape(t: torch.Tensor) -> str:
 def mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     """What keeps ``state`` from loading into ``net``, in a few words, or None when it fits."""
     own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    counted = [k for k in own if not k.endswith("num_batches_tracked")]  # optional in a state dict
+    missing = [k for k in counted if k not in state]
     extra = [k for k in state if k not in own]
     shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     parts = []
@@ -102,7 +103,7 @@ def mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     if extra:
         parts.append(f"{len(extra)} of the file's {len(state)} tensors have no place in the model (e.g. {extra[0]})")
     if missing:
-        parts.append(f"{len(missing)} of the model's {len(own)} tensors are missing (e.g. {missing[0]})")
+        parts.append(f"{len(missing)} of the model's {len(counted)} tensors are missing (e.g. {missing[0]})")
     return "; ".join(parts) or None
 
 
