@@ -50,11 +50,22 @@ def processors():
                                                         image_mean=[0.485, 0.456, 0.406],
                                                         image_std=[0.229, 0.224, 0.225]),  # 36 then crop 32, bicubic
         "swin": transformers.ViTImageProcessor(size={"height": 32, "width": 32}),
+        "deit": transformers.ViTImageProcessor(size={"height": 32, "width": 32}),
+        "resnet": transformers.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875),
     }
 
 
 def make(kind: str, seed: int = 0):
     torch.manual_seed(seed)
+    if kind == "deit":  # class and distillation tokens
+        config = transformers.DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, id2label=LABELS,
+                                         label2id={v: k for k, v in LABELS.items()})
+        return transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    if kind == "resnet":
+        config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], id2label=LABELS,
+                                           label2id={v: k for k, v in LABELS.items()})
+        return transformers.AutoModelForImageClassification.from_config(config).eval()
     config = {"vit": vit_config, "convnext": convnext_config, "swin": swin_config}[kind]()
     return transformers.AutoModelForImageClassification.from_config(config).eval()
 
@@ -215,15 +226,18 @@ def tokens(prefix, gh, gw):
     return lambda t: t[:, prefix:, :].reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("kind, grid", [
-    ("vit", tokens(1, 4, 4)),  # [CLS] + 4 x 4 patches of 8 px
-    ("convnext", lambda t: t),  # (B, C, h, w)
-    ("swin", tokens(0, 4, 4)),  # the last stage's 4 x 4 tokens, no class token
+@pytest.mark.parametrize("kind, layer, grid", [
+    ("vit", ".1.layernorm_before", tokens(1, 4, 4)),  # [CLS] + 4 x 4 patches of 8 px
+    ("convnext", "convnext.encoder.stages.1", lambda t: t),  # (B, C, h, w)
+    ("swin", "swin.layernorm", tokens(0, 4, 4)),  # the last stage's 4 x 4 tokens, no class token
+    ("deit", ".1.layernorm_before", tokens(2, 4, 4)),  # class and distillation tokens before the patches
+    ("resnet", "resnet.encoder.stages.1", lambda t: t),
 ])
-def test_gradcam_equals_a_literal_reference(kind, grid):
+def test_gradcam_equals_a_literal_reference(kind, layer, grid):
     net = make(kind)
     net.train()
     clf = models.wrap(net, processor=processors()[kind])
+    assert clf.cam_layer.endswith(layer)  # the last encoder block (transformers 4: encoder.layer.1, 5: layers.1)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     before = model_state(net)
     e = faithmap.explain(clf, x, "gradcam", target=torch.tensor([4, 0]))

@@ -112,9 +112,10 @@ def load_model(args: argparse.Namespace):
 
     from . import models
 
-    # the command owns its process: no hub look-ups by transformers/timm, whatever they are asked
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if str(args.model).lower().startswith(("hf:", "huggingface:", "timm:")):
+        # the command owns its process: no hub look-ups by transformers/timm, whatever they are asked
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", models.ModelNote)  # printed below as one line each
         model = models.load(args.model, weights=args.weights, device=pick_device(args.device))

@@ -180,7 +180,7 @@ def preprocessing(processor, config=None, input_size: int | None = None) -> tupl
     size = _get(processor, "size")
     height, width, short = _get(size, "height"), _get(size, "width"), _get(size, "shortest_edge")
     crop = _get(processor, "crop_size") if _get(processor, "do_center_crop") else None
-    ch, cw = _get(crop, "height"), _get(crop, "width")
+    ch = _get(crop, "height")
     crop_pct = _get(processor, "crop_pct")
     name = type(processor).__name__
     if _get(processor, "do_resize") is False:

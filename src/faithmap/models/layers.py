@@ -236,12 +236,12 @@ def token_grid(n_tokens: int, input_hw: tuple[int, int], prefix: int | None = No
         pairs = [(gh, n // gh) for gh in range(1, n + 1) if n % gh == 0]
         gh, gw = min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - math.log(H / W)))
         return prefix, gh, gw
-    for prefix in range(0, min(n_tokens, 9)):
-        n = n_tokens - prefix
+    for guess in range(min(n_tokens, 9)):
+        n = n_tokens - guess
         # gh / gw = H / W and gh * gw = n
         gh = round((n * H / W) ** 0.5)
         if gh > 0 and n % gh == 0 and (n // gh) * H == gh * W:
-            return prefix, gh, n // gh
+            return guess, gh, n // gh
     raise FaithmapError(f"cannot arrange {n_tokens} tokens as a patch grid of a {H}x{W} input; name another layer")
 
 
