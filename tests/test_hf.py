@@ -348,6 +348,23 @@ def test_bad_inputs_are_one_line(folders, tmp_path, capsys, no_network, args, ne
     assert not out.exists()
 
 
+def test_pytorch_model_bin_folders(tmp_path):
+    """A folder with pytorch_model.bin (older save_pretrained) loads; one whose .bin pickles objects is
+    refused in our own words, without torch's advice to set weights_only=False."""
+    net = make("vit")
+    vit_config().save_pretrained(tmp_path / "bin")
+    torch.save(net.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.warns(models.ModelNote):  # no processor saved: the fallback is said
+        clf = models.load(f"hf:{tmp_path / 'bin'}")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), net(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(FaithmapError) as info:
+        models.load(f"hf:{tmp_path / 'bin'}")
+    assert "never unpickles code" in str(info.value) and "weights_only" not in str(info.value)
+
+
 def test_zero_labels_is_one_line(tmp_path):
     transformers.ViTForImageClassification(vit_config()).save_pretrained(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())

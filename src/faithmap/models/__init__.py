@@ -69,7 +69,7 @@ def wrap(net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[f
         kwargs, notes, names, arch = _ecosystem_config(net, input_size, processor)
         kwargs.update({k: v for k, v in given.items() if v is not None})
         clf = Classifier(net, class_names=class_names if class_names is not None else names,
-                         cam_layer=cam_layer or default_cam_layer(net, arch, kwargs["input_size"]),
+                         cam_layer=cam_layer or _cam_layer_or_none(net, kwargs["input_size"]),
                          name=name or arch, **kwargs)
         _note(clf, notes)
         return clf
@@ -93,6 +93,15 @@ def _ecosystem_config(net: nn.Module, input_size: int | None, processor) -> tupl
 
     kwargs, notes = hf_models.model_preprocessing(net, processor, input_size)
     return kwargs, notes, hf_models.class_names(net), hf_models.model_name(net)
+
+
+def _cam_layer_or_none(net: nn.Module, input_size: int) -> str | None:
+    """The default CAM layer of a timm/transformers model; None when none is found (the model still
+    loads: CAM methods then ask for ``layer=``)."""
+    try:
+        return default_cam_layer(net, None, input_size)
+    except FaithmapError:
+        return None
 
 
 def _note(clf: Classifier, notes: list[str]) -> None:
@@ -147,7 +156,7 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
         net = timm_models.build(rest, weights)
         kwargs, notes = timm_models.preprocessing(net)
         clf = Classifier(net, class_names=timm_models.class_names(net, imagenet_classes()),
-                         cam_layer=default_cam_layer(net, None, kwargs["input_size"]), name=f"timm:{rest.strip()}",
+                         cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}",
                          **kwargs)
         _note(clf, notes)
         return _finish(clf, device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 
 from torch import nn
 
@@ -79,6 +80,10 @@ def build(folder: str) -> tuple[nn.Module, object | None]:
                                     f"(transformers has no AutoModelForImageClassification for it)") from None
             raise FaithmapError(f"cannot load the model in {folder}: {str(exc).splitlines()[0][:160]}") from None
         except Exception as exc:  # noqa: BLE001 - damaged weights etc. are one clear error
+            if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+                raise FaithmapError(f"the weights in {folder} are not a plain state dict of tensors (they pickle "
+                                    f"Python objects): faithmap never unpickles code; save the model with "
+                                    f"save_pretrained (model.safetensors)") from None
             raise FaithmapError(f"cannot load the model in {folder}: {str(exc).splitlines()[0][:160]}") from None
         cls = type(net).__name__
         shapes = sorted(info.get("mismatched_keys") or [], key=str)
