@@ -96,19 +96,39 @@ def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
 
 
 def load_model(args: argparse.Namespace):
+    """The model of ``--model``/``--weights``/``--device``/``--resize``; what the loader approximated or
+    fell back to (e.g. a model folder without a preprocessor config) is printed as ``faithmap: note:``."""
+    import warnings
+
     from . import models
 
-    model = models.load(args.model, weights=args.weights, device=pick_device(args.device))
-    model.resize = getattr(args, "resize", "crop")
+    if str(args.model).lower().startswith(("hf:", "huggingface:", "timm:")):
+        # the command owns its process: no hub look-ups by transformers/timm, whatever they are asked
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", models.ModelNote)  # printed below as one line each
+        model = models.load(args.model, weights=args.weights, device=pick_device(args.device))
+    for note in model.notes:
+        print(f"faithmap: note: {note}", file=sys.stderr)
+    resize = getattr(args, "resize", None)
+    if resize:
+        model.resize = resize
     return model
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision classifier")
-    p.add_argument("--weights", default=None, help="local state-dict file for --model ('random' for random weights)")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default), a torchvision classifier (resnet50), timm:NAME "
+                        "(timm.create_model, needs faithmap[timm]) or hf:DIR (a transformers save_pretrained "
+                        "folder, needs faithmap[hf]); see `faithmap models`")
+    p.add_argument("--weights", default=None,
+                   help="local weights for --model: a state dict or .safetensors file ('random' for random weights); "
+                        "hf:DIR models take theirs from the folder")
     p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--resize", default="crop", choices=("crop", "squash"),
-                   help="crop: shorter side to the model's size, centre crop (default); squash: whole photo resized")
+    p.add_argument("--resize", default=None, choices=("crop", "squash"),
+                   help="crop: shorter side to the model's size, centre crop; squash: whole photo resized "
+                        "(default: the model's own, crop for most)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,10 +299,28 @@ command("metrics", "list the registered metrics with their direction")(run_metri
 
 
 def run_models(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from . import models
 
     print(f"{models.DEFAULT_MODEL}  (default, pretrained ImageNet weights shipped with the package)")
-    print("torchvision classifiers (need --weights PATH): " + ", ".join(models.torchvision_models()))
+    print("torchvision classifiers (need --weights FILE): " + ", ".join(models.torchvision_models()))
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        print(f"timm:NAME  any of timm {timm.__version__}'s {len(timm.list_models())} architectures (timm.list_models()), "
+              f"e.g. timm:convnext_tiny, timm:vit_small_patch16_224, timm:resnet50.a1_in1k; need --weights FILE")
+    else:
+        print("timm:NAME  (not installed: pip install 'faithmap[timm]')")
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers
+
+        print(f"hf:DIR  a transformers {transformers.__version__} image classifier saved with save_pretrained "
+              f"(ViT, DeiT, BEiT, DINOv2, ConvNeXt, ResNet, RegNet, Swin, ...); weights from the folder")
+    else:
+        print("hf:DIR  (not installed: pip install 'faithmap[hf]')")
+    print("weights files: PyTorch state dicts (torch.save(model.state_dict(), path)) or .safetensors; "
+          "nothing is downloaded")
     return 0
 
 
@@ -351,6 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args) or 0)
     except FaithmapError as exc:
         print(f"faithmap: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (NotImplementedError, RuntimeError, TypeError) as exc:
+        from .core.device import mps_unsupported
+
+        line = mps_unsupported(exc)  # an operation Apple's MPS backend lacks: one line, not a traceback
+        if line is None:
+            raise
+        print(f"faithmap: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("faithmap: interrupted", file=sys.stderr)

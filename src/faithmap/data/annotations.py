@@ -394,6 +394,9 @@ def preprocess_geometry(photo_hw: tuple[int, int], model) -> tuple[float, float,
     ``resize_size`` (rounding the other) and crops ``input_size`` at the centre; ``squash``
     resizes the whole photo to ``input_size`` square.
     """
+    transform = getattr(model, "transform", None)
+    if hasattr(transform, "geometry"):  # a Classifier: its own transform's arithmetic (rounding included)
+        return transform.geometry(photo_hw)
     h, w = photo_hw
     size = int(model.input_size)
     if getattr(model, "resize", "crop") == "squash":
