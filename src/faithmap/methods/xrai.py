@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..core.batching import DEFAULT_BATCH_SIZE
+from ..core.batching import DEFAULT_BATCH_SIZE, torch_threads
 from ..core.explanation import Explanation
 from ..core.perturb import BASELINES
 from ..errors import FaithmapError
@@ -77,10 +77,13 @@ class Regions:
         """Pack boolean masks (N, H, W)."""
         n, h, w = masks.shape
         nb = max(1, -(-n // 8))
-        m = torch.zeros(nb * 8, h * w, dtype=torch.uint8, device=masks.device)
-        m[:n] = masks.reshape(n, h * w).to(torch.uint8)
-        shifts = torch.arange(8, device=masks.device, dtype=torch.uint8).view(1, 8, 1)
-        bits = (m.view(nb, 8, h * w) << shifts).sum(1, dtype=torch.int32).to(torch.uint8)
+        m = masks.reshape(n, h * w)
+        m = m.view(torch.uint8) if m.dtype == torch.bool and m.is_contiguous() else m.to(torch.uint8)
+        bits = torch.zeros(nb, h * w, dtype=torch.uint8, device=masks.device)
+        with torch_threads(1 if masks.device.type == "cpu" else None):
+            for k in range(min(8, n)):
+                rows = m[k::8]  # regions k, k + 8, ...: bit k of bytes 0, 1, ...
+                bits[: rows.shape[0]] |= rows << k if k else rows
         return cls(bits, int(n), (int(h), int(w)))
 
     @classmethod
@@ -140,6 +143,37 @@ def _unpack(bits: torch.Tensor, count: int) -> torch.Tensor:
     return ((bits.unsqueeze(1) >> shifts) & 1).reshape(nb * 8, m)[:count].bool()
 
 
+_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 (2^64 / golden ratio) as a signed 64-bit integer
+
+
+def _cell_ids(bits: torch.Tensor) -> torch.Tensor:
+    """Cell id (P,) of every pixel, ids 0..C-1: equal iff the pixels' membership bytes are equal.
+
+    Each pixel's bytes as a few 64-bit words; one ``unique`` over a multiply-xor hash of the words,
+    checked word for word against a representative of each cell; should two memberships ever share
+    a hash, the exact way runs instead (``unique`` word by word, combining ranks).
+    """
+    nb, p = bits.shape
+    n_words = -(-nb // 8)
+    sig = torch.zeros(p, n_words * 8, dtype=torch.uint8, device=bits.device)
+    sig[:, :nb] = bits.t()
+    words = sig.view(torch.long)  # (P, W)
+    h = torch.zeros(p, dtype=torch.long, device=bits.device)
+    for w in words.unbind(1):
+        h = (h ^ w) * _MIX  # wraps modulo 2^64
+        h = h ^ (h >> 31)
+    key = torch.unique(h, return_inverse=True)[1]
+    rep = torch.empty(int(key.max()) + 1, dtype=torch.long, device=bits.device).scatter_(
+        0, key, torch.arange(p, device=bits.device))
+    if torch.equal(words[rep[key]], words):
+        return key
+    key = torch.zeros(p, dtype=torch.long, device=bits.device)
+    for w in words.unbind(1):
+        rank = torch.unique(w, return_inverse=True)[1]  # below P
+        key = torch.unique(key * p + rank, return_inverse=True)[1]
+    return key
+
+
 @dataclass
 class Cells:
     """The overlay of a :class:`Regions`: ``of_pixel`` (P,) the cell of every pixel, ``sizes`` (C,)
@@ -160,23 +194,14 @@ class Cells:
         bits = regions.bits
         nb, p = bits.shape
         dev = bits.device
-        # exact cell ids, a few bytes at a time: (id so far, next bytes) -> new id, all below P
-        per = max(1, (62 - max(1, p).bit_length()) // 8)
-        key = None
-        for j in range(0, nb, per):
-            chunk = bits[j:j + per].to(torch.long)
-            w = chunk[0].clone()
-            for i in range(1, chunk.shape[0]):
-                w |= chunk[i] << (8 * i)
-            if key is not None:
-                w = key * (1 << (8 * chunk.shape[0])) + w
-            key = torch.unique(w, return_inverse=True)[1]
-        assert key is not None
-        c = int(key.max()) + 1 if p else 0
-        rep = torch.empty(c, dtype=torch.long, device=dev).scatter_(0, key, torch.arange(p, device=dev))
-        members = _unpack(bits[:, rep], regions.count)  # (N, C)
-        sizes = torch.bincount(key, minlength=c).to(torch.float64)
-        return cls(key, sizes, members.t().to(torch.float64).contiguous(), members.contiguous())
+        with torch_threads(1 if dev.type == "cpu" else None):
+            key = _cell_ids(bits)
+            c = int(key.max()) + 1 if p else 0
+            rep = torch.empty(c, dtype=torch.long, device=dev).scatter_(0, key, torch.arange(p, device=dev))
+            members = _unpack(bits.index_select(1, rep), regions.count)  # (N, C)
+            incidence = members.t().contiguous().to(torch.float64)
+            sizes = torch.bincount(key, minlength=c).to(torch.float64)
+        return cls(key, sizes, incidence, members)
 
     def to(self, device) -> "Cells":
         return Cells(self.of_pixel.to(device), self.sizes.to(device), self.incidence.to(device),
@@ -263,15 +288,18 @@ def felzenszwalb_regions(pixels: torch.Tensor, *, scales: Sequence[float] = SCAL
                          min_size: int = 150, size: int | None = 224, dilation: int = 5) -> list[Regions]:
     """XRAI's candidate regions of each image of ``pixels`` (B, C, H, W), in [0, 1] or any range
     (only the image's own min and max matter): :func:`felzenszwalb_labels` on the CPU, then
-    :meth:`Regions.from_labels` (dilation) on the images' device."""
+    :meth:`Regions.from_labels` (dilation) and :meth:`Regions.cells` on the images' device."""
     if pixels.dim() == 3:
         pixels = pixels.unsqueeze(0)
     arr = pixels.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
     out = []
     for im in arr:
         labels = felzenszwalb_labels(im, scales=scales, sigma=sigma, min_size=min_size, size=size)
-        out.append(Regions.from_labels([torch.from_numpy(lab.astype(np.int64)).to(pixels.device) for lab in labels],
-                                       dilation))
+        with torch_threads(1 if pixels.device.type == "cpu" else None):
+            r = Regions.from_labels([torch.from_numpy(lab.astype(np.int64)).to(pixels.device) for lab in labels],
+                                    dilation)
+        r.cells()
+        out.append(r)
     return out
 
 
@@ -326,7 +354,9 @@ def rank_regions(attribution: torch.Tensor, regions: Regions, *, variant: str = 
         raise FaithmapError(f"attribution of shape {tuple(attribution.shape)} does not fit regions of shape {(h, w)}")
     dev = exact_device(regions.bits.device)
     reg = regions if regions.bits.device == dev else regions.to(dev)
-    with torch.inference_mode():
+    # the selection is a few hundred steps of small tensor operations: on the CPU one thread is fastest
+    # (several threads wait on each other at every step, worst on a busy machine)
+    with torch.inference_mode(), torch_threads(1 if dev.type == "cpu" else None):
         return _select(attribution.detach().to(dev, torch.float64).reshape(-1), reg, variant, int(min_pixel_diff),
                        float(area_threshold))
 
@@ -456,7 +486,7 @@ def base_attribution(model, x: torch.Tensor, target: torch.Tensor, *, base: str 
             runs.append(e.upsampled(size).detach().unsqueeze(1))
     attr = runs[0] if len(runs) == 1 else torch.stack(runs).mean(0)
     info = {"base": spec.name, "baselines": [k for k in kinds if k is not None] or None,
-            **{f"base.{k}": v for k, v in (used or {}).items()}}
+            **{f"base.{k}": v for k, v in (used or {}).items() if not (k == "baseline" and len(kinds) > 1)}}
     return attr, info
 
 
