@@ -230,7 +230,19 @@ def test_packing_round_trip_and_cells_partition_the_image():
         assert cells.sizes[c] == len(pix) > 0
         assert (sig[pix] == sig[pix[0]]).all() and torch.equal(cells.members[:, c], sig[pix[0]])
     assert len({tuple(s) for s in sig.tolist()}) == cells.sizes.numel()  # different memberships, different cells
-    assert torch.equal(cells.incidence, cells.members.t().double())
+    assert torch.equal(cells.incidence, cells.members.t())
+    assert torch.equal(cells.pairs, cells.members.nonzero().t())
+
+
+def test_cells_fall_back_to_exact_ids_when_hashes_collide(monkeypatch):
+    import faithmap.methods.xrai as xr
+
+    _, masks = random_case(5, n=21)
+    hashed = Regions.from_masks(masks).cells().of_pixel
+    monkeypatch.setattr(xr, "_MIX", 0)  # every pixel hashes to 0: the check fails, the exact way runs
+    exact = Regions.from_masks(masks).cells().of_pixel
+    pairs = {(int(a), int(b)) for a, b in zip(hashed, exact)}
+    assert len(pairs) == int(hashed.max()) + 1 == int(exact.max()) + 1  # the same partition, renumbered
 
 
 def test_felzenszwalb_labels_follow_the_authors_preprocessing():

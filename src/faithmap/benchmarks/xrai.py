@@ -90,7 +90,8 @@ def _pair(model, images, args, opts, out) -> list[dict]:
         from saliency.core import xrai as pair_xrai
         from saliency.core import XRAI, XRAIParameters
     except ImportError:
-        raise FaithmapError("bench xrai part=pair needs the PAIR saliency package (pip install saliency==0.2.*)") from None
+        raise FaithmapError("bench xrai part=pair needs the PAIR saliency package "
+                            "(pip install saliency==0.2.*)") from None
     from ..methods.xrai import Regions, base_attribution, felzenszwalb_regions, rank_regions
 
     variants = [v.strip() for v in str(opts.get("variants", "full,fast")).split(",") if v.strip()]
@@ -208,11 +209,12 @@ def _table(model, images, args, opts, out) -> list[dict]:
                  "overall": float(c.overall[0]), "seconds": e.seconds, "images": e.counts["images"],
                  "grad_images": e.counts["grad_images"]}
             rows.append(r)
-            print(f"{stem}: {label}: deletion {r['deletion']:.3f}, insertion {r['insertion']:.3f}, {r['seconds']:.1f} s, "
-                  f"{r['images']} images", file=sys.stderr, flush=True)
+            print(f"{stem}: {label}: deletion {r['deletion']:.3f}, insertion {r['insertion']:.3f}, "
+                  f"{r['seconds']:.1f} s, {r['images']} images", file=sys.stderr, flush=True)
         dump(args.json, out)
     cols = [("image", "photo", ""), ("method", "method", ""), ("grid", "map grid", ""),
-            ("deletion", "deletion ↓", ".3f"), ("insertion", "insertion ↑", ".3f"), ("overall", "over-all ↑", ".3f"),
+            ("deletion", "deletion ↓", ".3f"), ("insertion", "insertion ↑", ".3f"),
+            ("overall", "over-all ↑", ".3f"),
             ("seconds", "seconds", ".1f"), ("images", "model images", ".0f"), ("grad_images", "with grad", ".0f")]
     print(table(rows, cols))
     stems = list(dict.fromkeys(r["image"] for r in rows))
