@@ -180,6 +180,10 @@ def run_explain(args: argparse.Namespace) -> int:
     if not 0 <= args.fraction <= 1:
         raise FaithmapError(f"--fraction must be between 0 and 1, got {args.fraction}")
     model = load_model(args)
+    if isinstance(params.get("layer"), str) and params["layer"] != "input":  # "input": the pixels (rule methods)
+        from .models.layers import get_layer
+
+        get_layer(model.net, params["layer"])  # a bad --layer fails before the output folder exists
     images = gather_images(args.images, args.convert)
     # check every input before writing anything
     batch = [(stem, model.preprocess(arr)) for stem, arr in images]
