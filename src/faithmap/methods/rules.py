@@ -56,8 +56,12 @@ class Rule:
 
     ``backward(call, x, grad)`` gets the module's input ``x`` and the signal ``grad`` at its output
     and returns the signal at ``x``. ``forward(call, x, y)`` sees each call once its output ``y``
-    (the tensor handed on) exists, to record what the backward pass will need.
+    (the tensor handed on) exists, to record what the backward pass will need. A rule with
+    ``wraps = False`` only observes: its module keeps its own backward (the gradient), and
+    ``forward(None, x, output)`` sees the call.
     """
+
+    wraps = True
 
     def forward(self, call: Call, x: torch.Tensor, y: torch.Tensor) -> None:  # noqa: D102
         return None
@@ -100,6 +104,9 @@ def _module_hook(rule: Rule):
         x = args[0] if args else None
         if not (isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and torch.is_grad_enabled()
                 and x.requires_grad and x.is_floating_point()):
+            return None
+        if not rule.wraps:
+            rule.forward(None, x, output)
             return None
         call = Call(module, rule, output)
         y = _RuleFunction.apply(x, call)
@@ -293,6 +300,17 @@ class ExcitationState:
 
 _LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TAG = "_faithmap_excitation_call"
+_NONNEG = "_faithmap_non_negative"
+
+
+class NonNegativeTag(Rule):
+    """Marks a rectifier's output as non-negative (the gradient stays its rule), so that the layer it
+    feeds skips the test for negative inputs."""
+
+    wraps = False
+
+    def forward(self, call, x, y):  # noqa: D102
+        setattr(y, _NONNEG, True)
 
 
 def _out_channels(module: nn.Module) -> int | None:
@@ -329,7 +347,7 @@ class ExcitationRule(Rule):
             w = w * sign.reshape(-1, *([1] * (w.dim() - 1)))
         if dual:
             w = -w
-        signed = bool(x.amin() < 0)  # one reduction pass (faster than (x < 0).any())
+        signed = not getattr(x, _NONNEG, False) and bool(x.amin() < 0)  # rectifier outputs are >= 0
         xp = x.clamp(min=0) if signed else x
         parts = [(xp, *local_forward(call.module, xp, weight=w.clamp(min=0), bias=None))]
         if signed:
@@ -349,7 +367,7 @@ class ExcitationRule(Rule):
         out = None
         for xi, leaf, z in parts:
             (c,) = torch.autograd.grad(z, leaf, s)
-            out = xi * c if out is None else out + xi * c
+            out = c.mul_(xi) if out is None else out.addcmul_(xi, c)
         return out
 
     def backward(self, call, x, grad):  # noqa: D102
@@ -476,9 +494,10 @@ def excitation_composite(state: ExcitationState | None = None, eps: float = 1e-6
                F.adaptive_avg_pool3d):
         ops[fn] = pool
     return Composite([(_LINEAR, ExcitationRule(state, eps)),
-                      (nn.modules.batchnorm._BatchNorm, FoldedBatchNormRule())], ops)
+                      (nn.modules.batchnorm._BatchNorm, FoldedBatchNormRule()),
+                      (_is_rectifier, NonNegativeTag())], ops)
 
 
-__all__ = ["Call", "Composite", "ExcitationRule", "ExcitationState", "FoldedBatchNormRule", "NormRule", "OpRule",
+__all__ = ["Call", "Composite", "ExcitationRule", "ExcitationState", "FoldedBatchNormRule", "NonNegativeTag", "NormRule", "OpRule",
            "RectifierRule", "Rule", "SumRule", "apply_rules", "excitation_composite", "local_forward", "paused_ops",
            "rectifier_cap", "rectifier_composite", "stabilize", "swapped_parameters"]
