@@ -192,6 +192,10 @@ def run_explain(args: argparse.Namespace) -> int:
         raise FaithmapError(f"--fraction must be between 0 and 1, got {args.fraction}")
     images = gather_images(args.images, args.convert)
     model = load_model(args)
+    if isinstance(params.get("layer"), str) and params["layer"] != "input":  # "input": the pixels (rule methods)
+        from .models.layers import get_layer
+
+        get_layer(model.net, params["layer"])  # a bad --layer fails before any photo is processed
     # check every input before writing anything
     batch = [(stem, model.preprocess(arr)) for stem, arr in images]
     with model_guard(model), torch.no_grad():
