@@ -413,7 +413,8 @@ def test_rules_seam_removes_hooks_and_passes_forward_values():
 def test_bad_layer_and_parameters_are_one_line_errors():
     model, x = clf(ResNetish()), inputs(2)
     cases = [(dict(layer="layer9"), "no layer 'layer9'"), (dict(layer="fc"), r"\(B, C, h, w\) output"),
-             (dict(layer=3), "layer must be a layer name"), (dict(eps=-1.0), "eps must be non-negative")]
+             (dict(layer=3), "layer must be a string or None, got int 3"),
+             (dict(eps=-1.0), r"eps must be in \[0, inf\), got -1.0")]
     for params, match in cases:
         for method in ("mwp", "excitation_bp"):
             with pytest.raises(FaithmapError, match=match):

@@ -42,8 +42,8 @@ def as_batch(clf: Classifier, images, device=None) -> torch.Tensor:
             raise FaithmapError(f"images must be a float tensor of model inputs, got {x.dtype}")
         if x.shape[0] == 0:
             raise FaithmapError("no images to explain")
-        channels = int(clf.mean.numel())
-        if x.shape[1] != channels:
+        channels = int(clf.mean.numel())  # one statistic broadcasts over any number of channels
+        if channels > 1 and x.shape[1] != channels:
             raise FaithmapError(f"images must have {channels} channels for this model, got a tensor of shape "
                                 f"{tuple(x.shape)}")
         if not torch.isfinite(x).all():
