@@ -135,7 +135,8 @@ def test_area_constraint_holds_and_the_preservation_mask_covers_the_patch():
     model = wrap(PatchModel(patch=CENTRED).eval(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=32)
     x = patch_image(patch=CENTRED)
     a = 0.12
-    e = faithmap.explain(model, x, "extremal_perturbation", target=0, area=a, iterations=300, area_growth=1.0094)
+    e = faithmap.explain(model, x, "extremal_perturbation", target=0, area=a, iterations=300, area_growth=1.0094,
+                         resolution=32)  # the input size: the smooth mask itself
     m = e.saliency[0]
     assert m.shape == (32, 32) and e.counts["images"] == 300  # one image per iteration and area
     # the area constraint: the sorted mask values against r_a, as close as the best rectangle of the family

@@ -247,7 +247,7 @@ def scaled(value: float | None, paper: float, size: int) -> float:
 )
 def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area: float | None = None,
                           areas: tuple[float, ...] | None = None, game: str = "preserve",
-                          resolution: int | None = None, iterations: int = 800, lr: float = 0.01,
+                          resolution: int = 28, iterations: int = 800, lr: float = 0.01,
                           momentum: float = 0.9, area_weight: float = 300.0, area_growth: float = 1.0035,
                           step: int | None = None, sigma: float | None = None, temperature: float = 0.05,
                           levels: int = 8, max_blur: float | None = None, jitter: bool = True,
@@ -266,8 +266,8 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area:
     faithmap ``baseline`` (e.g. ``blur``, I-GOS's) when one is named; ``jitter`` flips the images on
     even iterations. ``seed`` is unused (deterministic).
 
-    Returns the smooth mask ``m`` (averaged over the areas) as the saliency: at the input size, or
-    area-averaged onto ``resolution`` x ``resolution`` cells. ``extras`` holds the parameters
+    Returns the smooth mask ``m`` (averaged over the areas) as the saliency, area-averaged onto
+    ``resolution`` x ``resolution`` cells (the input size, e.g. 224, gives the smooth mask itself). ``extras`` holds the parameters
     (``masks``), the input-size masks per area (``smooth_masks``), ``areas`` and ``area_residual``
     (``mean((sort(m) - r_a)^2)`` at the end, per image and area).
     """
@@ -277,7 +277,7 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area:
     key = str(game).strip().lower()
     if key not in GAMES:
         raise FaithmapError(f"unknown game {game!r} for extremal_perturbation; choose from: preserve, delete, dual")
-    out_hw = (hgt, wid) if resolution is None else check_resolution(resolution, x, 1)
+    out_hw = check_resolution(resolution, x, 1)
     step_px = int(step) if step is not None else max(1, round(7 * big / PAPER_SIZE))
     sig = scaled(sigma, 21.0, big)
     blur = scaled(max_blur, 20.0, big)
