@@ -180,9 +180,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                 "reruns it, deterministically, so the three maps come from the same masks."),
     Preset("igospp-table7", "iGOS++ Table 7: iGOS++ and the naive objective at four (lambda1, lambda2) pairs",
            "igos_plus_plus.txt, Table 7 (28x28, supplement)", IGOSPP_TABLE7, (28,), ("deletion", "insertion"),
-           note="The table reports the final objective value, which is not a function of a map and an image "
-                "alone (it needs each column's lambdas): `faithmap bench igospp-table7` computes it; this preset "
-                "gives the same eight runs' deletion and insertion."),
+           note="The table reports the objective value each method reaches, with each column's own lambdas, "
+                "which a metric (one setting a run) cannot follow: `faithmap bench igospp-table7` computes it "
+                "(the naive objective at each final mask); this preset gives the same eight runs' deletion and "
+                "insertion."),
     Preset("expected-gradcam-table3", "Expected Grad-CAM Table 3: insertion, deletion and their difference",
            "expected_gradcam.txt, Table 3 (VGG16, ResNet-50, AlexNet)",
            EXPECTED_GRADCAM_METHODS, (), ("insertion", "deletion", "overall"),
