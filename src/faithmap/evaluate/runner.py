@@ -251,8 +251,8 @@ def method_params(methods: Sequence[str], params: dict | None, fast: bool, extra
     """
     shared_p, per = {}, {}
     for k, v in (params or {}).items():
-        if isinstance(v, dict) and k in METHODS:
-            per.setdefault(METHODS.canonical(k), {}).update(v)
+        if isinstance(v, dict) and _presets.is_run_name(k):  # a method or a variant "method:name"
+            per.setdefault(_presets.run_name(k), {}).update(v)
         else:
             shared_p[k] = v
     for k, v in (extra or {}).items():
@@ -261,11 +261,11 @@ def method_params(methods: Sequence[str], params: dict | None, fast: bool, extra
         if m not in methods:
             raise FaithmapError(f"parameters were given for method {m}, which is not being evaluated")
     for k in shared_p:
-        if not any(k in METHODS.get(m).params for m in methods):
+        if not any(k in METHODS.get(_presets.base_method(m)).params for m in methods):
             raise FaithmapError(f"no method being evaluated has a parameter {k!r}")
     out = {}
     for m in methods:
-        spec = METHODS.get(m)
+        spec = METHODS.get(_presets.base_method(m))
         known = spec.params
         # the runner sets the resolution of mask methods (and seed, batch size) itself
         p = {k: v for k, v in spec.fast.items() if k in known and k not in RUNNER_PARAMS} if fast else {}
@@ -412,7 +412,8 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
             resolutions = list(rp.preset.resolutions) or None
         if metrics is None:
             metrics = rp.metrics
-    method_names = [METHODS.canonical(m) for m in (_split(methods) if methods is not None else METHODS.names())]
+    # run names: registered methods, or variants "method:name" with their own parameters (ablation rows)
+    method_names = [_presets.run_name(m) for m in (_split(methods) if methods is not None else METHODS.names())]
     method_names = list(dict.fromkeys(method_names))
     if not method_names:
         raise FaithmapError("no methods to evaluate")
@@ -462,7 +463,7 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
     clf = _load_model(model, weights, device, resize)
     bs = resolve_batch_size(batch_size, clf.device)
     for m in method_names:
-        spec = METHODS.get(m)
+        spec = METHODS.get(_presets.base_method(m))
         if spec.resolution == "mask":
             bad = [r for r in res_list if r < spec.min_resolution or r > clf.input_size]
             if bad:
@@ -521,10 +522,11 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
                             "category names that are class names of the model)")
 
     # -- the plan -----------------------------------------------------------------------------
-    all_tasks = [Task(m, str(r) if METHODS.get(m).resolution == "mask" else NATIVE, i)
+    grids = {m: METHODS.get(_presets.base_method(m)).resolution for m in method_names}
+    all_tasks = [Task(m, str(r) if grids[m] == "mask" else NATIVE, i)
                  for i in range(len(items)) if targets[i]
                  for m in method_names
-                 for r in (res_list if METHODS.get(m).resolution == "mask" else [NATIVE])]
+                 for r in (res_list if grids[m] == "mask" else [NATIVE])]
     tasks = [t for j, t in enumerate(all_tasks) if shard_t is None or j % shard_t[1] == shard_t[0] - 1]
 
     settings = {
@@ -692,7 +694,8 @@ def _run_task(faithmap, clf, t: Task, it: ImageItem, x1: torch.Tensor, tgts: lis
     kw["batch_size"] = bs
     if t.resolution != NATIVE:
         kw["resolution"] = int(t.resolution)
-    exp = faithmap.explain(clf, x, t.method, target=target, **kw)
+    method = _presets.base_method(t.method)  # t.method may be a variant "method:name"
+    exp = faithmap.explain(clf, x, method, target=target, **kw)
     sal = exp.saliency.detach()
     grid = f"{sal.shape[-2]}x{sal.shape[-1]}"
     size = tuple(x.shape[-2:])
@@ -711,7 +714,7 @@ def _run_task(faithmap, clf, t: Task, it: ImageItem, x1: torch.Tensor, tgts: lis
         categories.append("+".join(cats) if cats else clf.class_name(tg))
 
     def explain_fn(xx, tt):
-        return faithmap.explain(clf, xx, t.method, target=tt, **kw).saliency
+        return faithmap.explain(clf, xx, method, target=tt, **kw).saliency
 
     values: dict[str, list[float]] = {}
     cost: dict[str, tuple[float, int]] = {}

@@ -32,6 +32,11 @@ _ALIASES = {"insertion-only": "insertion", "ins": "insertion", "i-gos+insertion"
             "nobtv": "no-btv", "no-tv": "no-btv"}
 
 
+FINAL_MASKS = {"product": "product", "xy": "product", "deletion": 0, "x": 0, "md": 0, "insertion": 1, "y": 1, "mi": 1}
+"""``final_mask`` names: the product ``Md*Mi`` (``M_xy``), the deletion mask ``Md`` (``M_x``), the insertion
+mask ``Mi`` (``M_y``)."""
+
+
 def parse_ablation(ablation: str | None) -> set[str]:
     """The set of ablation switches named in ``ablation`` (comma-separated, case-insensitive)."""
     if ablation is None or str(ablation).strip().lower() in ("", "none", "full"):
@@ -106,7 +111,7 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
                    step_size: float = 1.0, ablation: str | None = None, baseline: str | torch.Tensor = "blur",
                    score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
                    seed: int | None = 0, init: torch.Tensor | None = None, warmup: int = 0,
-                   warmup_blur: float = 0.5) -> Explanation:
+                   warmup_blur: float = 0.5, final_mask: str = "product") -> Explanation:
     """iGOS++ (``igos_plus_plus.txt`` eq. 4-8).
 
     Minimises ``f(phi(I, B, Md)) - f(phi(B, I, Mi)) + f(phi(I, B, Md*Mi)) - f(phi(B, I, Md*Mi))
@@ -132,8 +137,15 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
     the saliency use starts exactly at ``init`` and neither game is favoured (one-mask ablations
     start at ``init``). ``warmup`` iterations use a weaker blur (``warmup_blur``; see
     :func:`faithmap.methods.mask.warmup_schedule`).
+
+    ``final_mask`` picks the map: ``product`` (``1 - Md*Mi``, iGOS++), ``deletion`` (``1 - Md``) or
+    ``insertion`` (``1 - Mi``) alone, the rows of ``igos_plus_plus.txt`` Table 5 (preset
+    ``igospp-table5``); the optimisation is the same. One-mask ablations have only ``product``.
     """
     h, w = check_resolution(resolution, x, 2)
+    final = FINAL_MASKS.get(str(final_mask).strip().lower())
+    if final is None:
+        raise FaithmapError(f"unknown final_mask {final_mask!r} for igos++; choose from: product, deletion, insertion")
     opt = igospp_optimizer((h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, smooth=smooth,
                            tv_beta=tv_beta, sigma=sigma, noise_std=noise_std, noise_product=noise_product,
                            data_scale=data_scale, alpha_max=alpha_max, decay=decay, beta=beta, alpha_min=alpha_min,
@@ -142,6 +154,11 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
     params = dict(resolution=(h, w), iterations=iterations, ig_steps=ig_steps, l1=opt.regularizer.l1,
                   l2=opt.regularizer.l2, smooth=smooth, noise_std=opt.noise_std, ls_points=ls_points,
                   ablation=",".join(sorted(parse_ablation(ablation))) or None, seed=seed)
+    if final != "product":
+        if opt.n_masks != 2:
+            raise FaithmapError(f"final_mask={final_mask!r} needs iGOS++'s two masks; ablation {ablation!r} has one")
+        opt.final = final
+        params["final_mask"] = {0: "deletion", 1: "insertion"}[final]
     start = check_init(init, x, (h, w))
     if start is not None and opt.n_masks == 2:
         start = start.sqrt()

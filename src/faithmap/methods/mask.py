@@ -46,6 +46,10 @@ class MaskState:
     batch_size: int
     generators: list[torch.Generator]
     noise_std: float
+    # optional engine hooks (Extremal Perturbation, ``methods/extremal.py``); None keeps I-GOS's behaviour
+    expand: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None  # masks -> input-size masks
+    compose: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None  # (idx, keep, it) -> images
+    iteration: int = 0  # the current iteration of :meth:`MaskOptimizer.run`
 
     @property
     def size(self) -> tuple[int, int]:
@@ -78,15 +82,24 @@ class PathTerm:
 
 
 def combine_masks(masks: torch.Tensor, which: int | str) -> torch.Tensor:
-    """(N, k, h, w) stacked masks -> (N, 1, h, w): one of them, or their product."""
+    """(N, k, h, w) stacked masks -> (N, 1, h, w): one of them, or their product (``"all"``: all k)."""
+    if which == "all":
+        return masks
     if which == "product":
         return masks.prod(dim=1, keepdim=True)
     return masks[:, int(which): int(which) + 1]
 
 
 def _term_images(st: MaskState, term: PathTerm, idx: torch.Tensor, masks: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Images for entries (image index ``idx``, mask (N,1,h,w), path point ``t`` (N,))."""
-    up = upsample(masks, st.size) * t.view(-1, 1, 1, 1)
+    """Images for entries (image index ``idx``, mask (N,1,h,w), path point ``t`` (N,)).
+
+    ``st.expand`` (if set) replaces the bilinear upsampling; ``st.compose(idx, keep, iteration)``
+    (if set) replaces ``phi``, given how much of the image each pixel keeps (``keep`` = the mask for
+    a deletion term, one minus it for an insertion term).
+    """
+    up = (st.expand or upsample)(masks, st.size) * t.view(-1, 1, 1, 1)
+    if st.compose is not None:
+        return st.compose(idx, up if term.game == "deletion" else 1 - up, st.iteration)
     if term.game == "deletion":
         return phi(st.x[idx], st.baseline[idx], up)
     return phi(st.baseline[idx], st.x[idx], up)
@@ -292,6 +305,33 @@ class AdamStep:
         return new, alpha, None
 
 
+@dataclass
+class MomentumStep:
+    """Projected SGD with momentum, ``v <- momentum * v + (1 - dampening) * TG``, ``M <- P(M - lr * v)``.
+
+    The update of ``torch.optim.SGD`` (the first step takes ``v = TG``), then the projection to
+    [0, 1]: the step rule of Extremal Perturbation (lr 0.01, momentum and dampening 0.9). The
+    velocity is per element, so batched runs equal one-by-one runs.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    dampening: float = 0.9
+    _v: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def reset(self) -> None:
+        self._v = None
+
+    def step(self, masks, direction, evaluate, f_cur):
+        if self._v is None or self._v.shape != masks.shape:
+            self._v = direction.clone()
+        else:
+            self._v.mul_(self.momentum).add_(direction, alpha=1 - self.dampening)
+        new = (masks - self.lr * self._v).clamp(0, 1)
+        alpha = torch.full((masks.shape[0],), float(self.lr), device=masks.device, dtype=masks.dtype)
+        return new, alpha, None
+
+
 # ----------------------------------------------------------------------------------------------
 # regularisers
 # ----------------------------------------------------------------------------------------------
@@ -350,6 +390,10 @@ class MaskOptimizer:
     ls_rule: str = "right"
     noise_std: float = 0.2
     direction_scale: float = 1.0
+    parametrization: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    """Masks (N, k, h, w) -> masks at the input size; None: bilinear upsampling (:func:`upsample`)."""
+    perturbation: Callable[[MaskState], Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] | None = None
+    """Builds ``compose(idx, keep, iteration)`` for a run's state; None: ``phi`` with the baseline."""
 
     def path_points(self, n: int) -> list[float]:
         return [s / n for s in range(1, n + 1)]
@@ -431,6 +475,9 @@ class MaskOptimizer:
         base = make_baseline(baseline, x, mean, std)
         st = MaskState(model, x, base, target, score_of(score), batch_size,
                        per_image_generators(seed, b, x.device), self.noise_std)
+        st.expand = self.parametrization
+        if self.perturbation is not None:
+            st.compose = self.perturbation(st)
         if init is None:
             masks = torch.ones(b, self.n_masks, h, w, device=x.device, dtype=x.dtype)
         else:
@@ -444,6 +491,7 @@ class MaskOptimizer:
         needs_f = isinstance(self.step_rule, ArmijoLineSearch)
         t0 = time.perf_counter()
         for it in range(self.iterations):
+            st.iteration = it
             if baseline_schedule is not None:
                 alt = baseline_schedule(it)
                 new_base = base if alt is None else alt.to(x)
@@ -476,7 +524,9 @@ class _Substate(MaskState):
 
     def __init__(self, st: MaskState, idx: torch.Tensor):  # noqa: D107
         super().__init__(st.model, st.x[idx], st.baseline[idx], st.target[idx], st.score, st.batch_size,
-                         [st.generators[i] for i in idx.tolist()], st.noise_std)
+                         [st.generators[i] for i in idx.tolist()], st.noise_std, st.expand, None, st.iteration)
+        if st.compose is not None:  # the hook indexes the whole batch: map this view's indices back
+            self.compose = lambda i, keep, it, _c=st.compose, _idx=idx: _c(_idx[i], keep, it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,7 +619,7 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
          ls_points: int = 3, ls_window: int | None = None, warm_start: bool = False, ls_rule: str = "right",
          baseline: str | torch.Tensor = "blur", score: str = "prob",
          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0, init: torch.Tensor | None = None,
-         warmup: int = 0, warmup_blur: float = 0.5) -> Explanation:
+         warmup: int = 0, warmup_blur: float = 0.5, step_size: float | None = None) -> Explanation:
     """I-GOS (Qi, Khorram & Li, AAAI 2020; ``igos.txt`` section 3).
 
     Minimises ``f_c(phi(I, B, up(M))) + l1 * mean|1 - M| + l2 * TV(M)`` (eq. 2) over a
@@ -581,18 +631,23 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
     that many path points instead). ``l1`` defaults to 1, or 10 at 224 x 224.
     ``init`` (B, h, w) replaces the all-ones start and ``warmup`` iterations use a blur weaker by
     ``warmup_blur`` (:func:`warmup_schedule`): AOP's refinement stage (``aop``, ``sigcam``).
+    ``step_size`` replaces the line search by that fixed step (the "fixed step size" ablation of
+    ``igos.txt`` Table 3 uses 1; preset ``igos-table3``).
     Returns saliency ``1 - M`` at mask resolution; history holds ``loss``, ``alpha`` and the
     cumulative model ``images`` per iteration.
     """
     h, w = check_resolution(resolution, x, 2)
     l1 = default_l1((h, w)) if l1 is None else l1
+    if step_size is not None and not step_size > 0:
+        raise FaithmapError(f"igos step_size must be a positive fixed step (or None for the line search), got {step_size}")
     opt = MaskOptimizer(
         terms=[PathTerm("deletion", 0, integrated=True, noise=noise_std > 0)],
         regularizer=L1TV(l1, l2),
-        step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start),
+        step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start)
+        if step_size is None else FixedStep(float(step_size)),
         iterations=iterations, ig_steps=ig_steps, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule)
     params = dict(resolution=(h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, noise_std=noise_std,
-                  ls_points=ls_points, seed=seed)
+                  ls_points=ls_points, seed=seed, **({} if step_size is None else {"step_size": step_size}))
     return run_mask_method(opt, model, x, target, name="igos", params=params, resolution=(h, w), baseline=baseline,
                            score=score, batch_size=batch_size, seed=seed, init=init, warmup=warmup,
                            warmup_blur=warmup_blur)
