@@ -75,11 +75,14 @@ def pick_device(name: str) -> str:
 
 
 def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
-    """(stem, uint8 array) for each path (directories are expanded), or the sample photos."""
-    from .data import load_image, load_sample, sample_names
+    """(stem, uint8 array) for each path (directories are expanded), or the sample photos
+    (``samples``: the six; ``photos``: the 20 of :data:`faithmap.data.PHOTOS`)."""
+    from .data import load_image, load_sample, photo_names, sample_names
 
     if not paths or paths == ["samples"]:
         return [(n, load_sample(n)) for n in sample_names()]
+    if paths == ["photos"]:
+        return [(n, load_sample(n)) for n in photo_names()]
     exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
     files: list[str] = []
     for p in paths:

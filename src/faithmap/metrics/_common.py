@@ -11,7 +11,17 @@ Conventions, the same in every metric of ``faithfulness.py``, ``robustness.py``,
 * ``normalise=True`` divides each map by its own largest absolute value. Quantus divides the whole
   batch by one maximum (``normalise_by_max`` over all axes), which makes one image's score depend
   on the other images in the batch; ours does not, so batched equals one-by-one.
-* Ties in a ranking are broken by the lower pixel index (stable sort).
+* Ties in a ranking (pixels or cells with exactly equal values) follow one rule, ``ties``:
+  ``"interpolate"`` (the default) lets a block of tied pixels enter as one step. A curve is
+  evaluated only where the set of removed pixels is the same whatever the order of the ties (at
+  the ends of a tie block, never inside one); a curve point that falls inside a block is the linear
+  interpolation, in the fraction removed, between the block's two ends (:func:`curve_plans`).
+  So the AUC no longer depends on the arbitrary order of tied pixels, a map without ties gives
+  exactly the old curve, and a block costs at most its two end images while the points inside it
+  cost none. Top-k sets take each tied pixel of a block that straddles k with weight
+  ``(k - start) / size`` (the exact expectation over random orders; :func:`topk_weights`).
+  ``"index"``: ties broken by the lower pixel index (stable sort), the order before this rule and
+  Quantus' order.
 * Stochastic metrics take ``seed`` and draw from one generator per image
   (:func:`faithmap.core.batching.per_image_generators`).
 """
@@ -122,6 +132,102 @@ def baseline_image(kind: str | float | torch.Tensor, x: torch.Tensor, model=None
         out = make_baseline(kind, x, getattr(model, "mean", None), getattr(model, "std", None), generator)
     if not torch.isfinite(out).all():  # the metrics' compositing (core.perturb.swap) needs finite values
         raise FaithmapError("the baseline contains NaN or infinite values")
+    return out
+
+
+TIES = ("interpolate", "index")
+"""The tie rules of every ranking metric (module docstring)."""
+
+
+def check_ties(name: str, ties: str) -> str:
+    if ties not in TIES:
+        raise FaithmapError(f"metric {name}: ties must be one of {', '.join(TIES)}, got {ties!r}")
+    return ties
+
+
+@dataclass
+class CurvePlan:
+    """Where one image's ranking curve is evaluated and how its grid points follow from there.
+
+    ``nodes`` (m,): the sorted counts of removed pixels whose images go through the model; the
+    curve at grid point ``j`` is ``(1 - lam[j]) * v[lo[j]] + lam[j] * v[hi[j]]`` for the values
+    ``v`` (m,) at the nodes.
+    """
+
+    nodes: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    lam: torch.Tensor
+
+    def curve(self, values: torch.Tensor) -> torch.Tensor:
+        v = values.double()
+        return v[self.lo] * (1 - self.lam) + v[self.hi] * self.lam
+
+
+def tie_bounds(values: torch.Tensor) -> list[torch.Tensor]:
+    """Per row of ``values`` (B, N), ranked from the largest down: the counts 0 .. N at which a
+    tie block ends (0, N and every position where the sorted value changes), sorted."""
+    sv = torch.sort(values.flatten(1), dim=1, descending=True).values
+    n = sv.shape[1]
+    out = []
+    change = sv[:, 1:] != sv[:, :-1]
+    for row in change:
+        inner = torch.nonzero(row).flatten() + 1
+        out.append(torch.cat([inner.new_zeros(1), inner, inner.new_full((1,), n)]))
+    return out
+
+
+def curve_plans(values: torch.Tensor, counts, ties: str = "interpolate") -> list[CurvePlan]:
+    """One :class:`CurvePlan` per row of ``values`` (B, N) for curves on the grid ``counts``
+    (pixels removed at each grid point, increasing, within 0 .. N).
+
+    ``ties="index"``: every grid point is a node (today's curve under index order).
+    ``"interpolate"``: a grid count strictly inside a tie block is replaced by the block's two
+    ends (module docstring), so no node depends on the order of tied pixels.
+    """
+    dev = values.device
+    c = torch.as_tensor(list(counts), dtype=torch.long, device=dev)
+    t = c.numel()
+    if ties == "index":
+        idx = torch.arange(t, device=dev)
+        return [CurvePlan(c, idx, idx, torch.zeros(t, dtype=torch.float64, device=dev)) for _ in range(values.shape[0])]
+    plans = []
+    for bnd in tie_bounds(values):
+        pos = torch.searchsorted(bnd, c)  # bnd[pos - 1] < c <= bnd[pos]
+        exact = bnd[pos] == c
+        s = torch.where(exact, c, bnd[(pos - 1).clamp_min(0)])
+        e = torch.where(exact, c, bnd[pos])
+        nodes = torch.unique(torch.cat([s, e]))
+        lo, hi = torch.searchsorted(nodes, s), torch.searchsorted(nodes, e)
+        span = (e - s).double()
+        lam = torch.where(exact, torch.zeros_like(span), (c - s).double() / span.clamp_min(1))
+        plans.append(CurvePlan(nodes, lo, hi, lam))
+    return plans
+
+
+def topk_weights(values: torch.Tensor, k, ties: str = "interpolate") -> torch.Tensor:
+    """Membership (B, N) float64 of each entry in the top ``k`` of its row of ``values`` (B, N)
+    (``k`` an int or (B,)): 1 above the tie block that straddles ``k``, ``(k - start) / size``
+    inside it (``ties="interpolate"``, the expectation over random orders of the ties), 0 below;
+    ``ties="index"``: 0/1 with ties by lower index."""
+    b, n = values.flatten(1).shape
+    kk = torch.as_tensor(k, device=values.device).long().view(-1).expand(b)
+    rank = pixel_rank(values.flatten(1).view(b, 1, n)).view(b, n)
+    if ties == "index":
+        return (rank < kk.view(-1, 1)).double()
+    out = torch.empty(b, n, dtype=torch.float64, device=values.device)
+    sv = torch.sort(values.flatten(1), dim=1, descending=True).values
+    for i, bnd in enumerate(tie_bounds(values)):
+        ki = kk[i].clamp(0, n)
+        pos = int(torch.searchsorted(bnd, ki))
+        if int(bnd[pos]) == int(ki):
+            out[i] = (rank[i] < ki).double()
+            continue
+        s, e = int(bnd[pos - 1]), int(bnd[pos])
+        v = sv[i, s]
+        row = (values.flatten(1)[i] > v).double()
+        row[values.flatten(1)[i] == v] = (int(ki) - s) / (e - s)
+        out[i] = row
     return out
 
 
