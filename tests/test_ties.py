@@ -266,3 +266,10 @@ def test_ties_reach_the_metric_registry():
         p = inspect.signature(faithmap.METRICS.get(name).fn).parameters["ties"]
         assert p.default == "interpolate"
     assert _common.TIES == ("interpolate", "index")
+
+
+def test_tied_share():
+    from faithmap.benchmarks.ties import tied_share
+
+    assert tied_share(torch.tensor([[1.0, 2.0], [3.0, 4.0]])) == 0.0
+    assert tied_share(torch.tensor([[0.0, 0.0], [0.0, 4.0]])) == 0.75
