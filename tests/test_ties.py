@@ -59,10 +59,16 @@ def test_curve_plan_by_hand():
     # values ranked: 5 | 3 3 3 3 | 1 1 | 0  -> blocks [1, 5) and [5, 7); grid 0, 3, 6, 8
     v = torch.tensor([[3.0, 1.0, 5.0, 3.0, 0.0, 3.0, 1.0, 3.0]])
     p = curve_plans(v, [0, 3, 6, 8])[0]
-    assert p.nodes.tolist() == [0, 1, 5, 7, 8]
-    vals = torch.tensor([10.0, 9.0, 5.0, 3.0, 0.0])
-    # 3 is 2/4 of the way through [1, 5): 9 + 0.5 * (5 - 9) = 7; 6 is half-way through [5, 7): 4
-    assert torch.allclose(p.curve(vals), torch.tensor([10.0, 7.0, 4.0, 0.0], dtype=torch.float64))
+    # 3 lies in [1, 5), as near 1 as 5: it moves to 1; 6 lies in [5, 7): to 5
+    assert p.nodes.tolist() == [0, 1, 5, 8]
+    vals = torch.tensor([10.0, 9.0, 5.0, 0.0])
+    # 3 is half-way from node 1 to node 5: 7; 6 is a third of the way from node 5 to node 8: 5 - 5/3
+    assert torch.allclose(p.curve(vals), torch.tensor([10.0, 7.0, 5 - 5 / 3, 0.0], dtype=torch.float64))
+    # a grid point nearer a block's far end moves there: 4 in [1, 5) goes to 5
+    assert curve_plans(v, [0, 4, 8])[0].nodes.tolist() == [0, 5, 8]
+    # the first grid point moving up keeps its block's start too (pixel flipping's grid starts at k)
+    w = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5]])
+    assert curve_plans(w, [3, 5])[0].nodes.tolist() == [0, 4, 5]
     q = curve_plans(v, [0, 3, 6, 8], "index")[0]
     assert q.nodes.tolist() == [0, 3, 6, 8] and torch.equal(q.curve(torch.arange(4.0)), torch.arange(4.0).double())
 
@@ -273,3 +279,15 @@ def test_tied_share():
 
     assert tied_share(torch.tensor([[1.0, 2.0], [3.0, 4.0]])) == 0.0
     assert tied_share(torch.tensor([[0.0, 0.0], [0.0, 4.0]])) == 0.75
+
+
+def test_small_blocks_cost_no_more_images_than_index_order(patch_model, patch_input):
+    # an occlusion-like map: 2 x 2 blocks of equal values on an 8 x 8 grid, step 3 (blocks inside a step)
+    g = torch.Generator().manual_seed(8)
+    sal = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, generator=g), size=8, mode="nearest")[:, 0]
+    t = torch.tensor([0])
+    a = deletion_insertion(patch_model, patch_input, sal, t, step=3)
+    b = deletion_insertion(patch_model, patch_input, sal, t, step=3, ties="index")
+    assert a.images <= b.images
+    for plan in curve_plans(sal.flatten(1), list(range(0, 64, 3)) + [64]):
+        assert len(plan.nodes) <= 23

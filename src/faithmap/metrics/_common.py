@@ -14,11 +14,12 @@ Conventions, the same in every metric of ``faithfulness.py``, ``robustness.py``,
 * Ties in a ranking (pixels or cells with exactly equal values) follow one rule, ``ties``:
   ``"interpolate"`` (the default) lets a block of tied pixels enter as one step. A curve is
   evaluated only where the set of removed pixels is the same whatever the order of the ties (at
-  the ends of a tie block, never inside one); a curve point that falls inside a block is the linear
-  interpolation, in the fraction removed, between the block's two ends (:func:`curve_plans`).
-  So the AUC no longer depends on the arbitrary order of tied pixels, a map without ties gives
-  exactly the old curve, and a block costs at most its two end images while the points inside it
-  cost none. Top-k sets take each tied pixel of a block that straddles k with weight
+  the ends of a tie block, never inside one): a grid point inside a block moves to the block's
+  nearer end, and the curve at a grid point is the linear interpolation, in the fraction removed,
+  between the evaluated points around it (:func:`curve_plans`), so it runs straight across a block
+  wider than a step. The AUC no longer depends on the arbitrary order of tied pixels, a map
+  without ties gives exactly the old curve, and no curve needs more model images than before
+  (a wide block saves the images of the grid points inside it). Top-k sets take each tied pixel of a block that straddles k with weight
   ``(k - start) / size`` (the exact expectation over random orders; :func:`topk_weights`).
   ``"index"``: ties broken by the lower pixel index (stable sort), the order before this rule and
   Quantus' order.
@@ -179,11 +180,15 @@ def tie_bounds(values: torch.Tensor) -> list[torch.Tensor]:
 
 def curve_plans(values: torch.Tensor, counts, ties: str = "interpolate") -> list[CurvePlan]:
     """One :class:`CurvePlan` per row of ``values`` (B, N) for curves on the grid ``counts``
-    (pixels removed at each grid point, increasing, within 0 .. N).
+    (pixels removed at each grid point, increasing, within 0 .. N; the last is N).
 
-    ``ties="index"``: every grid point is a node (today's curve under index order).
-    ``"interpolate"``: a grid count strictly inside a tie block is replaced by the block's two
-    ends (module docstring), so no node depends on the order of tied pixels.
+    ``ties="index"``: every grid point is a node (the curve under index order).
+    ``"interpolate"``: a grid count strictly inside a tie block moves to the nearer end of its
+    block (the lower one when both are as near), so no node depends on the order of tied pixels;
+    the curve at a grid point is the linear interpolation, in the count, between the nodes around
+    it. A block wider than a step thus gets both its ends and a straight curve across it, a block
+    inside one step costs one image as before: never more nodes than grid points (plus, rarely, a
+    block start below the first grid point, so that every grid point has a node below it).
     """
     dev = values.device
     c = torch.as_tensor(list(counts), dtype=torch.long, device=dev)
@@ -197,10 +202,15 @@ def curve_plans(values: torch.Tensor, counts, ties: str = "interpolate") -> list
         exact = bnd[pos] == c
         s = torch.where(exact, c, bnd[(pos - 1).clamp_min(0)])
         e = torch.where(exact, c, bnd[pos])
-        nodes = torch.unique(torch.cat([s, e]))
-        lo, hi = torch.searchsorted(nodes, s), torch.searchsorted(nodes, e)
-        span = (e - s).double()
-        lam = torch.where(exact, torch.zeros_like(span), (c - s).double() / span.clamp_min(1))
+        snapped = torch.where(c - s <= e - c, s, e)
+        nodes = torch.unique(snapped)
+        if int(nodes[0]) > int(c[0]):  # the first grid point moved up: its block's start below it too
+            nodes = torch.unique(torch.cat([nodes, s[:1]]))
+        hi = torch.searchsorted(nodes, c)  # nodes[hi - 1] < c <= nodes[hi]
+        on = nodes[hi] == c
+        lo = torch.where(on, hi, hi - 1)
+        span = (nodes[hi] - nodes[lo]).double()
+        lam = torch.where(on, torch.zeros_like(span), (c - nodes[lo]).double() / span.clamp_min(1))
         plans.append(CurvePlan(nodes, lo, hi, lam))
     return plans
 
