@@ -88,7 +88,7 @@ def pick_device(name: str) -> str:
 
 def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
     """(name, uint8 array) for each input, or the sample photos: a thin call of :func:`faithmap.data.gather`
-    (files, folders, class-folder trees, ``sample:NAME``). Names are unique after
+    (files, folders, class-folder trees, ``sample:NAME``, ``samples``: the six, ``photos``: the 20). Names are unique after
     :func:`faithmap.data.safe_name`, which every per-image output file name must use."""
     from .data import gather
 

@@ -274,7 +274,8 @@ def _is_pairs(images) -> bool:
 def list_images(images=None) -> Listing:
     """Records for the input images, none decoded.
 
-    ``images``: None, ``"samples"`` or ``[]`` (the bundled sample photos); or one or a list of
+    ``images``: None, ``"samples"`` or ``[]`` (the six bundled sample photos), ``"photos"`` (the 20
+    of :data:`faithmap.data.PHOTOS`); or one or a list of
     ``"sample:NAME"``, image files, flat folders (their image files, sorted), class-folder trees
     (a folder without image files whose sub-folders hold the images of one class each, searched
     recursively; the sub-folder name is the raw label); or ``(name, photo)`` pairs or a dict
@@ -282,7 +283,7 @@ def list_images(images=None) -> Listing:
     the module docstring). Refused with one line: a missing file, a folder without images, an
     empty class folder, the same file given twice, colliding names given in memory.
     """
-    from .samples import sample_names
+    from .samples import photo_names, sample_names
 
     if images is None:
         images = "samples"
@@ -306,13 +307,14 @@ def list_images(images=None) -> Listing:
     entries: list[tuple[str, str, str, Any, str]] = []  # (source, base name, rel, raw label, label source)
     layouts: set[str] = set()
     for p in paths:
-        if p == "samples":
-            entries.extend((f"{SAMPLE_PREFIX}{n}", n, f"{SAMPLE_PREFIX}{n}", None, "") for n in sample_names())
+        if p in ("samples", "photos") and not os.path.exists(p):  # a file or folder of that name wins
+            names = sample_names() if p == "samples" else photo_names()
+            entries.extend((f"{SAMPLE_PREFIX}{n}", n, f"{SAMPLE_PREFIX}{n}", None, "") for n in names)
             layouts.add("samples")
         elif p.startswith(SAMPLE_PREFIX):
             n = p[len(SAMPLE_PREFIX):]
-            if n not in sample_names():
-                raise FaithmapError(f"unknown sample {n!r}; choose from: {', '.join(sample_names())}")
+            if n not in photo_names():
+                raise FaithmapError(f"unknown sample {n!r}; choose from: {', '.join(photo_names())}")
             entries.append((p, n, p, None, ""))
             layouts.add("samples")
         elif os.path.isdir(p):

@@ -376,7 +376,15 @@ class L1BTV:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class MaskOptimizer:
-    """The mask-optimisation loop shared by every mask method (see the module docstring)."""
+    """The mask-optimisation loop shared by every mask method (see the module docstring).
+
+    ``quadrature``: the rule of the gradient's path integral over ``ig_steps`` points (``riemann``,
+    the paper's right sum; ``gl``, Gauss-Legendre). ``ls_noise``: the line-search objective is
+    evaluated on noisy path images, drawn afresh every iteration (the paper's), instead of
+    noise-free. ``tol`` > 0: an image whose accepted step lowered its objective by less than
+    ``tol`` stops there (its mask is final; later passes leave it out), the loop ends when all
+    have stopped.
+    """
 
     terms: Sequence[PathTerm]
     regularizer: Callable[[MaskState, torch.Tensor], torch.Tensor]
@@ -390,6 +398,9 @@ class MaskOptimizer:
     ls_rule: str = "right"
     noise_std: float = 0.2
     direction_scale: float = 1.0
+    quadrature: str = "riemann"
+    ls_noise: bool = False
+    tol: float = 0.0
     parametrization: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
     """Masks (N, k, h, w) -> masks at the input size; None: bilinear upsampling (:func:`upsample`)."""
     perturbation: Callable[[MaskState], Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] | None = None
@@ -398,26 +409,43 @@ class MaskOptimizer:
     def path_points(self, n: int) -> list[float]:
         return [s / n for s in range(1, n + 1)]
 
+    def path_rule(self, n: int, rule: str) -> tuple[list[float], list[float]]:
+        """Points ``t`` on the mask path ``t * M`` and their weights (summing to 1).
+
+        ``right``: the paper's ``t = 1/n .. 1``, weights ``1/n`` (I-GOS eq. 5, the authors' code);
+        ``mid``: ``t = (s - 1/2)/n``; ``gl``: the ``n`` Gauss-Legendre nodes and weights of [0, 1],
+        exact for path integrands that are polynomials of degree up to ``2n - 1``.
+        """
+        if rule == "gl":
+            from .gradient import quadrature_nodes
+
+            t, w = quadrature_nodes(n, "gausslegendre")
+            return t.tolist(), w.tolist()
+        if rule == "mid":
+            return [(s - 0.5) / n for s in range(1, n + 1)], [1.0 / n] * n
+        return self.path_points(n), [1.0 / n] * n
+
     def objective(self, st: MaskState, cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Line-search objective ``F`` of candidate masks (n, K, k, h, w) of images ``idx``: (n, K).
 
         The data terms are averaged over ``ls_points`` points of the mask path (1 = the mask
-        itself, the objective of I-GOS eq. 2 and 9), without noise; the regulariser is added.
+        itself, the objective of I-GOS eq. 2 and 9) by the rule ``ls_rule``, without noise unless
+        ``ls_noise`` (the paper's and the authors' objective: the noisy path average); the
+        regulariser is added.
         """
         n, k = cand.shape[:2]
-        ts = self.path_points(self.ls_points) if self.ls_rule == "right" else \
-            [(s - 0.5) / self.ls_points for s in range(1, self.ls_points + 1)]
+        ts, tw = self.path_rule(self.ls_points, self.ls_rule)
         entries, weights = [], []
         for row in range(n):
             for j in range(k):
                 for ti, term in enumerate(self.terms):
-                    pts = ts if term.integrated else [1.0]
-                    for t in pts:
+                    pts, pw = (ts, tw) if term.integrated else ([1.0], [1.0])
+                    for t, wt in zip(pts, pw):
                         entries.append(_Entry(row, ti, t, j))
-                        weights.append(term.sign * term.weight / len(pts))
+                        weights.append(term.sign * term.weight * wt)
         sub = _Substate(st, idx)
         w = torch.tensor(weights, device=cand.device, dtype=cand.dtype)
-        scores = _evaluate(sub, self.terms, cand, entries, w, noise=False)
+        scores = _evaluate(sub, self.terms, cand, entries, w, noise=self.ls_noise)
         data = torch.zeros(n * k, device=cand.device, dtype=cand.dtype)
         owner = torch.tensor([e.image * k + e.slot for e in entries], device=cand.device)
         data.index_add_(0, owner, scores * w)
@@ -437,17 +465,20 @@ class MaskOptimizer:
         return (self._regularise(st, cand, idx) + floor).view(n, k)
 
     def direction(self, st: MaskState, masks: torch.Tensor) -> torch.Tensor:
-        """Total gradient TG = (integrated) gradient of the data terms + gradient of the regulariser."""
+        """Total gradient TG = (integrated) gradient of the data terms + gradient of the regulariser.
+
+        The path integral uses ``ig_steps`` points of the rule ``quadrature`` (:meth:`path_rule`:
+        ``riemann`` = the paper's right sum, ``gl`` = Gauss-Legendre)."""
         b = masks.shape[0]
         leaf = masks.detach().clone().requires_grad_(True)
-        ts = self.path_points(self.ig_steps)
+        ts, tw = self.path_rule(self.ig_steps, "gl" if self.quadrature == "gl" else "right")
         entries, weights = [], []
         for i in range(b):
             for ti, term in enumerate(self.terms):
-                pts = ts if term.integrated else [1.0]
-                for t in pts:
+                pts, pw = (ts, tw) if term.integrated else ([1.0], [1.0])
+                for t, wt in zip(pts, pw):
                     entries.append(_Entry(i, ti, t))
-                    weights.append(term.sign * term.weight / len(pts))
+                    weights.append(term.sign * term.weight * wt)
         w = torch.tensor(weights, device=masks.device, dtype=masks.dtype)
         with torch.enable_grad():
             _evaluate(st, self.terms, leaf.unsqueeze(1), entries, w, noise=True, grad_of=leaf)
@@ -489,6 +520,7 @@ class MaskOptimizer:
             self.step_rule.reset()
         f_cur = None
         needs_f = isinstance(self.step_rule, ArmijoLineSearch)
+        active = torch.ones(b, dtype=torch.bool, device=x.device)  # images still optimised (tol)
         t0 = time.perf_counter()
         for it in range(self.iterations):
             st.iteration = it
@@ -497,22 +529,40 @@ class MaskOptimizer:
                 new_base = base if alt is None else alt.to(x)
                 if new_base is not st.baseline:
                     st.baseline, f_cur = new_base, None  # the objective changed: re-evaluate F(M)
-            if needs_f and f_cur is None:
+            idx = torch.nonzero(active).flatten()
+            full = len(idx) == b
+            sst = st if full else _Substate(st, idx)
+            m_a = masks if full else masks[idx]
+            f_a = None if f_cur is None else (f_cur if full else f_cur[idx])
+            if needs_f and (f_a is None or self.ls_noise):  # a noisy objective is drawn afresh (the paper)
                 with torch.no_grad():
-                    f_cur = self.objective(st, masks.unsqueeze(1), torch.arange(b, device=x.device)).squeeze(1)
-            direction = self.direction(st, masks)
+                    f_a = self.objective(sst, m_a.unsqueeze(1), torch.arange(len(idx), device=x.device)).squeeze(1)
+            direction = self.direction(sst, m_a)
             with torch.no_grad():
-                extra = {"lower_bound": lambda cand, idx: self.objective_lower_bound(st, cand, idx)} \
+                extra = {"lower_bound": lambda cand, i: self.objective_lower_bound(sst, cand, i)} \
                     if needs_f and score == "prob" else {}
-                masks, alpha, f_new = self.step_rule.step(
-                    masks, direction, lambda cand, idx: self.objective(st, cand, idx), f_cur, **extra)
-            if f_new is not None:
-                f_cur = f_new
+                new, alpha_a, f_new = self.step_rule.step(
+                    m_a, direction, lambda cand, i: self.objective(sst, cand, i), f_a, **extra)
+            if full:
+                masks, alpha = new, alpha_a
+                f_cur = f_new if f_new is not None else f_a
+            else:
+                masks = masks.clone()
+                masks[idx] = new
+                alpha = torch.zeros(b, device=x.device, dtype=alpha_a.dtype)
+                alpha[idx] = alpha_a
+                if f_cur is not None and (f_new is not None or f_a is not None):
+                    f_cur = f_cur.clone()
+                    f_cur[idx] = f_new if f_new is not None else f_a
+            if self.tol > 0 and f_new is not None and f_a is not None:
+                active[idx] = (f_a - f_new) >= self.tol  # converged: this image's mask stays as it is
             hist["loss"].append(f_cur.clone() if f_cur is not None else torch.full((b,), float("nan"), device=x.device))
             hist["alpha"].append(alpha.clone())
             hist["seconds"].append(time.perf_counter() - t0)
             if counter is not None:  # cumulative images through the model (whole batch) after this iteration
                 hist["images"].append(counter.images - start_images)
+            if not active.any():
+                break
         history = {"loss": torch.stack(hist["loss"], 1) if hist["loss"] else torch.empty(b, 0),
                    "alpha": torch.stack(hist["alpha"], 1) if hist["alpha"] else torch.empty(b, 0),
                    "seconds": hist["seconds"], "images": hist["images"]}
@@ -532,6 +582,28 @@ class _Substate(MaskState):
 # ----------------------------------------------------------------------------------------------
 # shared checks and the I-GOS configuration
 # ----------------------------------------------------------------------------------------------
+QUADRATURES = ("riemann", "gl")
+
+
+def parse_quadrature(quadrature: str, ig_steps: int) -> tuple[str, int]:
+    """``(rule, points)`` of the mask path integral from ``quadrature`` and ``ig_steps``.
+
+    ``"riemann"``: the paper's ``ig_steps`` right-endpoint points ``t = 1/S .. 1`` (I-GOS eq. 5);
+    ``"gl"``: ``ig_steps`` Gauss-Legendre nodes on [0, 1]; ``"glN"`` (e.g. ``"gl5"``): N of them,
+    whatever ``ig_steps`` says.
+    """
+    q = str(quadrature).strip().lower()
+    if q in QUADRATURES:
+        rule, n = q, ig_steps
+    elif q.startswith("gl") and q[2:].isdigit():
+        rule, n = "gl", int(q[2:])
+    else:
+        raise FaithmapError(f"quadrature must be riemann, gl or glN (N Gauss-Legendre nodes, e.g. gl5), got {quadrature!r}")
+    if n < 1:
+        raise FaithmapError(f"the mask path needs at least 1 point, got {n}")
+    return rule, n
+
+
 def check_resolution(resolution, x: torch.Tensor, low: int = 1) -> tuple[int, int]:
     h, w = grid_size(resolution)
     if min(h, w) < low or h > x.shape[-2] or w > x.shape[-1]:
@@ -612,11 +684,14 @@ def run_mask_method(optimizer: MaskOptimizer, model, x, target, *, name: str, pa
     "igos", family="mask", resolution="mask", min_resolution=2, paper="igos.txt",
     summary="I-GOS: deletion mask optimised with integrated gradients and a revised Armijo line search",
     fast={"iterations": 5, "ig_steps": 8},
+    bounds={"iterations": (0, None), "ig_steps": (1, None), "ls_points": (1, None), "noise_std": (0, None),
+            "tol": (0, None)},
 )
 def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
-         ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, noise_std: float = 0.2,
-         alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4, alpha_min: float = 1e-5,
-         ls_points: int = 3, ls_window: int | None = None, warm_start: bool = False, ls_rule: str = "right",
+         ig_steps: int = 20, quadrature: str = "riemann", l1: float | None = None, l2: float = 20.0,
+         noise_std: float = 0.2, alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4,
+         alpha_min: float = 1e-5, ls_points: int = 3, ls_noise: bool = False, ls_window: int | None = None,
+         warm_start: bool = False, ls_rule: str = "right", tol: float = 0.0,
          baseline: str | torch.Tensor = "blur", score: str = "prob",
          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0, init: torch.Tensor | None = None,
          warmup: int = 0, warmup_blur: float = 0.5, step_size: float | None = None) -> Explanation:
@@ -633,10 +708,20 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
     ``warmup_blur`` (:func:`warmup_schedule`): AOP's refinement stage (``aop``, ``sigcam``).
     ``step_size`` replaces the line search by that fixed step (the "fixed step size" ablation of
     ``igos.txt`` Table 3 uses 1; preset ``igos-table3``).
+
+    ``quadrature`` (:func:`parse_quadrature`): ``riemann`` (the paper's ``ig_steps`` points) or
+    ``gl5``-style Gauss-Legendre nodes on the mask path (5 nodes: a quarter of the gradient
+    images). ``ls_noise=True`` draws the line-search objective with the same noise as the
+    gradient, afresh every iteration (the paper's and the authors' objective, with
+    ``ls_points=20``). ``tol`` > 0 stops an image's optimisation once an iteration lowered its
+    objective by less than ``tol`` (:class:`MaskOptimizer`).
     Returns saliency ``1 - M`` at mask resolution; history holds ``loss``, ``alpha`` and the
     cumulative model ``images`` per iteration.
     """
     h, w = check_resolution(resolution, x, 2)
+    rule, n_path = parse_quadrature(quadrature, ig_steps)
+    if ls_points < 1 or iterations < 0 or noise_std < 0 or tol < 0:
+        raise FaithmapError("igos: ls_points must be at least 1; iterations, noise_std and tol at least 0")
     l1 = default_l1((h, w)) if l1 is None else l1
     if step_size is not None and not step_size > 0:
         raise FaithmapError(f"igos step_size must be a positive fixed step (or None for the line search), got {step_size}")
@@ -645,9 +730,11 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
         regularizer=L1TV(l1, l2),
         step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start)
         if step_size is None else FixedStep(float(step_size)),
-        iterations=iterations, ig_steps=ig_steps, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule)
-    params = dict(resolution=(h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, noise_std=noise_std,
-                  ls_points=ls_points, seed=seed, **({} if step_size is None else {"step_size": step_size}))
+        iterations=iterations, ig_steps=n_path, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule,
+        quadrature=rule, ls_noise=bool(ls_noise), tol=float(tol))
+    params = dict(resolution=(h, w), iterations=iterations, ig_steps=n_path, quadrature=rule, l1=l1, l2=l2,
+                  noise_std=noise_std, ls_points=ls_points, ls_noise=bool(ls_noise), tol=float(tol), seed=seed,
+                  **({} if step_size is None else {"step_size": step_size}))
     return run_mask_method(opt, model, x, target, name="igos", params=params, resolution=(h, w), baseline=baseline,
                            score=score, batch_size=batch_size, seed=seed, init=init, warmup=warmup,
                            warmup_blur=warmup_blur)
