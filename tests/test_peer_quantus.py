@@ -32,7 +32,7 @@ def quantus_explain(explain):
 # ----------------------------------------------------------------------------------------------
 def test_pixel_flipping_equals_quantus(setup):
     model, x, t, sal = setup
-    ours = F.pixel_flipping(model, x, sal, t, pixels_in_step=24)
+    ours = F.pixel_flipping(model, x, sal, t, pixels_in_step=24, ties="index")  # Quantus' order
     q = quantus.PixelFlipping(features_in_step=72, disable_warnings=True)(
         model.net, x.numpy(), t.numpy(), up(sal).numpy()[:, None], device="cpu")
     q = np.array(q)
@@ -44,7 +44,7 @@ def test_pixel_flipping_equals_quantus(setup):
 
 def test_faithfulness_estimate_equals_quantus(setup):
     model, x, t, sal = setup
-    ours = F.faithfulness_estimate(model, x, sal, t, pixels_in_step=24)
+    ours = F.faithfulness_estimate(model, x, sal, t, pixels_in_step=24, ties="index")
     q = quantus.FaithfulnessEstimate(features_in_step=72, disable_warnings=True)(
         model.net, x.numpy(), t.numpy(), up(sal).numpy()[:, None], device="cpu")
     rel_close(ours, q, rtol=1e-4, atol=1e-5)
@@ -64,8 +64,8 @@ def test_pixel_flipping_and_faithfulness_estimate_equal_quantus_on_lite0(lite0):
     t = torch.tensor([967, 657])
     g = torch.Generator().manual_seed(0)
     sal = to_input_size(torch.rand(2, 7, 7, generator=g), (192, 192)) + 1e-3 * torch.rand(2, 192, 192, generator=g)
-    ours = F.pixel_flipping(lite0, x, sal, t, pixels_in_step=384)
-    fe = F.faithfulness_estimate(lite0, x, sal, t, pixels_in_step=384)
+    ours = F.pixel_flipping(lite0, x, sal, t, pixels_in_step=384, ties="index")
+    fe = F.faithfulness_estimate(lite0, x, sal, t, pixels_in_step=384, ties="index")
     was_training = lite0.training
     lite0.eval()  # Quantus refuses a model in training mode
     try:
@@ -153,7 +153,7 @@ def test_irof_equals_patched_quantus(setup):
 
     model, _, t, sal = setup
     x, t, sal = blocky(2), t[:2], sal[:2]
-    res = F.irof(model, x, sal, t)
+    res = F.irof(model, x, sal, t, ties="index")
     ctx = {"x": x, "t": t, "model": model.net, "a": up(sal).numpy()[:, None]}
     rel_close(_irof_quantus_form(res), _quantus_irof(ctx), rtol=1e-5)
 
@@ -167,7 +167,8 @@ def test_irof_equals_patched_quantus(setup):
 def test_localisation_equals_quantus(setup, name, cls, kw):
     model, x, t, sal = setup
     m = _masks()
-    ours = faithmap.METRICS.get(name).fn(model, x, sal, t, masks=m, **kw)
+    ties = {"ties": "index"} if name in ("top_k_intersection", "relevance_rank_accuracy") else {}  # Quantus' order
+    ours = faithmap.METRICS.get(name).fn(model, x, sal, t, masks=m, **kw, **ties)
     q = getattr(quantus, cls)(disable_warnings=True, **kw)(model.net, x.numpy(), t.numpy(), up(sal).numpy()[:, None],
                                                            s_batch=m.numpy()[:, None].astype(float), device="cpu")
     rel_close(ours, q, rtol=1e-6)

@@ -40,10 +40,14 @@ def as_batch(clf: Classifier, images, device=None) -> torch.Tensor:
             raise FaithmapError(f"images must be a (B, C, H, W) tensor, got shape {tuple(images.shape)}")
         if not x.is_floating_point():
             raise FaithmapError(f"images must be a float tensor of model inputs, got {x.dtype}")
-        if not torch.isfinite(x).all():
-            raise FaithmapError("images contain NaN or infinite values")
         if x.shape[0] == 0:
             raise FaithmapError("no images to explain")
+        channels = int(clf.mean.numel())  # one statistic broadcasts over any number of channels
+        if channels > 1 and x.shape[1] != channels:
+            raise FaithmapError(f"images must have {channels} channels for this model, got a tensor of shape "
+                                f"{tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise FaithmapError("images contain NaN or infinite values")
         return x.to(device) if device is not None else x
     if isinstance(images, (Image.Image, np.ndarray)):
         images = [images]
@@ -51,16 +55,20 @@ def as_batch(clf: Classifier, images, device=None) -> torch.Tensor:
         if not images:
             raise FaithmapError("no images to explain")
         x = clf.preprocess(list(images))
+        if not torch.isfinite(x).all():
+            raise FaithmapError("images contain NaN or infinite values")
         return x.to(device) if device is not None else x
     raise FaithmapError(f"cannot explain {type(images).__name__}; pass a tensor or photos")
 
 
 def check_params(spec: MethodSpec, params: dict[str, Any]) -> None:
-    """Refuse parameters that ``spec`` does not take, and resolutions it cannot do."""
+    """Refuse parameters that ``spec`` does not take, values of the wrong type or range, and
+    resolutions it cannot do."""
     known = spec.params
     unknown = [k for k in params if k not in known]
     if unknown:
         raise FaithmapError(f"method {spec.name} has no parameter {unknown[0]!r}; it takes: {', '.join(known) or 'none'}")
+    spec.check(params)
     if "resolution" in params and params["resolution"] is not None and spec.resolution != "mask":
         raise FaithmapError(f"method {spec.name} has a fixed resolution ({spec.resolution} grid); "
                             f"--resolution applies to mask methods only")

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from .core.io import save_npy, write_json
+from .core.io import output_dir, save_npy, write_json
 from .errors import FaithmapError
 
 EXIT_BAD_INPUT = 2
@@ -22,11 +22,23 @@ EXIT_BAD_INPUT = 2
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def command(name: str, help: str):
-    """Register a sub-command: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` is optional."""
+OWNS_OUT: set[str] = set()
+"""Sub-commands whose ``--out`` folder is made for them and removed again if they fail (see :func:`main`)."""
+
+
+def command(name: str, help: str, *, owns_out: bool = False):
+    """Register a sub-command: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` is optional.
+
+    ``owns_out``: :func:`main` runs the command inside :func:`faithmap.core.io.output_dir` for its
+    ``--out``: the folder is checked and created, and removed again (with what the command wrote)
+    when the command fails and the folder did not exist before. Commands whose partial output is
+    meant to survive a failure (``evaluate`` resumes) manage their folder themselves.
+    """
 
     def deco(run):
         COMMANDS[name] = (help, getattr(run, "add_arguments", lambda p: None), run)
+        if owns_out:
+            OWNS_OUT.add(name)
         return run
 
     return deco
@@ -75,50 +87,48 @@ def pick_device(name: str) -> str:
 
 
 def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
-    """(stem, uint8 array) for each path (directories are expanded), or the sample photos."""
-    from .data import load_image, load_sample, sample_names
+    """(name, uint8 array) for each input, or the sample photos: a thin call of :func:`faithmap.data.gather`
+    (files, folders, class-folder trees, ``sample:NAME``, ``samples``: the six, ``photos``: the 20). Names are unique after
+    :func:`faithmap.data.safe_name`, which every per-image output file name must use."""
+    from .data import gather
 
-    if not paths or paths == ["samples"]:
-        return [(n, load_sample(n)) for n in sample_names()]
-    exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
-    files: list[str] = []
-    for p in paths:
-        if p.startswith("sample:"):
-            files.append(p)
-        elif os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(exts))
-            if not found:
-                raise FaithmapError(f"no images found in directory {p}")
-            files.extend(found)
-        else:
-            files.append(p)
-    out, seen = [], {}
-    for f in files:
-        if f.startswith("sample:"):
-            stem, arr = f.split(":", 1)[1], load_sample(f.split(":", 1)[1])
-        else:
-            stem, arr = os.path.splitext(os.path.basename(f))[0], load_image(f, convert=convert)
-        seen[stem] = seen.get(stem, 0) + 1
-        if seen[stem] > 1:
-            stem = f"{stem}-{seen[stem]}"
-        out.append((stem, arr))
-    return out
+    return [(r.name, r.load(convert)) for r in gather(paths or None)]
 
 
 def load_model(args: argparse.Namespace):
+    """The model of ``--model``/``--weights``/``--device``/``--resize``; what the loader approximated or
+    fell back to (e.g. a model folder without a preprocessor config) is printed as ``faithmap: note:``."""
+    import warnings
+
     from . import models
 
-    model = models.load(args.model, weights=args.weights, device=pick_device(args.device))
-    model.resize = getattr(args, "resize", "crop")
+    if str(args.model).lower().startswith(("hf:", "huggingface:", "timm:")):
+        # the command owns its process: no hub look-ups by transformers/timm, whatever they are asked
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", models.ModelNote)  # printed below as one line each
+        model = models.load(args.model, weights=args.weights, device=pick_device(args.device))
+    for note in model.notes:
+        print(f"faithmap: note: {note}", file=sys.stderr)
+    resize = getattr(args, "resize", None)
+    if resize:
+        model.resize = resize
     return model
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision classifier")
-    p.add_argument("--weights", default=None, help="local state-dict file for --model ('random' for random weights)")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default), a torchvision classifier (resnet50), timm:NAME "
+                        "(timm.create_model, needs faithmap[timm]) or hf:DIR (a transformers save_pretrained "
+                        "folder, needs faithmap[hf]); see `faithmap models`")
+    p.add_argument("--weights", default=None,
+                   help="local weights for --model: a state dict or .safetensors file ('random' for random weights); "
+                        "hf:DIR models take theirs from the folder")
     p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--resize", default="crop", choices=("crop", "squash"),
-                   help="crop: shorter side to the model's size, centre crop (default); squash: whole photo resized")
+    p.add_argument("--resize", default=None, choices=("crop", "squash"),
+                   help="crop: shorter side to the model's size, centre crop; squash: whole photo resized "
+                        "(default: the model's own, crop for most)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +181,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .core.batching import model_guard
     from .core.perturb import make_baseline
     from .core.scores import resolve_targets, topk
+    from .data import safe_name
     from .metrics.deletion import deletion_insertion, images_at_fraction
     from .registry import METHODS
 
@@ -179,8 +190,12 @@ def run_explain(args: argparse.Namespace) -> int:
     check_params(spec, params)
     if not 0 <= args.fraction <= 1:
         raise FaithmapError(f"--fraction must be between 0 and 1, got {args.fraction}")
-    model = load_model(args)
     images = gather_images(args.images, args.convert)
+    model = load_model(args)
+    if isinstance(params.get("layer"), str) and params["layer"] != "input":  # "input": the pixels (rule methods)
+        from .models.layers import get_layer
+
+        get_layer(model.net, params["layer"])  # a bad --layer fails before any photo is processed
     # check every input before writing anything
     batch = [(stem, model.preprocess(arr)) for stem, arr in images]
     with model_guard(model), torch.no_grad():
@@ -194,7 +209,6 @@ def run_explain(args: argparse.Namespace) -> int:
         if min(h, w) < spec.min_resolution or max(h, w) > model.input_size:
             raise FaithmapError(f"method {spec.name} cannot use resolution {res}: choose "
                                 f"{spec.min_resolution} to {model.input_size}")
-    os.makedirs(args.out, exist_ok=True)
     summaries = []
     bar = tqdm(list(zip(batch, logits, targets)), desc=f"{spec.name}", unit="image", file=sys.stderr,
                disable=None)
@@ -210,7 +224,8 @@ def run_explain(args: argparse.Namespace) -> int:
         pix = model.to_pixels(x)[0]
         sal = exp.saliency[0].detach().float().cpu()
         cls = model.class_name(int(t))
-        prefix = os.path.join(args.out, f"{stem}_{spec.name}")
+        file_stem = f"{safe_name(stem)}_{spec.name}"  # unique per image (the gatherer guarantees it)
+        prefix = os.path.join(args.out, file_stem)
         title = f"{stem}: {spec.name} for '{cls}' (p={float(p[0]):.3f})"
         viz.save_heatmap(f"{prefix}_heatmap.png", pix, sal, title)
         save_npy(f"{prefix}_map.npy", sal.numpy().astype(np.float32))
@@ -231,7 +246,7 @@ def run_explain(args: argparse.Namespace) -> int:
             "deletion_auc": float(curves.deletion_auc[0]), "insertion_auc": float(curves.insertion_auc[0]),
             "overall": float(curves.overall[0]), "seconds": round(exp.seconds, 3), "model_images": exp.counts,
             "map_resolution": list(exp.resolution), "params": {k: _jsonable(v) for k, v in exp.params.items()},
-            "files": {k: f"{stem}_{spec.name}_{k}.{ext}" for k, ext in
+            "files": {k: f"{file_stem}_{k}.{ext}" for k, ext in
                       (("heatmap", "png"), ("map", "npy"), ("curves", "png"), ("strip", "png"))},
         }
         if "loss" in exp.history:
@@ -248,7 +263,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 run_explain.add_arguments = _explain_args  # type: ignore[attr-defined]
-command("explain", "explain a classifier's decisions with a saliency method")(run_explain)
+command("explain", "explain a classifier's decisions with a saliency method", owns_out=True)(run_explain)
 
 
 def _jsonable(v):
@@ -288,10 +303,28 @@ command("metrics", "list the registered metrics with their direction")(run_metri
 
 
 def run_models(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from . import models
 
     print(f"{models.DEFAULT_MODEL}  (default, pretrained ImageNet weights shipped with the package)")
-    print("torchvision classifiers (need --weights PATH): " + ", ".join(models.torchvision_models()))
+    print("torchvision classifiers (need --weights FILE): " + ", ".join(models.torchvision_models()))
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        print(f"timm:NAME  any of timm {timm.__version__}'s {len(timm.list_models())} architectures (timm.list_models()), "
+              f"e.g. timm:convnext_tiny, timm:vit_small_patch16_224, timm:resnet50.a1_in1k; need --weights FILE")
+    else:
+        print("timm:NAME  (not installed: pip install 'faithmap[timm]')")
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers
+
+        print(f"hf:DIR  a transformers {transformers.__version__} image classifier saved with save_pretrained "
+              f"(ViT, DeiT, BEiT, DINOv2, ConvNeXt, ResNet, RegNet, Swin, ...); weights from the folder")
+    else:
+        print("hf:DIR  (not installed: pip install 'faithmap[hf]')")
+    print("weights files: PyTorch state dicts (torch.save(model.state_dict(), path)) or .safetensors; "
+          "nothing is downloaded")
     return 0
 
 
@@ -353,9 +386,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return EXIT_BAD_INPUT
-        return int(COMMANDS[args.command][2](args) or 0)
+        run = COMMANDS[args.command][2]
+        if args.command in OWNS_OUT and getattr(args, "out", None):
+            with output_dir(args.out):
+                return int(run(args) or 0)
+        return int(run(args) or 0)
     except FaithmapError as exc:
         print(f"faithmap: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (NotImplementedError, RuntimeError, TypeError) as exc:
+        from .core.device import mps_unsupported
+
+        line = mps_unsupported(exc)  # an operation Apple's MPS backend lacks: one line, not a traceback
+        if line is None:
+            raise
+        print(f"faithmap: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("faithmap: interrupted", file=sys.stderr)

@@ -20,9 +20,13 @@ def _params(items: list[str] | None, registry, what: str) -> dict:
         value = parse_value(v)
         if "." in k:
             name, key = k.rsplit(".", 1)
-            if name not in registry:
-                registry.canonical(name)  # raises the one-line error naming the choices
-            out.setdefault(registry.canonical(name), {})[key.strip().replace("-", "_")] = value
+            if what == "param":  # a method, or a variant "method:name" (raises the one-line error)
+                from .evaluate.presets import run_name
+
+                canon = run_name(name)
+            else:
+                canon = registry.canonical(name)  # raises the one-line error naming the choices
+            out.setdefault(canon, {})[key.strip().replace("-", "_")] = value
         else:
             out[k.replace("-", "_")] = value
     return out

@@ -308,4 +308,5 @@ def _list(a) -> list:
 
 
 run_gad.add_arguments = _args  # type: ignore[attr-defined]
-command("gad", "GAD: support regression models, original vs GAD maps and their convex-hull region metrics")(run_gad)
+command("gad", "GAD: support regression models, original vs GAD maps and their convex-hull region metrics",
+        owns_out=True)(run_gad)

@@ -149,4 +149,5 @@ def run_sanity(args) -> int:
 
 
 run_sanity.add_arguments = _args  # type: ignore[attr-defined]
-command("sanity", "sanity checks of a saliency method: model and label randomisation (Adebayo et al. 2018)")(run_sanity)
+command("sanity", "sanity checks of a saliency method: model and label randomisation (Adebayo et al. 2018)",
+        owns_out=True)(run_sanity)

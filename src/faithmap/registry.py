@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import FaithmapError
+from .params import check as check_params
+from .params import interval
 
 T = TypeVar("T")
 
@@ -34,6 +36,8 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases (case-insensitive)."""
+        if not isinstance(name, str):
+            raise FaithmapError(f"a {self.kind} must be named by a string; choose from: {', '.join(self.names())}")
         key = name.strip().lower()
         if key in self._specs:
             return key
@@ -80,7 +84,7 @@ class MethodSpec:
     min_resolution: int = 1
     aliases: tuple[str, ...] = ()
     fast: dict[str, Any] = field(default_factory=dict)
-    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    bounds: dict[str, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -91,6 +95,10 @@ class MethodSpec:
             for p in sig.parameters.values()
             if p.kind == p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
         }
+
+    def check(self, params: dict[str, Any]) -> None:
+        """Refuse values of the wrong type (the signature's annotation) or out of range (:mod:`faithmap.params`)."""
+        check_params(f"method {self.name}", self.fn, params, self.bounds)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,11 @@ class MetricSpec:
     needs: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     aggregate: str = "mean"
+    bounds: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, params: dict[str, Any]) -> None:
+        """Refuse option values of the wrong type or out of range (:mod:`faithmap.params`)."""
+        check_params(f"metric {self.name}", self.fn, params, self.bounds)
 
     @property
     def arrow(self) -> str:
@@ -130,13 +143,16 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 def register_method(name: str, *, family: str, summary: str, paper: str = "", resolution: str = "input",
                     min_resolution: int = 1, aliases: tuple[str, ...] = (), fast: dict | None = None,
-                    bounds: dict[str, tuple[float | None, float | None]] | None = None):
+                    bounds: dict[str, Any] | None = None):
     """Decorator that registers an explanation method (see :class:`MethodSpec`).
 
     ``fast`` holds parameter overrides for quick runs (tests, demos, ``--fast`` evaluations).
-    ``bounds`` gives numeric parameters their inclusive range ``(low, high)`` (``None``: open);
-    each parameter's type is its annotation in the signature. Both are checked once, at the boundary.
+    ``bounds`` gives numeric parameters their range, ``(low, high)`` inclusive (``None``: open) or
+    interval notation (``"(0, 1)"``), over :data:`faithmap.params.COMMON_BOUNDS`; each parameter's
+    type is its annotation in the signature. Both are checked once, at the boundary (:meth:`MethodSpec.check`).
     """
+    for spec in (bounds or {}).values():
+        interval(spec)  # a malformed range fails at import, not at the first call
 
     def deco(fn):
         METHODS.add(name, MethodSpec(name, fn, family, summary, paper, resolution, min_resolution,
@@ -147,14 +163,15 @@ def register_method(name: str, *, family: str, summary: str, paper: str = "", re
 
 
 def register_metric(name: str, *, higher_is_better: bool, category: str, summary: str, paper: str = "",
-                    needs: tuple[str, ...] = (), aliases: tuple[str, ...] = (), aggregate: str = "mean"):
-    """Decorator that registers a metric (see :class:`MetricSpec`)."""
+                    needs: tuple[str, ...] = (), aliases: tuple[str, ...] = (), aggregate: str = "mean",
+                    bounds: dict[str, Any] | None = None):
+    """Decorator that registers a metric (see :class:`MetricSpec`; ``bounds`` as in :func:`register_method`)."""
     if aggregate not in ("mean", "category_mean"):
         raise ValueError(f"metric {name!r}: aggregate must be 'mean' or 'category_mean', got {aggregate!r}")
 
     def deco(fn):
         METRICS.add(name, MetricSpec(name, fn, higher_is_better, category, summary, paper, needs, aliases,
-                                     aggregate), aliases)
+                                     aggregate, dict(bounds or {})), aliases)
         return fn
 
     return deco

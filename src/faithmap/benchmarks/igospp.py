@@ -21,7 +21,7 @@ from ..cli import gather_images, load_model, parse_params
 from ..errors import FaithmapError
 from . import bench
 from .common import dump, machine, table
-from .igos import REFERENCE_IGOS, run_mask_bench
+from .igos import BENCH_KEYS, REFERENCE_IGOS, paired_summary, print_paired, run_mask_bench
 
 REFERENCE_IGOSPP = {"coffee": (556.0, 8240, 0.112, 0.742)}  # seconds, model images, deletion, insertion
 """The authors' iGOS++ on this 2-core CPU (28 x 28, 15 iterations, 20 IG steps, squashed photo)."""
@@ -35,7 +35,7 @@ def _method_args(args, method: str, bench_keys: set[str]):
     """``args`` with only the ``--param`` keys that ``method`` takes (and --iterations where it fits)."""
     from ..registry import METHODS
 
-    known = METHODS.get(method).params
+    known = set(METHODS.get(method).params) | set(BENCH_KEYS)  # the mask bench's own keys pass through
     out = copy.copy(args)
     out.param = [p for p in (args.param or []) if p.split("=", 1)[0].strip().replace("-", "_") in known
                  and p.split("=", 1)[0].strip() not in bench_keys]
@@ -44,7 +44,7 @@ def _method_args(args, method: str, bench_keys: set[str]):
     return out
 
 
-def _rise_rows(args, model, images, params: dict) -> list[dict]:
+def _rise_rows(args, model, images, params: dict, ties: str = "interpolate") -> list[dict]:
     import faithmap
     from faithmap.metrics import deletion_insertion
 
@@ -52,7 +52,7 @@ def _rise_rows(args, model, images, params: dict) -> list[dict]:
     for stem, arr in images:
         x = model.preprocess(arr)
         e = faithmap.explain(model, x, "rise", **params)
-        c = deletion_insertion(model, x, e.saliency, e.target, batch_size=params.get("batch_size"))
+        c = deletion_insertion(model, x, e.saliency, e.target, ties=ties, batch_size=params.get("batch_size"))
         rows.append({"image": stem, "method": "rise", "seconds": e.seconds, "images": e.counts["images"],
                      "deletion": float(c.deletion_auc[0]), "insertion": float(c.insertion_auc[0]),
                      "overall": float(c.overall[0])})
@@ -94,9 +94,11 @@ def bench_igospp(args) -> int:
     if "rise" in methods:
         print("-- rise", file=sys.stderr, flush=True)
         rise_params = parse_params(_method_args(args, "rise", bench_keys).param)
+        for k in BENCH_KEYS:
+            rise_params.pop(k, None)
         if args.batch_size is not None:
             rise_params["batch_size"] = args.batch_size
-        rows["rise"] = _rise_rows(args, model, images, rise_params)
+        rows["rise"] = _rise_rows(args, model, images, rise_params, str(extra.get("ties", "interpolate")))
 
     out = {"machine": machine(), "resize": model.resize, "methods": methods, "rows": rows, "probs": probs}
     resolutions = [int(r) for r in str(args.resolution).split(",")]
@@ -130,6 +132,19 @@ def bench_igospp(args) -> int:
             cols.append(("claim", "iGOS++ ins > I-GOS ins", ""))
         print(table(table_rows + [mean], cols))
         out.setdefault("tables", {})[res] = table_rows + [mean]
+        for m in methods:
+            sub = [] if m == "rise" else [x for x in rows[m] if x["resolution"] == res]
+            if any("ref_cpu_seconds" in x for x in sub):  # a harness file of the authors' runs
+                pcols = [("image", "photo", ""), ("seconds", "s", ".1f"), ("cpu_seconds", "CPU s", ".1f"),
+                         ("images", "images", ".0f"), ("ref_seconds", "authors' s", ".1f"),
+                         ("ref_cpu_seconds", "authors' CPU s", ".1f"), ("ref_images", "authors' images", ".0f"),
+                         ("deletion", "del ↓", ".3f"), ("ref_deletion", "authors' del", ".3f"),
+                         ("insertion", "ins ↑", ".3f"), ("ref_insertion", "authors' ins", ".3f")]
+                print(f"\n{LABELS[m]} against the authors' code:\n")
+                print(table(sub, pcols))
+                summary = paired_summary(sub)
+                print_paired(summary, f"{LABELS[m]} at {res} x {res} against the authors' code")
+                out.setdefault("paired", {}).setdefault(m, {})[res] = summary
         if "igos++" in methods and res == 28:
             pp = [x for x in rows["igos++"] if x["resolution"] == 28]
             worst_s = max(x["seconds"] for x in pp)

@@ -169,13 +169,14 @@ def _entries(ctx: dict, samples: int) -> list[tuple[str, str, Callable, Callable
     qex = _quantus_explain(ex)
     q = dict(disable_warnings=True)
     out = [
-        ("pixel_flipping", f"{k} px/step", lambda: F.pixel_flipping(m, x, sal, t, pixels_in_step=k, batch_size=bs).scores,
+        ("pixel_flipping", f"{k} px/step",  # Quantus' order of tied pixels: ties="index"
+         lambda: F.pixel_flipping(m, x, sal, t, pixels_in_step=k, ties="index", batch_size=bs).scores,
          lambda: np.trapezoid(np.array(quantus.PixelFlipping(features_in_step=f, **q)(m, xn, tn, a, device="cpu")), axis=1),
          "Quantus"),
         ("faithfulness_estimate", f"{k} px/step",
-         lambda: F.faithfulness_estimate(m, x, sal, t, pixels_in_step=k, batch_size=bs),
+         lambda: F.faithfulness_estimate(m, x, sal, t, pixels_in_step=k, ties="index", batch_size=bs),
          lambda: quantus.FaithfulnessEstimate(features_in_step=f, **q)(m, xn, tn, a, device="cpu"), "Quantus"),
-        ("irof", "SLIC 100", lambda: _irof_quantus_form(F.irof(m, x, sal, t, batch_size=bs)),
+        ("irof", "SLIC 100", lambda: _irof_quantus_form(F.irof(m, x, sal, t, ties="index", batch_size=bs)),
          lambda: _quantus_irof(ctx), "Quantus (patched)"),
         ("sufficiency", "threshold 0.6", lambda: F.sufficiency(m, x, sal, t, normalise=False, batch_size=bs),
          lambda: quantus.Sufficiency(normalise=False, **q)(m, xn, tn, np.abs(a), device="cpu"), "Quantus"),
@@ -190,10 +191,11 @@ def _entries(ctx: dict, samples: int) -> list[tuple[str, str, Callable, Callable
         ("attribution_localisation", "", lambda: L.attribution_localisation(m, x, sal, t, masks=ctx["masks"]),
          lambda: quantus.AttributionLocalisation(**q)(m, xn, tn, a, s_batch=s, device="cpu"), "Quantus"),
         ("top_k_intersection", "k=1000" if x.shape[-1] > 48 else "k=200",
-         lambda: L.top_k_intersection(m, x, sal, t, masks=ctx["masks"], k=1000 if x.shape[-1] > 48 else 200),
+         lambda: L.top_k_intersection(m, x, sal, t, masks=ctx["masks"], k=1000 if x.shape[-1] > 48 else 200,
+                                       ties="index"),
          lambda: quantus.TopKIntersection(k=1000 if x.shape[-1] > 48 else 200, **q)(m, xn, tn, a, s_batch=s, device="cpu"),
          "Quantus"),
-        ("relevance_rank_accuracy", "", lambda: L.relevance_rank_accuracy(m, x, sal, t, masks=ctx["masks"]),
+        ("relevance_rank_accuracy", "", lambda: L.relevance_rank_accuracy(m, x, sal, t, masks=ctx["masks"], ties="index"),
          lambda: quantus.RelevanceRankAccuracy(**q)(m, xn, tn, a, s_batch=s, device="cpu"), "Quantus"),
         ("relevance_mass_accuracy", "", lambda: L.relevance_mass_accuracy(m, x, sal, t, masks=ctx["masks"]),
          lambda: quantus.RelevanceMassAccuracy(**q)(m, xn, tn, a, s_batch=s, device="cpu"), "Quantus"),

@@ -48,3 +48,39 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             raise FaithmapError("device mps was asked for, but this machine has no Apple MPS device")
         return torch.device("mps")
     raise FaithmapError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def mps_fallback_enabled() -> bool:
+    """Whether PyTorch runs operators that MPS lacks on the CPU (``PYTORCH_ENABLE_MPS_FALLBACK=1``,
+    read by PyTorch when it is imported)."""
+    import os
+
+    return os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK", "0").strip() not in ("", "0")
+
+
+def mps_unsupported(exc: BaseException) -> str | None:
+    """One line for an error that Apple's MPS backend raises for something it cannot do, else None.
+
+    Operators that MPS does not implement run on the CPU, one by one, when ``PYTORCH_ENABLE_MPS_FALLBACK=1``
+    was set before PyTorch started (PyTorch's own per-operator fallback); without it, and for what no
+    fallback covers (float64 tensors), faithmap refuses with this line instead of a traceback.
+    """
+    import re
+
+    text = str(exc)
+    if not re.search(r"\b(MPS|mps)\b", text):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+    op = re.search(r"operator '([^']+)'", text)
+    if op:
+        tip = ("it is not covered by the CPU fallback either; use --device cpu" if mps_fallback_enabled() else
+               "set PYTORCH_ENABLE_MPS_FALLBACK=1 before starting faithmap to run such operators on the CPU, "
+               "or use --device cpu")
+        return f"Apple MPS does not implement the operator {op.group(1)}; {tip}"
+    if "float64" in text or "double" in text.lower():
+        return ("Apple MPS has no float64 (double) tensors, which this computation uses; use --device cpu "
+                f"({first[:160]})")
+    if isinstance(exc, NotImplementedError) or "not supported" in text.lower() or "not implemented" in text.lower():
+        return f"Apple MPS cannot run this: {first[:200]}; use --device cpu"
+    return None

@@ -25,7 +25,7 @@ from typing import IO, Any, Iterator
 
 from ..errors import FaithmapError
 
-__all__ = ["atomic_open", "output_dir", "os_error", "write_atomic", "write_json", "write_text", "save_npy"]
+__all__ = ["atomic_open", "output_dir", "os_error", "parse_json", "write_atomic", "write_json", "write_text", "save_npy"]
 
 
 def os_error(action: str, path: str, exc: OSError) -> FaithmapError:
@@ -126,6 +126,18 @@ def save_npy(path: str | os.PathLike, arr) -> None:
 
     with atomic_open(path, "wb") as fh:
         np.save(fh, np.asarray(arr), allow_pickle=False)
+
+
+def parse_json(text: str | bytes, name: str) -> Any:
+    """``json.loads`` with one clear line for invalid JSON and for nesting too deep to decode (no RecursionError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FaithmapError(f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise FaithmapError(f"{name} nests too deeply to be read as JSON") from None
+    except UnicodeDecodeError:
+        raise FaithmapError(f"{name} is not UTF-8 text") from None
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -46,8 +47,14 @@ def topk(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def class_index(spec: str | int, class_names: Sequence[str] | None, num_classes: int) -> int:
-    """A class index from an int, a numeric string or a class name (case-insensitive)."""
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().lstrip("-").isdigit()):
+    """A class index from an int, a numeric string or a class name (case-insensitive).
+
+    A name that several classes carry exactly (ImageNet's ``cardigan``: the sweater and the corgi;
+    ``crane``: the bird and the machine) is refused as ambiguous; give the index instead.
+    """
+    if isinstance(spec, bool) or not isinstance(spec, (numbers.Integral, str)):
+        raise FaithmapError(f"a target must be 'top1', a class index or a class name, got {type(spec).__name__} {spec!r}")
+    if isinstance(spec, numbers.Integral) or (isinstance(spec, str) and spec.strip().lstrip("-").isdigit()):
         idx = int(spec)
         if not 0 <= idx < num_classes:
             raise FaithmapError(f"target class {idx} is out of range: the model has {num_classes} classes (0-{num_classes - 1})")
@@ -55,8 +62,12 @@ def class_index(spec: str | int, class_names: Sequence[str] | None, num_classes:
     name = str(spec).strip().lower()
     if class_names:
         lowered = [c.lower() for c in class_names]
-        if name in lowered:
-            return lowered.index(name)
+        exact = [i for i, c in enumerate(lowered) if c == name]
+        if len(exact) > 1:
+            raise FaithmapError(f"target {spec!r} names {len(exact)} classes ({', '.join(map(str, exact))}); "
+                                f"give the class index")
+        if exact:
+            return exact[0]
         partial = [i for i, c in enumerate(lowered) if name in c]
         if len(partial) == 1:
             return partial[0]
@@ -92,6 +103,8 @@ def resolve_targets(logits: torch.Tensor, target, class_names: Sequence[str] | N
     if is_prediction(target):
         return logits.argmax(1)
     if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise FaithmapError(f"target tensors must hold integer class indices, got {target.dtype}")
         t = target.to(logits.device).long().view(-1)
         if t.numel() == 1:
             t = t.expand(b)

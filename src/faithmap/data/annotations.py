@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.io import parse_json
 from ..errors import FaithmapError
 
 SAMPLE_BOXES = "sample_boxes.json"
@@ -126,10 +126,7 @@ def load_annotations(path: str) -> Annotations:
     if path.lower().endswith(".csv"):
         images = _read_csv(text, name)
         return Annotations(images, path, "csv", digest)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FaithmapError(f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    data = parse_json(text, name)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         return Annotations(_read_coco(data, name), path, "coco", digest)
     if isinstance(data, dict) and isinstance(data.get("images"), dict):
@@ -348,7 +345,9 @@ def rle_counts_from_string(s: str) -> list[int]:
 def _rle(seg: dict, where: str, size) -> dict:
     if not isinstance(seg.get("size"), list) or len(seg["size"]) != 2 or "counts" not in seg:
         raise FaithmapError(f"{where}: RLE needs 'size' [height, width] and 'counts'")
-    h, w = (int(v) for v in seg["size"])
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1_000_000 for v in seg["size"]):
+        raise FaithmapError(f"{where}: RLE size must be two positive integers [height, width], got {seg['size']!r}")
+    h, w = seg["size"]
     counts = seg["counts"]
     if isinstance(counts, str):
         try:
@@ -395,6 +394,9 @@ def preprocess_geometry(photo_hw: tuple[int, int], model) -> tuple[float, float,
     ``resize_size`` (rounding the other) and crops ``input_size`` at the centre; ``squash``
     resizes the whole photo to ``input_size`` square.
     """
+    transform = getattr(model, "transform", None)
+    if hasattr(transform, "geometry"):  # a Classifier: its own transform's arithmetic (rounding included)
+        return transform.geometry(photo_hw)
     h, w = photo_hw
     size = int(model.input_size)
     if getattr(model, "resize", "crop") == "squash":

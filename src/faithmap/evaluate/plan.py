@@ -317,8 +317,8 @@ def method_params(methods: Sequence[str], params: dict | None, fast: bool, extra
     """
     shared_p, per = {}, {}
     for k, v in (params or {}).items():
-        if isinstance(v, dict) and k in METHODS:
-            per.setdefault(METHODS.canonical(k), {}).update(v)
+        if isinstance(v, dict) and _presets.is_run_name(k):  # a method or a variant "method:name"
+            per.setdefault(_presets.run_name(k), {}).update(v)
         else:
             shared_p[k] = v
     for k, v in (extra or {}).items():
@@ -327,11 +327,11 @@ def method_params(methods: Sequence[str], params: dict | None, fast: bool, extra
         if m not in methods:
             raise FaithmapError(f"parameters were given for method {m}, which is not being evaluated")
     for k in shared_p:
-        if not any(k in METHODS.get(m).params for m in methods):
+        if not any(k in METHODS.get(_presets.base_method(m)).params for m in methods):
             raise FaithmapError(f"no method being evaluated has a parameter {k!r}")
     out = {}
     for m in methods:
-        spec = METHODS.get(m)
+        spec = METHODS.get(_presets.base_method(m))
         known = spec.params
         p = {k: v for k, v in spec.fast.items() if k in known and k not in RUNNER_PARAMS} if fast else {}
         given = {k: v for k, v in shared_p.items() if k in known}
@@ -490,7 +490,8 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
             resolutions = list(rp.preset.resolutions) or None
         if metrics is None:
             metrics = rp.metrics
-    method_names = [METHODS.canonical(m) for m in (split_names(methods) if methods is not None else METHODS.names())]
+    # run names: registered methods, or variants "method:name" with their own parameters (ablation rows)
+    method_names = [_presets.run_name(m) for m in (split_names(methods) if methods is not None else METHODS.names())]
     method_names = list(dict.fromkeys(method_names))
     if not method_names:
         raise FaithmapError("no methods to evaluate")
@@ -539,7 +540,7 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
     bs = resolve_batch_size(batch_size, clf.device)
     bi = parse_count(batch_images, "batch_images", bs)
     for m in method_names:
-        spec = METHODS.get(m)
+        spec = METHODS.get(_presets.base_method(m))
         if spec.resolution == "mask":
             bad = [r for r in res_list if r < spec.min_resolution or r > clf.input_size]
             if bad:
@@ -586,11 +587,12 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
     }
     plan = Plan(method_names, res_list, metric_names, mparams, mopts, items, ann, clf, spec_model, target_mode, seed,
                 bs, bi, bool(fast), shard_t, int(save_maps), settings, skipped, labels, preset_name)
+    grids = {m: METHODS.get(_presets.base_method(m)).resolution for m in method_names}
     all_tasks = []
     for start in range(0, len(explained), bi):
         batch = tuple(explained[start:start + bi])
         for m in method_names:
-            for r in (res_list if METHODS.get(m).resolution == "mask" else [NATIVE]):
+            for r in (res_list if grids[m] == "mask" else [NATIVE]):
                 all_tasks.append(Task(len(all_tasks), m, str(r), batch))
     plan.tasks = [t for t in all_tasks if shard_t is None or t.index % shard_t[1] == shard_t[0] - 1]
     return plan

@@ -4,6 +4,12 @@ Each preset lists its methods as the paper names them, with the registry names t
 each (the first registered one is used; spelling differences such as ``grad-cam`` / ``gradcam`` /
 ``grad_cam`` do not matter). Methods that no registered method implements are skipped and reported.
 To add a preset, add an entry to :data:`PRESETS`; nothing else changes.
+
+An ablation table lists one method several times with other parameters: each row is a
+:class:`PresetMethod` with a ``variant``, and runs under the *run name* ``method:variant``
+(``igos:no-tv``), its own parameters and label. A run name is what the evaluation keys its tasks,
+rows, parameters and labels by; :func:`base_method` gives the registered method behind it. The
+same names work outside presets: ``--methods igos,igos:no-tv --param igos:no-tv.l2=0``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,45 @@ class PresetMethod:
     label: str  # as the paper writes it
     names: tuple[str, ...]  # registry names or aliases that implement it, in order of preference
     params: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # non-empty: runs as "method:variant", so one method can appear in several rows
+
+
+VARIANT_SEP = ":"
+_VARIANT_RE = re.compile(r"[a-z0-9][a-z0-9_+-]*")
+
+
+def split_run_name(name: str) -> tuple[str, str]:
+    """``"igospp:no-tv"`` -> (``"igos++"``, ``"no-tv"``): the registered method and the variant ("" if none).
+
+    Raises the registry's one-line error for an unknown method, and one for a malformed variant.
+    """
+    base, sep, variant = str(name).strip().partition(VARIANT_SEP)
+    canon = METHODS.canonical(base)
+    variant = variant.strip().lower()
+    if sep and not _VARIANT_RE.fullmatch(variant):
+        raise FaithmapError(f"bad method variant {name!r}: write METHOD{VARIANT_SEP}VARIANT with a variant of "
+                            f"letters, digits, '+', '-' or '_' (e.g. igos{VARIANT_SEP}no-tv)")
+    return canon, variant
+
+
+def run_name(name: str) -> str:
+    """The canonical run name: the registered method's name, and ``:variant`` if there is one."""
+    canon, variant = split_run_name(name)
+    return f"{canon}{VARIANT_SEP}{variant}" if variant else canon
+
+
+def base_method(name: str) -> str:
+    """The registered method a run name runs."""
+    return split_run_name(name)[0]
+
+
+def is_run_name(name: str) -> bool:
+    """Whether ``name`` is a registered method or a variant of one."""
+    try:
+        split_run_name(name)
+    except FaithmapError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -39,12 +84,48 @@ GRADCAM = PresetMethod("Grad-CAM", ("gradcam", "grad_cam"))
 GRADCAMPP = PresetMethod("Grad-CAM++", ("gradcam++", "gradcampp", "gradcam_plus_plus", "gradcamplusplus"))
 IG = PresetMethod("Integrated Gradients", ("integrated_gradients", "integratedgradients", "ig"))
 RISE = PresetMethod("RISE", ("rise",))
-MASK = PresetMethod("Mask (Fong & Vedaldi)", ("mask", "meaningful_perturbation", "fong_vedaldi", "emp", "extremal_perturbation"))
+MASK = PresetMethod("Mask (Fong & Vedaldi)", ("mask", "meaningful_perturbation", "fong_vedaldi", "emp"))
 IGOS = PresetMethod("I-GOS", ("igos",))
 IGOSPP = PresetMethod("iGOS++", ("igos++", "igospp", "igos_pp", "igos_plus_plus"))
 EXCITATION = PresetMethod("Excitation BP", ("excitation_bp", "excitationbp", "ebp", "excitation_backprop"))
 XRAI = PresetMethod("XRAI", ("xrai",))
 SIGCAM = PresetMethod("SIGCAM", ("sigcam",))
+
+
+def _row(base: PresetMethod, label: str, variant: str, **params) -> PresetMethod:
+    """A row of an ablation table: ``base``'s method under the run name ``method:variant``."""
+    return PresetMethod(label, base.names, params, variant)
+
+
+# The ablation tables (igos.txt Table 3; igos_plus_plus.txt Tables 3, 5 and 7): each row changes what
+# the paper's row changes and keeps every other parameter at the method's registered default.
+IGOS_TABLE3 = (
+    PresetMethod("I-GOS (ours)", IGOS.names),
+    _row(IGOS, "I-GOS, no TV term", "no-tv", l2=0.0),
+    _row(IGOS, "I-GOS, no noise", "no-noise", noise_std=0.0),
+    _row(IGOS, "I-GOS, fixed step size 1", "fixed-step", step_size=1.0),
+)
+IGOSPP_TABLE3 = (
+    IGOS,
+    _row(IGOSPP, "Insertion", "insertion", ablation="insertion"),
+    _row(IGOSPP, "I-GOS + Insertion (naive)", "naive", ablation="naive"),
+    _row(IGOSPP, "iGOS++ (no noise)", "no-noise", ablation="no-noise"),
+    _row(IGOSPP, "iGOS++ (fix step size)", "fixed-step", ablation="fixed-step"),
+    _row(IGOSPP, "iGOS++ (no BTV)", "no-btv", ablation="no-btv"),
+    IGOSPP,
+)
+IGOSPP_TABLE5 = (
+    _row(IGOSPP, "M_x (deletion mask)", "deletion-mask", final_mask="deletion"),
+    _row(IGOSPP, "M_y (insertion mask)", "insertion-mask", final_mask="insertion"),
+    PresetMethod("M_xy (iGOS++)", IGOSPP.names),
+)
+TABLE7_LAMBDAS = ((1.0, 2.0), (1.0, 20.0), (10.0, 20.0), (10.0, 200.0))
+"""The (lambda1, lambda2) columns of ``igos_plus_plus.txt`` Table 7 (L1 and TV/BTV weights)."""
+IGOSPP_TABLE7 = tuple(
+    row for l1, l2 in TABLE7_LAMBDAS for row in (
+        _row(IGOSPP, f"I-GOS + Ins (naive), l1={l1:g} l2={l2:g}", f"naive-l1-{l1:g}-l2-{l2:g}", ablation="naive",
+             l1=l1, l2=l2),
+        _row(IGOSPP, f"iGOS++, l1={l1:g} l2={l2:g}", f"l1-{l1:g}-l2-{l2:g}", l1=l1, l2=l2)))
 
 # Expected Grad-CAM (expected_gradcam.txt): the ten CAM methods of Tables 1 and 3-6, and the metrics of
 # appendix Table 2 in its order (F.E, P.F, Ins., Del., Ins-Del., IROF, Suff., Inf.; L. Est., M. Sens.,
@@ -86,6 +167,23 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            (GRADCAM, GRADCAMPP, IGOS, XRAI, SIGCAM), (28,), ("pointing_mask",),
            metric_params={"pointing_mask": {"min_score": 0.5}},
            note="Boxes stand in for masks where the annotations have no segmentation (the bundled sample boxes)."),
+    Preset("igos-table3", "I-GOS Table 3: ablations (no TV term, no noise, fixed step size)",
+           "igos.txt, Table 3 (VGG19)", IGOS_TABLE3, (224, 28), ("deletion", "insertion"),
+           note="One change a row from I-GOS's registered defaults: l2 = 0, noise_std = 0, or a fixed step of 1 "
+                "(step_size=1; 'the step size is 1 in Table 3')."),
+    Preset("igospp-table3", "iGOS++ Table 3: ablations (insertion only, naive insertion, no noise, fixed step, no BTV)",
+           "igos_plus_plus.txt, Table 3 (ResNet50)", IGOSPP_TABLE3, (224, 28), ("deletion", "insertion"),
+           note="Rows are iGOS++'s ablation= switches (see `faithmap methods`), each alone; I-GOS at its defaults."),
+    Preset("igospp-table5", "iGOS++ Table 5: the deletion mask M_x and the insertion mask M_y alone, and their product",
+           "igos_plus_plus.txt, Table 5 (ResNet50, supplement)", IGOSPP_TABLE5, (224, 28), ("deletion", "insertion"),
+           note="One iGOS++ optimisation read three ways (final_mask=deletion, insertion, product): each row "
+                "reruns it, deterministically, so the three maps come from the same masks."),
+    Preset("igospp-table7", "iGOS++ Table 7: iGOS++ and the naive objective at four (lambda1, lambda2) pairs",
+           "igos_plus_plus.txt, Table 7 (28x28, supplement)", IGOSPP_TABLE7, (28,), ("deletion", "insertion"),
+           note="The table reports the objective value each method reaches, with each column's own lambdas, "
+                "which a metric (one setting a run) cannot follow: `faithmap bench igospp-table7` computes it "
+                "(the naive objective at each final mask); this preset gives the same eight runs' deletion and "
+                "insertion."),
     Preset("expected-gradcam-table3", "Expected Grad-CAM Table 3: insertion, deletion and their difference",
            "expected_gradcam.txt, Table 3 (VGG16, ResNet-50, AlexNet)",
            EXPECTED_GRADCAM_METHODS, (), ("insertion", "deletion", "overall"),
@@ -125,9 +223,9 @@ def find_method(candidates: tuple[str, ...]) -> str | None:
 @dataclass
 class ResolvedPreset:
     preset: Preset
-    methods: list[str]
-    params: dict[str, dict[str, Any]]  # per registered method
-    labels: dict[str, str]  # registered name -> paper label
+    methods: list[str]  # run names: registered names, or "method:variant" for the rows of ablation tables
+    params: dict[str, dict[str, Any]]  # per run name
+    labels: dict[str, str]  # run name -> paper label
     skipped_methods: list[str]  # paper labels with no registered method
     metrics: list[str]
     skipped_metrics: list[str]
@@ -146,6 +244,8 @@ def resolve(name: str) -> ResolvedPreset:
     methods, skipped, params, labels = [], [], {}, {}
     for pm in p.methods:
         found = find_method(pm.names)
+        if found is not None and pm.variant:
+            found = run_name(f"{found}{VARIANT_SEP}{pm.variant}")
         if found is None:
             skipped.append(pm.label)
         elif found not in methods:

@@ -23,6 +23,7 @@ from ..core.io import atomic_open, os_error, output_dir, save_npy, write_atomic
 from ..data.annotations import Annotations
 from ..errors import FaithmapError
 from ..registry import METHODS, METRICS
+from .presets import base_method
 from .plan import DEFAULT_METRICS, NATIVE, Plan, build, photo_digest, safe_name, settings_diff
 from .store import (CURVE_COLUMNS, ROW_COLUMNS, STORE_FORMAT, TIME_COLUMNS, OutputLock, Store, comparable,
                     export_csv, load_images_info, load_run, order_table)
@@ -265,7 +266,7 @@ def _run(plan: Plan, eng, out: str, *, overwrite: bool, report: bool, progress: 
             jobs.append(Job(task, [plan.images[i] for i in todo], [plan.saves(i) for i in todo]))
     images_info = load_images_info(out) if any(any(j.save) for j in jobs) else {}
     model = plan.model_spec if (eng.name == "ray" and plan.model_spec is not None) else plan.model
-    ctx = Context(model, {m: METHODS.get(m) for m in plan.methods}, {m: METRICS.get(m) for m in plan.metrics},
+    ctx = Context(model, {base_method(m): METHODS.get(base_method(m)) for m in plan.methods}, {m: METRICS.get(m) for m in plan.metrics},
                   plan.params, plan.metrics, plan.metric_options, plan.seed, plan.batch_size, plan.fast, plan.target,
                   {it.name: plan.annotations.get(it.name) for it in plan.images
                    if plan.annotations is not None and plan.annotations.get(it.name) is not None})

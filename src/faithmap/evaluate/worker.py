@@ -26,6 +26,7 @@ from ..core.memo import sharing
 from ..data.annotations import Region, annotated_targets, box_mask, map_to_input, regions_for_target
 from ..errors import FaithmapError
 from ..registry import METHODS, METRICS
+from .presets import base_method
 from .plan import (NATIVE, SET_LEVEL_METRICS, ImageRecord, ModelSpec, Task, accepts, image_seed, names_param,
                    photo_digest, photo_hw, task_key)
 
@@ -160,7 +161,8 @@ class Worker:
         seeds = [image_seed(ctx.seed, nm, task.method, task.resolution) for nm in names]
 
         # -- explain ----------------------------------------------------------------------------
-        spec = METHODS.get(task.method)
+        method = base_method(task.method)  # task.method may be a variant "method:name" (ablation rows)
+        spec = METHODS.get(method)
         kw = dict(ctx.params.get(task.method, {}))
         if "batch_size" in spec.params:
             kw["batch_size"] = bs
@@ -171,7 +173,7 @@ class Worker:
             k = dict(kw)
             if "seed" in spec.params:
                 k["seed"] = seed
-            return faithmap.explain(clf, xx, task.method, target=tt, **k)
+            return faithmap.explain(clf, xx, method, target=tt, **k)
 
         exp = explain(x, target, seeds)
         sal = exp.saliency.detach()

@@ -45,9 +45,14 @@ def base_methods() -> list[str]:
     return [s.name for s in METHODS if s.family == BASE_FAMILY]
 
 
+REFINE_NEEDS = ("init", "warmup", "warmup_blur")
+"""What a stage-2 method must take: the start mask and the start-up blur (Extremal Perturbation, a
+``mask`` method whose masks are fixed-area smooth masks of their own parameters, takes neither)."""
+
+
 def refine_methods() -> list[str]:
-    """Registered methods usable as AOP's stage 2 (family ``mask``)."""
-    return [s.name for s in METHODS if s.family == REFINE_FAMILY]
+    """Registered methods usable as AOP's stage 2 (family ``mask``, taking a start mask and a start-up)."""
+    return [s.name for s in METHODS if s.family == REFINE_FAMILY and set(REFINE_NEEDS) <= set(s.params)]
 
 
 def minmax01(maps: torch.Tensor) -> torch.Tensor:
@@ -103,6 +108,9 @@ def _stage_params(spec: MethodSpec, fast: bool, given: dict | None, extra: dict[
 
 def _stage(name: str, family: str, role: str) -> MethodSpec:
     spec = METHODS.get(name)
+    if spec.family == family == REFINE_FAMILY and spec.name not in refine_methods():
+        raise FaithmapError(f"aop refine must start from a given mask ({', '.join(REFINE_NEEDS)}): one of "
+                            f"{', '.join(refine_methods())}; {spec.name} takes no start mask")
     if spec.family != family:
         choices = base_methods() if family == BASE_FAMILY else refine_methods()
         raise FaithmapError(f"aop {role} must be a registered '{family}' method ({', '.join(choices)}), "
@@ -155,7 +163,7 @@ def run_aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str, refine: 
     fast={"fast_stages": True, "warmup": 2},
 )
 def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", refine: str = "igos",
-        theta: float = 0.7, lam: float = 0.15, resolution: int = 28, warmup: int = 5, warmup_blur: float = 0.5,
+        theta: float = 0.7, lam: float = 0.15, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
         iterations: int | None = None, layer: str | None = None, base_params: dict | None = None,
         refine_params: dict | None = None, fast_stages: bool = False,
         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
@@ -183,7 +191,7 @@ def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", 
     fast={"fast_stages": True, "warmup": 2},
 )
 def sigcam(model, x: torch.Tensor, target: torch.Tensor, *, preset: str = "imagenet", theta: float | None = None,
-           lam: float | None = None, resolution: int = 28, warmup: int = 5, warmup_blur: float = 0.5,
+           lam: float | None = None, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
            iterations: int | None = None, layer: str | None = None, refine_params: dict | None = None,
            fast_stages: bool = False, batch_size: int | None = DEFAULT_BATCH_SIZE,
            seed: int | None = 0) -> Explanation:

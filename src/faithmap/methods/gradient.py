@@ -29,7 +29,6 @@ Every method returns the raw attribution ``(B, C, H, W)`` and a saliency map ``(
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -41,6 +40,7 @@ from ..core.perturb import BASELINES, make_baseline
 from ..core.scores import score_of
 from ..errors import FaithmapError
 from ..registry import register_method
+from .rules import apply_rules, rectifier_cap, rectifier_composite
 
 Rows = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 """``rows(image_idx, sample_idx) -> (points, multiplier or None)`` for a chunk of rows."""
@@ -71,39 +71,9 @@ def reduce_channels(attribution: torch.Tensor, reduce: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# guided backprop / deconvnet: rectifier rules inside a context manager
+# guided backprop / deconvnet: rectifier rules of the rules seam (faithmap.methods.rules)
 # ----------------------------------------------------------------------------------------------
 RULES = ("guided", "deconv")
-
-
-def rectifier_cap(module: nn.Module) -> float | None:
-    """The upper clip ``c`` of a rectifier module (``inf`` for ``nn.ReLU``, 6 for ``nn.ReLU6``, ``c`` for
-    ``nn.Hardtanh(0, c)``), or None when ``module`` is not a rectifier."""
-    if isinstance(module, nn.ReLU):
-        return math.inf
-    if isinstance(module, nn.Hardtanh) and float(module.min_val) == 0.0 and float(module.max_val) > 0:
-        return float(module.max_val)  # nn.ReLU6 is Hardtanh(0, 6)
-    return None
-
-
-class _RectifierRule(torch.autograd.Function):
-    """``y = clamp(x, 0, c)`` whose backward is ``relu(g) * gate(x)``.
-
-    guided: gate = ``0 < x < c`` (the true gradient's gate, so only positive gradients pass where
-    the unit is active); deconv: gate = ``x < c`` (the rectifier's gate is dropped, as in the
-    deconvnet, but the clip at ``c`` keeps its true gradient).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cap: float, deconv: bool) -> torch.Tensor:  # noqa: D102
-        gate = x < cap if deconv else (x > 0) & (x < cap)
-        ctx.save_for_backward(gate)
-        return x.clamp_min(0) if math.isinf(cap) else x.clamp(0, cap)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        (gate,) = ctx.saved_tensors
-        return grad.clamp_min(0) * gate, None, None
 
 
 @contextlib.contextmanager
@@ -115,41 +85,18 @@ def rectifier_rule(model: nn.Module, rule: str | None) -> Iterator[None]:
     Rectifiers are ``nn.ReLU`` (c = inf), ``nn.ReLU6`` (c = 6) and ``nn.Hardtanh(0, c)``; each is read
     as ``min(relu(x), c)``: the guided/deconv rule applies to its rectifying part and the clip at
     ``c`` keeps its true gradient, so for ReLU these are exactly the rules of Springenberg et al. and
-    Zeiler & Fergus (and captum's). Forward values are unchanged. Works through forward hooks that
-    replace each rectifier's output; in-place rectifiers run out of place while the block runs.
-    Hooks and ``inplace`` flags are restored in ``finally``. Rectifiers called functionally
-    (``F.relu``) are not seen.
+    Zeiler & Fergus (and captum's). Forward values are unchanged. A thin wrapper of
+    :func:`faithmap.methods.rules.apply_rules` with :func:`~faithmap.methods.rules.rectifier_composite`:
+    in-place rectifiers run out of place while the block runs; hooks and ``inplace`` flags are
+    restored in ``finally``. Rectifiers called functionally (``F.relu``) are not seen.
     """
     if rule is None:
         yield
         return
     if rule not in RULES:
         raise FaithmapError(f"unknown rectifier rule {rule!r}; choose from: {', '.join(RULES)}")
-    deconv = rule == "deconv"
-    handles = []
-    inplace: list[nn.Module] = []
-
-    def make_hook(cap: float):
-        def hook(module, args, output):
-            return _RectifierRule.apply(args[0], cap, deconv)
-
-        return hook
-
-    try:
-        for m in model.modules():
-            cap = rectifier_cap(m)
-            if cap is None:
-                continue
-            if getattr(m, "inplace", False):
-                m.inplace = False
-                inplace.append(m)
-            handles.append(m.register_forward_hook(make_hook(cap)))
+    with apply_rules(model, rectifier_composite(rule)):
         yield
-    finally:
-        for h in handles:
-            h.remove()
-        for m in inplace:
-            m.inplace = True
 
 
 # ----------------------------------------------------------------------------------------------

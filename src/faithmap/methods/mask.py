@@ -46,6 +46,10 @@ class MaskState:
     batch_size: int
     generators: list[torch.Generator]
     noise_std: float
+    # optional engine hooks (Extremal Perturbation, ``methods/extremal.py``); None keeps I-GOS's behaviour
+    expand: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None  # masks -> input-size masks
+    compose: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None  # (idx, keep, it) -> images
+    iteration: int = 0  # the current iteration of :meth:`MaskOptimizer.run`
 
     @property
     def size(self) -> tuple[int, int]:
@@ -78,15 +82,24 @@ class PathTerm:
 
 
 def combine_masks(masks: torch.Tensor, which: int | str) -> torch.Tensor:
-    """(N, k, h, w) stacked masks -> (N, 1, h, w): one of them, or their product."""
+    """(N, k, h, w) stacked masks -> (N, 1, h, w): one of them, or their product (``"all"``: all k)."""
+    if which == "all":
+        return masks
     if which == "product":
         return masks.prod(dim=1, keepdim=True)
     return masks[:, int(which): int(which) + 1]
 
 
 def _term_images(st: MaskState, term: PathTerm, idx: torch.Tensor, masks: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Images for entries (image index ``idx``, mask (N,1,h,w), path point ``t`` (N,))."""
-    up = upsample(masks, st.size) * t.view(-1, 1, 1, 1)
+    """Images for entries (image index ``idx``, mask (N,1,h,w), path point ``t`` (N,)).
+
+    ``st.expand`` (if set) replaces the bilinear upsampling; ``st.compose(idx, keep, iteration)``
+    (if set) replaces ``phi``, given how much of the image each pixel keeps (``keep`` = the mask for
+    a deletion term, one minus it for an insertion term).
+    """
+    up = (st.expand or upsample)(masks, st.size) * t.view(-1, 1, 1, 1)
+    if st.compose is not None:
+        return st.compose(idx, up if term.game == "deletion" else 1 - up, st.iteration)
     if term.game == "deletion":
         return phi(st.x[idx], st.baseline[idx], up)
     return phi(st.baseline[idx], st.x[idx], up)
@@ -292,6 +305,33 @@ class AdamStep:
         return new, alpha, None
 
 
+@dataclass
+class MomentumStep:
+    """Projected SGD with momentum, ``v <- momentum * v + (1 - dampening) * TG``, ``M <- P(M - lr * v)``.
+
+    The update of ``torch.optim.SGD`` (the first step takes ``v = TG``), then the projection to
+    [0, 1]: the step rule of Extremal Perturbation (lr 0.01, momentum and dampening 0.9). The
+    velocity is per element, so batched runs equal one-by-one runs.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    dampening: float = 0.9
+    _v: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def reset(self) -> None:
+        self._v = None
+
+    def step(self, masks, direction, evaluate, f_cur):
+        if self._v is None or self._v.shape != masks.shape:
+            self._v = direction.clone()
+        else:
+            self._v.mul_(self.momentum).add_(direction, alpha=1 - self.dampening)
+        new = (masks - self.lr * self._v).clamp(0, 1)
+        alpha = torch.full((masks.shape[0],), float(self.lr), device=masks.device, dtype=masks.dtype)
+        return new, alpha, None
+
+
 # ----------------------------------------------------------------------------------------------
 # regularisers
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +376,15 @@ class L1BTV:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class MaskOptimizer:
-    """The mask-optimisation loop shared by every mask method (see the module docstring)."""
+    """The mask-optimisation loop shared by every mask method (see the module docstring).
+
+    ``quadrature``: the rule of the gradient's path integral over ``ig_steps`` points (``riemann``,
+    the paper's right sum; ``gl``, Gauss-Legendre). ``ls_noise``: the line-search objective is
+    evaluated on noisy path images, drawn afresh every iteration (the paper's), instead of
+    noise-free. ``tol`` > 0: an image whose accepted step lowered its objective by less than
+    ``tol`` stops there (its mask is final; later passes leave it out), the loop ends when all
+    have stopped.
+    """
 
     terms: Sequence[PathTerm]
     regularizer: Callable[[MaskState, torch.Tensor], torch.Tensor]
@@ -350,30 +398,54 @@ class MaskOptimizer:
     ls_rule: str = "right"
     noise_std: float = 0.2
     direction_scale: float = 1.0
+    quadrature: str = "riemann"
+    ls_noise: bool = False
+    tol: float = 0.0
+    parametrization: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
+    """Masks (N, k, h, w) -> masks at the input size; None: bilinear upsampling (:func:`upsample`)."""
+    perturbation: Callable[[MaskState], Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] | None = None
+    """Builds ``compose(idx, keep, iteration)`` for a run's state; None: ``phi`` with the baseline."""
 
     def path_points(self, n: int) -> list[float]:
         return [s / n for s in range(1, n + 1)]
+
+    def path_rule(self, n: int, rule: str) -> tuple[list[float], list[float]]:
+        """Points ``t`` on the mask path ``t * M`` and their weights (summing to 1).
+
+        ``right``: the paper's ``t = 1/n .. 1``, weights ``1/n`` (I-GOS eq. 5, the authors' code);
+        ``mid``: ``t = (s - 1/2)/n``; ``gl``: the ``n`` Gauss-Legendre nodes and weights of [0, 1],
+        exact for path integrands that are polynomials of degree up to ``2n - 1``.
+        """
+        if rule == "gl":
+            from .gradient import quadrature_nodes
+
+            t, w = quadrature_nodes(n, "gausslegendre")
+            return t.tolist(), w.tolist()
+        if rule == "mid":
+            return [(s - 0.5) / n for s in range(1, n + 1)], [1.0 / n] * n
+        return self.path_points(n), [1.0 / n] * n
 
     def objective(self, st: MaskState, cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Line-search objective ``F`` of candidate masks (n, K, k, h, w) of images ``idx``: (n, K).
 
         The data terms are averaged over ``ls_points`` points of the mask path (1 = the mask
-        itself, the objective of I-GOS eq. 2 and 9), without noise; the regulariser is added.
+        itself, the objective of I-GOS eq. 2 and 9) by the rule ``ls_rule``, without noise unless
+        ``ls_noise`` (the paper's and the authors' objective: the noisy path average); the
+        regulariser is added.
         """
         n, k = cand.shape[:2]
-        ts = self.path_points(self.ls_points) if self.ls_rule == "right" else \
-            [(s - 0.5) / self.ls_points for s in range(1, self.ls_points + 1)]
+        ts, tw = self.path_rule(self.ls_points, self.ls_rule)
         entries, weights = [], []
         for row in range(n):
             for j in range(k):
                 for ti, term in enumerate(self.terms):
-                    pts = ts if term.integrated else [1.0]
-                    for t in pts:
+                    pts, pw = (ts, tw) if term.integrated else ([1.0], [1.0])
+                    for t, wt in zip(pts, pw):
                         entries.append(_Entry(row, ti, t, j))
-                        weights.append(term.sign * term.weight / len(pts))
+                        weights.append(term.sign * term.weight * wt)
         sub = _Substate(st, idx)
         w = torch.tensor(weights, device=cand.device, dtype=cand.dtype)
-        scores = _evaluate(sub, self.terms, cand, entries, w, noise=False)
+        scores = _evaluate(sub, self.terms, cand, entries, w, noise=self.ls_noise)
         data = torch.zeros(n * k, device=cand.device, dtype=cand.dtype)
         owner = torch.tensor([e.image * k + e.slot for e in entries], device=cand.device)
         data.index_add_(0, owner, scores * w)
@@ -393,17 +465,20 @@ class MaskOptimizer:
         return (self._regularise(st, cand, idx) + floor).view(n, k)
 
     def direction(self, st: MaskState, masks: torch.Tensor) -> torch.Tensor:
-        """Total gradient TG = (integrated) gradient of the data terms + gradient of the regulariser."""
+        """Total gradient TG = (integrated) gradient of the data terms + gradient of the regulariser.
+
+        The path integral uses ``ig_steps`` points of the rule ``quadrature`` (:meth:`path_rule`:
+        ``riemann`` = the paper's right sum, ``gl`` = Gauss-Legendre)."""
         b = masks.shape[0]
         leaf = masks.detach().clone().requires_grad_(True)
-        ts = self.path_points(self.ig_steps)
+        ts, tw = self.path_rule(self.ig_steps, "gl" if self.quadrature == "gl" else "right")
         entries, weights = [], []
         for i in range(b):
             for ti, term in enumerate(self.terms):
-                pts = ts if term.integrated else [1.0]
-                for t in pts:
+                pts, pw = (ts, tw) if term.integrated else ([1.0], [1.0])
+                for t, wt in zip(pts, pw):
                     entries.append(_Entry(i, ti, t))
-                    weights.append(term.sign * term.weight / len(pts))
+                    weights.append(term.sign * term.weight * wt)
         w = torch.tensor(weights, device=masks.device, dtype=masks.dtype)
         with torch.enable_grad():
             _evaluate(st, self.terms, leaf.unsqueeze(1), entries, w, noise=True, grad_of=leaf)
@@ -431,6 +506,9 @@ class MaskOptimizer:
         base = make_baseline(baseline, x, mean, std)
         st = MaskState(model, x, base, target, score_of(score), batch_size,
                        per_image_generators(seed, b, x.device), self.noise_std)
+        st.expand = self.parametrization
+        if self.perturbation is not None:
+            st.compose = self.perturbation(st)
         if init is None:
             masks = torch.ones(b, self.n_masks, h, w, device=x.device, dtype=x.dtype)
         else:
@@ -442,29 +520,49 @@ class MaskOptimizer:
             self.step_rule.reset()
         f_cur = None
         needs_f = isinstance(self.step_rule, ArmijoLineSearch)
+        active = torch.ones(b, dtype=torch.bool, device=x.device)  # images still optimised (tol)
         t0 = time.perf_counter()
         for it in range(self.iterations):
+            st.iteration = it
             if baseline_schedule is not None:
                 alt = baseline_schedule(it)
                 new_base = base if alt is None else alt.to(x)
                 if new_base is not st.baseline:
                     st.baseline, f_cur = new_base, None  # the objective changed: re-evaluate F(M)
-            if needs_f and f_cur is None:
+            idx = torch.nonzero(active).flatten()
+            full = len(idx) == b
+            sst = st if full else _Substate(st, idx)
+            m_a = masks if full else masks[idx]
+            f_a = None if f_cur is None else (f_cur if full else f_cur[idx])
+            if needs_f and (f_a is None or self.ls_noise):  # a noisy objective is drawn afresh (the paper)
                 with torch.no_grad():
-                    f_cur = self.objective(st, masks.unsqueeze(1), torch.arange(b, device=x.device)).squeeze(1)
-            direction = self.direction(st, masks)
+                    f_a = self.objective(sst, m_a.unsqueeze(1), torch.arange(len(idx), device=x.device)).squeeze(1)
+            direction = self.direction(sst, m_a)
             with torch.no_grad():
-                extra = {"lower_bound": lambda cand, idx: self.objective_lower_bound(st, cand, idx)} \
+                extra = {"lower_bound": lambda cand, i: self.objective_lower_bound(sst, cand, i)} \
                     if needs_f and score == "prob" else {}
-                masks, alpha, f_new = self.step_rule.step(
-                    masks, direction, lambda cand, idx: self.objective(st, cand, idx), f_cur, **extra)
-            if f_new is not None:
-                f_cur = f_new
+                new, alpha_a, f_new = self.step_rule.step(
+                    m_a, direction, lambda cand, i: self.objective(sst, cand, i), f_a, **extra)
+            if full:
+                masks, alpha = new, alpha_a
+                f_cur = f_new if f_new is not None else f_a
+            else:
+                masks = masks.clone()
+                masks[idx] = new
+                alpha = torch.zeros(b, device=x.device, dtype=alpha_a.dtype)
+                alpha[idx] = alpha_a
+                if f_cur is not None and (f_new is not None or f_a is not None):
+                    f_cur = f_cur.clone()
+                    f_cur[idx] = f_new if f_new is not None else f_a
+            if self.tol > 0 and f_new is not None and f_a is not None:
+                active[idx] = (f_a - f_new) >= self.tol  # converged: this image's mask stays as it is
             hist["loss"].append(f_cur.clone() if f_cur is not None else torch.full((b,), float("nan"), device=x.device))
             hist["alpha"].append(alpha.clone())
             hist["seconds"].append(time.perf_counter() - t0)
             if counter is not None:  # cumulative images through the model (whole batch) after this iteration
                 hist["images"].append(counter.images - start_images)
+            if not active.any():
+                break
         history = {"loss": torch.stack(hist["loss"], 1) if hist["loss"] else torch.empty(b, 0),
                    "alpha": torch.stack(hist["alpha"], 1) if hist["alpha"] else torch.empty(b, 0),
                    "seconds": hist["seconds"], "images": hist["images"]}
@@ -476,12 +574,36 @@ class _Substate(MaskState):
 
     def __init__(self, st: MaskState, idx: torch.Tensor):  # noqa: D107
         super().__init__(st.model, st.x[idx], st.baseline[idx], st.target[idx], st.score, st.batch_size,
-                         [st.generators[i] for i in idx.tolist()], st.noise_std)
+                         [st.generators[i] for i in idx.tolist()], st.noise_std, st.expand, None, st.iteration)
+        if st.compose is not None:  # the hook indexes the whole batch: map this view's indices back
+            self.compose = lambda i, keep, it, _c=st.compose, _idx=idx: _c(_idx[i], keep, it)
 
 
 # ----------------------------------------------------------------------------------------------
 # shared checks and the I-GOS configuration
 # ----------------------------------------------------------------------------------------------
+QUADRATURES = ("riemann", "gl")
+
+
+def parse_quadrature(quadrature: str, ig_steps: int) -> tuple[str, int]:
+    """``(rule, points)`` of the mask path integral from ``quadrature`` and ``ig_steps``.
+
+    ``"riemann"``: the paper's ``ig_steps`` right-endpoint points ``t = 1/S .. 1`` (I-GOS eq. 5);
+    ``"gl"``: ``ig_steps`` Gauss-Legendre nodes on [0, 1]; ``"glN"`` (e.g. ``"gl5"``): N of them,
+    whatever ``ig_steps`` says.
+    """
+    q = str(quadrature).strip().lower()
+    if q in QUADRATURES:
+        rule, n = q, ig_steps
+    elif q.startswith("gl") and q[2:].isdigit():
+        rule, n = "gl", int(q[2:])
+    else:
+        raise FaithmapError(f"quadrature must be riemann, gl or glN (N Gauss-Legendre nodes, e.g. gl5), got {quadrature!r}")
+    if n < 1:
+        raise FaithmapError(f"the mask path needs at least 1 point, got {n}")
+    return rule, n
+
+
 def check_resolution(resolution, x: torch.Tensor, low: int = 1) -> tuple[int, int]:
     h, w = grid_size(resolution)
     if min(h, w) < low or h > x.shape[-2] or w > x.shape[-1]:
@@ -562,14 +684,17 @@ def run_mask_method(optimizer: MaskOptimizer, model, x, target, *, name: str, pa
     "igos", family="mask", resolution="mask", min_resolution=2, paper="igos.txt",
     summary="I-GOS: deletion mask optimised with integrated gradients and a revised Armijo line search",
     fast={"iterations": 5, "ig_steps": 8},
+    bounds={"iterations": (0, None), "ig_steps": (1, None), "ls_points": (1, None), "noise_std": (0, None),
+            "tol": (0, None)},
 )
-def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28, iterations: int = 15,
-         ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, noise_std: float = 0.2,
-         alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4, alpha_min: float = 1e-5,
-         ls_points: int = 3, ls_window: int | None = None, warm_start: bool = False, ls_rule: str = "right",
+def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
+         ig_steps: int = 20, quadrature: str = "riemann", l1: float | None = None, l2: float = 20.0,
+         noise_std: float = 0.2, alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4,
+         alpha_min: float = 1e-5, ls_points: int = 3, ls_noise: bool = False, ls_window: int | None = None,
+         warm_start: bool = False, ls_rule: str = "right", tol: float = 0.0,
          baseline: str | torch.Tensor = "blur", score: str = "prob",
          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0, init: torch.Tensor | None = None,
-         warmup: int = 0, warmup_blur: float = 0.5) -> Explanation:
+         warmup: int = 0, warmup_blur: float = 0.5, step_size: float | None = None) -> Explanation:
     """I-GOS (Qi, Khorram & Li, AAAI 2020; ``igos.txt`` section 3).
 
     Minimises ``f_c(phi(I, B, up(M))) + l1 * mean|1 - M| + l2 * TV(M)`` (eq. 2) over a
@@ -581,18 +706,35 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28, 
     that many path points instead). ``l1`` defaults to 1, or 10 at 224 x 224.
     ``init`` (B, h, w) replaces the all-ones start and ``warmup`` iterations use a blur weaker by
     ``warmup_blur`` (:func:`warmup_schedule`): AOP's refinement stage (``aop``, ``sigcam``).
+    ``step_size`` replaces the line search by that fixed step (the "fixed step size" ablation of
+    ``igos.txt`` Table 3 uses 1; preset ``igos-table3``).
+
+    ``quadrature`` (:func:`parse_quadrature`): ``riemann`` (the paper's ``ig_steps`` points) or
+    ``gl5``-style Gauss-Legendre nodes on the mask path (5 nodes: a quarter of the gradient
+    images). ``ls_noise=True`` draws the line-search objective with the same noise as the
+    gradient, afresh every iteration (the paper's and the authors' objective, with
+    ``ls_points=20``). ``tol`` > 0 stops an image's optimisation once an iteration lowered its
+    objective by less than ``tol`` (:class:`MaskOptimizer`).
     Returns saliency ``1 - M`` at mask resolution; history holds ``loss``, ``alpha`` and the
     cumulative model ``images`` per iteration.
     """
     h, w = check_resolution(resolution, x, 2)
+    rule, n_path = parse_quadrature(quadrature, ig_steps)
+    if ls_points < 1 or iterations < 0 or noise_std < 0 or tol < 0:
+        raise FaithmapError("igos: ls_points must be at least 1; iterations, noise_std and tol at least 0")
     l1 = default_l1((h, w)) if l1 is None else l1
+    if step_size is not None and not step_size > 0:
+        raise FaithmapError(f"igos step_size must be a positive fixed step (or None for the line search), got {step_size}")
     opt = MaskOptimizer(
         terms=[PathTerm("deletion", 0, integrated=True, noise=noise_std > 0)],
         regularizer=L1TV(l1, l2),
-        step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start),
-        iterations=iterations, ig_steps=ig_steps, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule)
-    params = dict(resolution=(h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, noise_std=noise_std,
-                  ls_points=ls_points, seed=seed)
+        step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start)
+        if step_size is None else FixedStep(float(step_size)),
+        iterations=iterations, ig_steps=n_path, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule,
+        quadrature=rule, ls_noise=bool(ls_noise), tol=float(tol))
+    params = dict(resolution=(h, w), iterations=iterations, ig_steps=n_path, quadrature=rule, l1=l1, l2=l2,
+                  noise_std=noise_std, ls_points=ls_points, ls_noise=bool(ls_noise), tol=float(tol), seed=seed,
+                  **({} if step_size is None else {"step_size": step_size}))
     return run_mask_method(opt, model, x, target, name="igos", params=params, resolution=(h, w), baseline=baseline,
                            score=score, batch_size=batch_size, seed=seed, init=init, warmup=warmup,
                            warmup_blur=warmup_blur)

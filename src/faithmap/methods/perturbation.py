@@ -58,7 +58,7 @@ class SumL1TV:
     summary="meaningful perturbation: a deletion mask optimised by plain gradient steps (Adam)",
     fast={"iterations": 20},
 )
-def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int = 28,
+def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28,
                             iterations: int = 500, lr: float = 0.1, l1: float = 1e-4, l2: float = 1e-2,
                             tv_beta: float = 3.0, noise_std: float = 0.0, baseline: str | torch.Tensor = "blur",
                             score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,

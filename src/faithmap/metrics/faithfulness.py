@@ -31,8 +31,8 @@ from ..core.batching import chunks, image_runs, model_guard, per_image_generator
 from ..core.perturb import below, swap
 from ..errors import FaithmapError
 from ..registry import register_metric
-from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, pixel_rank, prepare_maps,
-                      run_jobs)
+from ._common import (MetricResult, baseline_image, check_inputs, check_positive_int, check_ties, curve_plans,
+                      pixel_rank, prepare_maps, run_jobs, tie_bounds)
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -62,6 +62,17 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, r.clamp(-1, 1), torch.full_like(r, float("nan")))
 
 
+def _node_jobs(plans) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Jobs (image, count) for every node of every image's :class:`~._common.CurvePlan`, image by
+    image, and where each image's nodes start in that list."""
+    imgs, cnts, starts = [], [], []
+    for i, p in enumerate(plans):
+        starts.append(sum(len(c) for c in cnts))
+        imgs.append(torch.full_like(p.nodes, i))
+        cnts.append(p.nodes)
+    return torch.cat(imgs), torch.cat(cnts), starts
+
+
 def _steps(name: str, h: int, w: int, pixels_in_step) -> tuple[int, int]:
     k = default_pixels_in_step(h, w) if pixels_in_step is None else check_positive_int(name, "pixels_in_step", pixels_in_step)
     if k > h * w:
@@ -76,7 +87,8 @@ def _steps(name: str, h: int, w: int, pixels_in_step) -> tuple[int, int]:
 
 def faithfulness_estimate_scores(model, x, saliency, target, *, pixels_in_step: int | None = None,
                                  baseline="min", score: str = "logit", normalise: bool = True,
-                                 absolute: bool = False, batch_size: int | None = None) -> MetricResult:
+                                 absolute: bool = False, ties: str = "interpolate",
+                                 batch_size: int | None = None) -> MetricResult:
     """Faithfulness Estimate (Alvarez-Melis and Jaakkola 2018, "faithfulness" of sec. 3).
 
     The pixels are grouped by rank, ``pixels_in_step`` at a time; each group alone is replaced by
@@ -85,29 +97,74 @@ def faithfulness_estimate_scores(model, x, saliency, target, *, pixels_in_step: 
     group. Defaults as Quantus 0.6 (``FaithfulnessEstimate``): logits, baseline = the image's
     smallest value, maps normalised. Quantus counts channel values as features; ours moves whole
     pixels, which equals Quantus with ``features_in_step = channels * pixels_in_step``.
+
+    ``ties="interpolate"`` (default): which pixels of a tie block that spans several groups fall
+    into which group is arbitrary, so such a block is removed once, whole, and a group holding
+    ``m`` of its ``size`` pixels is credited ``m / size`` of that drop, plus the drop of removing
+    its other pixels (which do not depend on the order); the groups' attribution sums are the
+    same in any order. Without such blocks this is the plain rule. ``"index"``: ties by lower
+    pixel index (Quantus' order).
     """
     name = "faithfulness_estimate"
     x, saliency, target = check_inputs(name, model, x, saliency, target)
+    check_ties(name, ties)
     b, c, h, w = x.shape
     a = prepare_maps(saliency, (h, w), normalise=normalise, absolute=absolute)
     k, n = _steps(name, h, w, pixels_in_step)
-    group = (pixel_rank(a) // k).view(b, h * w)  # group index of every pixel
+    rank = pixel_rank(a).view(b, h * w)
+    group = rank // k  # group index of every pixel
     att = torch.zeros(b, n, device=x.device, dtype=torch.float64).scatter_add_(1, group, a.view(b, -1).double())
     base = baseline_image(baseline, x, model)
-
-    groups = group.view(b, 1, h, w)
+    # per image: "units" removed alone; unit u of image i is the pixel set label[i] == u.
+    # Plain rule: unit g = group g. Ties: a block spread over several groups is a unit of its own
+    # (label n + j), the groups keep their other pixels; credit[i] maps unit drops to group drops.
+    labels = group.clone()
+    credit = []
+    for i in range(b):
+        m = torch.eye(n, dtype=torch.float64, device=x.device)
+        if ties == "interpolate":
+            extra = []
+            bnd = tie_bounds(a[i:i + 1].reshape(1, -1))[0].tolist()
+            for s0, e0 in zip(bnd[:-1], bnd[1:]):
+                g0, g1 = s0 // k, (e0 - 1) // k
+                if g1 == g0:
+                    continue
+                inblock = (rank[i] >= s0) & (rank[i] < e0)
+                labels[i][inblock] = n + len(extra)
+                col = torch.zeros(n, dtype=torch.float64, device=x.device)
+                for g in range(g0, g1 + 1):
+                    col[g] = (min(e0, (g + 1) * k) - max(s0, g * k)) / (e0 - s0)
+                extra.append(col)
+            if extra:
+                m = torch.cat([m, torch.stack(extra, 1)], 1)
+        credit.append(m)
+    # jobs: per image every unit that holds pixels, then the photo (unit -1: nothing removed)
+    job_img, job_unit = [], []
+    for i in range(b):
+        present = torch.zeros(credit[i].shape[1], dtype=torch.bool, device=x.device)
+        present[labels[i]] = True
+        units = torch.nonzero(present).flatten()
+        job_img.append(torch.full((len(units) + 1,), i, device=x.device, dtype=torch.long))
+        job_unit.append(torch.cat([units, units.new_full((1,), -1)]))
+    job_img, job_unit = torch.cat(job_img), torch.cat(job_unit)
+    lab = labels.view(b, 1, h, w)
 
     def build(sl):
-        idx = torch.arange(sl.start, sl.stop, device=x.device)
-        img, step = idx // (n + 1), idx % (n + 1)  # step n = the unperturbed image
-        out = torch.empty(len(idx), c, h, w, device=x.device, dtype=x.dtype)
+        img, unit = job_img[sl], job_unit[sl]
+        out = torch.empty(len(img), c, h, w, device=x.device, dtype=x.dtype)
         for i, r in image_runs(img):
-            swap(x[i], base[i], groups[i] == step[r].view(-1, 1, 1, 1), out=out[r])
+            swap(x[i], base[i], lab[i] == unit[r].view(-1, 1, 1, 1), out=out[r])
         return out, target[img]
 
-    s = run_jobs(model, b * (n + 1), build, score=score, batch_size=batch_size, device=x.device).view(b, n + 1)
-    drops = s[:, n:] - s[:, :n]
-    return MetricResult(pearson(att, drops), curves=drops, images=b * (n + 1))
+    s = run_jobs(model, len(job_img), build, score=score, batch_size=batch_size, device=x.device)
+    drops = torch.empty(b, n, dtype=torch.float64, device=x.device)
+    for i in range(b):
+        sel = torch.nonzero(job_img == i).flatten()
+        photo = s[sel[-1]]
+        unit_drop = torch.zeros(credit[i].shape[1], dtype=torch.float64, device=x.device)
+        unit_drop[job_unit[sel[:-1]]] = photo - s[sel[:-1]]
+        drops[i] = credit[i] @ unit_drop
+    return MetricResult(pearson(att, drops), curves=drops, images=len(job_img))
 
 
 @register_metric("faithfulness_estimate", higher_is_better=True, category="faithfulness",
@@ -115,10 +172,10 @@ def faithfulness_estimate_scores(model, x, saliency, target, *, pixels_in_step: 
                  summary="correlation of each pixel group's attribution with the score drop when that group alone is removed")
 def faithfulness_estimate(model, x, saliency, target, *, pixels_in_step: int | None = None, baseline="min",
                           score: str = "logit", normalise: bool = True, absolute: bool = False,
-                          batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
+                          ties: str = "interpolate", batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
     """Faithfulness Estimate per image (higher is better); see :func:`faithfulness_estimate_scores`."""
     return faithfulness_estimate_scores(model, x, saliency, target, pixels_in_step=pixels_in_step, baseline=baseline,
-                                        score=score, normalise=normalise, absolute=absolute,
+                                        score=score, normalise=normalise, absolute=absolute, ties=ties,
                                         batch_size=batch_size).scores
 
 
@@ -131,7 +188,7 @@ def faithfulness_estimate(model, x, saliency, target, *, pixels_in_step: int | N
                  paper="expected_gradcam.txt (Bach et al. 2015)", aliases=("pf",),
                  summary="area under the score curve as the most relevant pixels are flipped to the baseline, cumulatively")
 def pixel_flipping(model, x, saliency, target, *, pixels_in_step: int | None = None, baseline="min",
-                   score: str = "prob", normalise: bool = True, absolute: bool = False,
+                   score: str = "prob", normalise: bool = True, absolute: bool = False, ties: str = "interpolate",
                    batch_size: int | None = None, seed: int = 0) -> MetricResult:
     """Pixel Flipping (Bach et al. 2015, sec. 4.1): the most relevant pixels are replaced first.
 
@@ -140,29 +197,34 @@ def pixel_flipping(model, x, saliency, target, *, pixels_in_step: int | None = N
     the score is its trapezoid area with unit spacing, as Quantus 0.6 ``PixelFlipping`` with
     ``return_auc_per_sample=True`` (defaults: softmax probability, baseline = the image's smallest
     value, maps normalised). Lower is better. ``curves``/``x`` hold the curve over the fraction of
-    pixels flipped.
+    pixels flipped. ``ties="interpolate"`` (default): a point inside a block of tied pixels is
+    interpolated between the block's ends (:mod:`faithmap.metrics._common`); ``"index"``: ties by
+    lower pixel index (Quantus' order).
     """
     name = "pixel_flipping"
     x, saliency, target = check_inputs(name, model, x, saliency, target)
+    check_ties(name, ties)
     b, c, h, w = x.shape
     a = prepare_maps(saliency, (h, w), normalise=normalise, absolute=absolute)
     k, n = _steps(name, h, w, pixels_in_step)
     rank = _float_ranks(pixel_rank(a).view(b, 1, h, w), x.dtype)
     base = baseline_image(baseline, x, model)
     counts = torch.tensor([min(h * w, k * (t + 1)) for t in range(n)], device=x.device)
-    fcounts = counts.to(rank.dtype)
+    plans = curve_plans(a.view(b, -1), counts.tolist(), ties)
+    job_img, job_cnt, starts = _node_jobs(plans)
+    fcounts = job_cnt.to(rank.dtype)
 
     def build(sl):
-        idx = torch.arange(sl.start, sl.stop, device=x.device)
-        img, step = idx // n, idx % n
-        out = torch.empty(len(idx), c, h, w, device=x.device, dtype=x.dtype)
+        img = job_img[sl]
+        out = torch.empty(len(img), c, h, w, device=x.device, dtype=x.dtype)
         for i, r in image_runs(img):
-            swap(x[i], base[i], below(rank[i], fcounts[step[r]].view(-1, 1, 1, 1)), out=out[r])
+            swap(x[i], base[i], below(rank[i], fcounts[sl][r].view(-1, 1, 1, 1)), out=out[r])
         return out, target[img]
 
-    curve = run_jobs(model, b * n, build, score=score, batch_size=batch_size, device=x.device).view(b, n)
+    values = run_jobs(model, len(job_img), build, score=score, batch_size=batch_size, device=x.device)
+    curve = torch.stack([p.curve(values[st:st + len(p.nodes)]) for p, st in zip(plans, starts)])
     auc = torch.trapezoid(curve, dx=1.0, dim=1)
-    return MetricResult(auc, curves=curve, x=counts.double() / (h * w), images=b * n)
+    return MetricResult(auc, curves=curve, x=counts.double() / (h * w), images=len(job_img))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +292,7 @@ def _relabel(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                  summary="area over the relative score curve as superpixels are removed, most relevant first")
 def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_segments: int = 100,
          baseline="mean", score: str = "prob", normalise: bool = True, absolute: bool = False,
-         batch_size: int | None = None, seed: int = 0) -> MetricResult:
+         ties: str = "interpolate", batch_size: int | None = None, seed: int = 0) -> MetricResult:
     """IROF, Iterative Removal Of Features (Rieger and Hansen 2020).
 
     The image is cut into SLIC superpixels (``segments`` (B, H, W) labels, or ``n_segments`` for
@@ -238,7 +300,9 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     baseline one more at a time, most relevant first (``baseline="mean"``: the image's mean
     value, fixed). The curve is the target's probability relative to the unperturbed image, from
     1 (nothing removed) to the last superpixel, over the fraction of superpixels removed; IROF is
-    the area over it, ``1 - trapezoid``. Higher is better.
+    the area over it, ``1 - trapezoid``. Higher is better. ``ties="interpolate"`` (default):
+    superpixels with exactly equal mean attribution (e.g. several inside a map's zero region) are
+    removed as one block and the curve is interpolated across it; ``"index"``: ties by lower label.
 
     Differences from Quantus 0.6 ``IROF``: it fails on 3-channel images (an assertion on the
     mask's shape), recomputes its "mean" baseline from the partly perturbed batch at every step,
@@ -247,6 +311,7 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     our curve.
     """
     name = "irof"
+    check_ties(name, ties)
     own = segments is None
     # with our own segments, the images' NaN check happens in numpy inside slic_segments
     x, saliency, target = check_inputs(name, model, x, saliency, target, check_values=not own)
@@ -274,12 +339,14 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     seg_rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=x.device).expand(b, L))
     prank = _float_ranks(seg_rank.gather(1, seg.view(b, -1)).view(b, 1, h, w), x.dtype)
     base = baseline_image(baseline, x, model)
-    # jobs: the photo itself, then each image's steps t = 1..n_i
-    starts = torch.cumsum(torch.cat([torch.zeros(1, device=x.device, dtype=torch.long), nseg[:-1]]), 0)
-    job_img = torch.repeat_interleave(torch.arange(b, device=x.device), nseg)
-    job_t = torch.arange(int(nseg.sum()), device=x.device) - starts[job_img] + 1
-    job_img = torch.cat([torch.arange(b, device=x.device), job_img])
-    job_t = torch.cat([torch.zeros(b, device=x.device, dtype=torch.long), job_t])
+    # each image's curve on t = 0 .. n_i superpixels removed; with ties="interpolate" the points
+    # inside a block of superpixels with equal mean attribution are interpolated (no images)
+    plans = [curve_plans(means[i:i + 1], range(int(nseg[i]) + 1), ties)[0] for i in range(b)]
+    # jobs: the photos, then each image's nodes t >= 1
+    later = [p.nodes[p.nodes > 0] for p in plans]
+    job_img = torch.cat([torch.arange(b, device=x.device)] +
+                        [torch.full_like(t, i) for i, t in enumerate(later)])
+    job_t = torch.cat([torch.zeros(b, device=x.device, dtype=torch.long)] + later)
 
     ft = job_t.to(prank.dtype)
 
@@ -293,9 +360,13 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
     s = run_jobs(model, len(job_img), build, score=score, batch_size=batch_size, device=x.device)
     p0 = s[:b]
     curves = torch.full((b, L + 1), float("nan"), device=x.device, dtype=torch.float64)
-    curves[:, 0] = 1.0
     rel = s[b:] / p0[job_img[b:]]
-    curves[job_img[b:], job_t[b:]] = rel
+    pos = b
+    for i, p in enumerate(plans):
+        m = len(later[i])
+        node_vals = torch.cat([torch.ones(1, dtype=torch.float64, device=x.device), rel[pos - b:pos - b + m]])
+        curves[i, :int(nseg[i]) + 1] = p.curve(node_vals)
+        pos += m
     # trapezoids over curves of different lengths, all images at once: torch.trapezoid's own
     # formula, (sum - (first + last) / 2) * dx, over each curve's n_i + 1 points
     last = curves.gather(1, nseg.view(-1, 1)).squeeze(1)
@@ -475,18 +546,24 @@ def rise_blur(x: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tens
 
 
 def rise_curves(model, x, saliency, target, *, step: int | None = None, score: str = "prob",
-                deletion_baseline="zero", insertion_baseline="blur11", batch_size: int | None = None) -> MetricResult:
+                deletion_baseline="zero", insertion_baseline="blur11", ties: str = "interpolate",
+                batch_size: int | None = None) -> MetricResult:
     """RISE deletion and insertion curves (Petsiuk et al. 2018), (B, n+1) each, in ``extras``.
 
-    Pixels of the input-size map are ranked (ties by lower index); ``step`` pixels (default: the
-    image width, 224 at 224 x 224 as in RISE) change at a time, ``n = ceil(H*W / step)`` steps.
-    Deletion starts at the photo and moves pixels to ``deletion_baseline`` (RISE: the zero image);
-    insertion starts at ``insertion_baseline`` (RISE: the 11 x 11, sigma 5 blur, ``"blur11"``) and
-    moves pixels to the photo. AUC = trapezoid over n equal intervals of [0, 1], RISE's
-    ``(sum - first/2 - last/2) / n``. The photo is scored once for both curves: ``B (2n + 1)`` images.
+    Pixels of the input-size map are ranked; ``step`` pixels (default: the image width, 224 at
+    224 x 224 as in RISE) change at a time, ``n = ceil(H*W / step)`` steps. Deletion starts at the
+    photo and moves pixels to ``deletion_baseline`` (RISE: the zero image); insertion starts at
+    ``insertion_baseline`` (RISE: the 11 x 11, sigma 5 blur, ``"blur11"``) and moves pixels to the
+    photo. AUC = trapezoid over n equal intervals of [0, 1], RISE's ``(sum - first/2 - last/2) / n``.
+    The photo is scored once for both curves: ``B (2n + 1)`` images for maps without ties.
+    ``ties="interpolate"`` (default): points inside a block of tied pixels (e.g. the zero region of
+    an upsampled mask or CAM) are interpolated between the block's ends
+    (:mod:`faithmap.metrics._common`), which needs fewer images; ``"index"``: ties by lower pixel
+    index (RISE's order).
     """
     name = "ins_del"
     x, saliency, target = check_inputs(name, model, x, saliency, target)
+    check_ties(name, ties)
     b, c, h, w = x.shape
     a = prepare_maps(saliency, (h, w), normalise=False, absolute=False)
     k = w if step is None else check_positive_int(name, "step", step)
@@ -494,48 +571,62 @@ def rise_curves(model, x, saliency, target, *, step: int | None = None, score: s
     rank = _float_ranks(pixel_rank(a).view(b, 1, h, w), x.dtype)
     dele = baseline_image(deletion_baseline, x, model)
     ins = rise_blur(x) if insertion_baseline == "blur11" else baseline_image(insertion_baseline, x, model)
-    counts = torch.tensor([min(h * w, k * t) for t in range(n + 1)], device=x.device, dtype=rank.dtype)
-    # jobs: (image, j): j = 0 the photo, j = 1..n deletion t = j, j = n+1..2n insertion t = j - n - 1
-    per = 2 * n + 1
+    grid = [min(h * w, k * t) for t in range(n + 1)]
+    plans = curve_plans(a.view(b, -1), grid, ties)
+    # jobs per image: deletion at every node (node 0 is the photo, scored once for both curves),
+    # then insertion at every node but the last (all pixels inserted: the photo again)
+    job_img, job_kind, job_cnt, where = [], [], [], []
+    for i, p in enumerate(plans):
+        nd = p.nodes
+        where.append(sum(len(t) for t in job_cnt))
+        job_img += [torch.full((2 * len(nd) - 1,), i, dtype=torch.long, device=x.device)]
+        job_kind += [torch.cat([torch.zeros(len(nd), dtype=torch.long, device=x.device),
+                                torch.ones(len(nd) - 1, dtype=torch.long, device=x.device)])]
+        job_cnt += [torch.cat([nd, nd[:-1]])]
+    job_img, job_kind, job_cnt = torch.cat(job_img), torch.cat(job_kind), torch.cat(job_cnt)
+    fcnt = job_cnt.to(rank.dtype)
+    run_key = job_img * 2 + job_kind
 
     def build(sl):
-        img = torch.arange(sl.start, sl.stop, device=x.device) // per
+        img = job_img[sl]
         out = torch.empty(len(img), c, h, w, device=x.device, dtype=x.dtype)
-        for i, r in image_runs(img):
-            j0 = (sl.start + r.start) % per  # a run is one image's consecutive j
-            nd = max(0, min(r.stop - r.start, n + 1 - j0))  # its deletion jobs (and the photo)
-            d, q = slice(r.start, r.start + nd), slice(r.start + nd, r.stop)
-            if nd:
-                t = counts[j0:j0 + nd].view(-1, 1, 1, 1)
-                swap(x[i], dele[i], below(rank[i], t), out=out[d])
-            if q.stop > q.start:
-                t0 = j0 + nd - n - 1
-                t = counts[t0:t0 + q.stop - q.start].view(-1, 1, 1, 1)
-                swap(ins[i], x[i], below(rank[i], t), out=out[q])  # inserted pixels show the photo
+        for key, r in image_runs(run_key[sl]):
+            i, kind = divmod(key, 2)
+            t = fcnt[sl][r].view(-1, 1, 1, 1)
+            if kind == 0:
+                swap(x[i], dele[i], below(rank[i], t), out=out[r])
+            else:
+                swap(ins[i], x[i], below(rank[i], t), out=out[r])  # inserted pixels show the photo
         return out, target[img]
 
-    s = run_jobs(model, b * per, build, score=score, batch_size=batch_size, device=x.device).view(b, per)
-    deletion = torch.cat([s[:, :1], s[:, 1:n + 1]], 1)
-    insertion = torch.cat([s[:, n + 1:], s[:, :1]], 1)
+    s = run_jobs(model, len(job_img), build, score=score, batch_size=batch_size, device=x.device)
+    dels, inss = [], []
+    for p, st in zip(plans, where):
+        m = len(p.nodes)
+        dv = s[st:st + m]
+        iv = torch.cat([s[st + m:st + 2 * m - 1], s[st:st + 1]])
+        dels.append(p.curve(dv))
+        inss.append(p.curve(iv))
+    deletion, insertion = torch.stack(dels), torch.stack(inss)
 
     def auc(cv):
         return (cv.sum(1) - cv[:, 0] / 2 - cv[:, -1] / 2) / (cv.shape[1] - 1)
 
     d_auc, i_auc = auc(deletion), auc(insertion)
     return MetricResult(i_auc - d_auc, x=torch.arange(n + 1, device=x.device, dtype=torch.float64) / n,
-                        images=b * per, extras={"deletion": deletion, "insertion": insertion,
-                                                "deletion_auc": d_auc, "insertion_auc": i_auc})
+                        images=len(job_img), extras={"deletion": deletion, "insertion": insertion,
+                                                     "deletion_auc": d_auc, "insertion_auc": i_auc})
 
 
 @register_metric("rise_deletion", higher_is_better=False, category="faithfulness",
                  paper="expected_gradcam.txt (Petsiuk et al. 2018)",
                  summary="RISE deletion AUC: input-size pixels, most salient first, moved to the zero image, 224 a step")
 def rise_deletion(model, x, saliency, target, *, step: int | None = None, score: str = "prob",
-                  deletion_baseline="zero", insertion_baseline="blur11", batch_size: int | None = None,
-                  seed: int = 0) -> MetricResult:
+                  deletion_baseline="zero", insertion_baseline="blur11", ties: str = "interpolate",
+                  batch_size: int | None = None, seed: int = 0) -> MetricResult:
     """RISE deletion AUC per image (lower is better); see :func:`rise_curves`."""
     r = rise_curves(model, x, saliency, target, step=step, score=score, deletion_baseline=deletion_baseline,
-                    insertion_baseline=insertion_baseline, batch_size=batch_size)
+                    insertion_baseline=insertion_baseline, ties=ties, batch_size=batch_size)
     return MetricResult(r.extras["deletion_auc"], curves=r.extras["deletion"], x=r.x, images=r.images)
 
 
@@ -543,11 +634,11 @@ def rise_deletion(model, x, saliency, target, *, step: int | None = None, score:
                  paper="expected_gradcam.txt (Petsiuk et al. 2018)",
                  summary="RISE insertion AUC: input-size pixels, most salient first, revealed on an 11x11 blur, 224 a step")
 def rise_insertion(model, x, saliency, target, *, step: int | None = None, score: str = "prob",
-                   deletion_baseline="zero", insertion_baseline="blur11", batch_size: int | None = None,
-                   seed: int = 0) -> MetricResult:
+                   deletion_baseline="zero", insertion_baseline="blur11", ties: str = "interpolate",
+                   batch_size: int | None = None, seed: int = 0) -> MetricResult:
     """RISE insertion AUC per image (higher is better); see :func:`rise_curves`."""
     r = rise_curves(model, x, saliency, target, step=step, score=score, deletion_baseline=deletion_baseline,
-                    insertion_baseline=insertion_baseline, batch_size=batch_size)
+                    insertion_baseline=insertion_baseline, ties=ties, batch_size=batch_size)
     return MetricResult(r.extras["insertion_auc"], curves=r.extras["insertion"], x=r.x, images=r.images)
 
 
@@ -555,7 +646,8 @@ def rise_insertion(model, x, saliency, target, *, step: int | None = None, score
                  paper="expected_gradcam.txt (Englebert et al.; Petsiuk et al. 2018)", aliases=("insertion_deletion",),
                  summary="RISE insertion AUC minus RISE deletion AUC (pixel level, the paper's Ins-Del)")
 def ins_del(model, x, saliency, target, *, step: int | None = None, score: str = "prob", deletion_baseline="zero",
-            insertion_baseline="blur11", batch_size: int | None = None, seed: int = 0) -> MetricResult:
+            insertion_baseline="blur11", ties: str = "interpolate", batch_size: int | None = None,
+            seed: int = 0) -> MetricResult:
     """Insertion AUC minus deletion AUC of :func:`rise_curves` per image (higher is better)."""
     return rise_curves(model, x, saliency, target, step=step, score=score, deletion_baseline=deletion_baseline,
-                       insertion_baseline=insertion_baseline, batch_size=batch_size)
+                       insertion_baseline=insertion_baseline, ties=ties, batch_size=batch_size)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import FaithmapError
 from ..registry import register_metric
-from ._common import check_inputs, pixel_rank, prepare_maps
+from ._common import check_inputs, check_ties, prepare_maps, topk_weights
 
 
 def boxes_to_masks(boxes: Sequence[torch.Tensor], size: tuple[int, int], device=None) -> torch.Tensor:
@@ -95,11 +95,14 @@ def attribution_localisation(model, x, saliency, target, *, masks=None, boxes=No
                  summary="share of the map's k most relevant pixels (k = 1000) that lie inside the object region")
 def top_k_intersection(model, x, saliency, target, *, masks=None, boxes=None, k: int = 1000,
                        concept_influence: bool = False, normalise: bool = True, absolute: bool = False,
-                       batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
+                       ties: str = "interpolate", batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
     """Top-K Intersection (Theiner et al. 2022): the fraction of the ``k`` highest-ranked pixels
-    inside the region (ties by lower pixel index); ``concept_influence`` divides by the region's
-    share of the image. Higher is better."""
+    inside the region; ``concept_influence`` divides by the region's share of the image. Higher is
+    better. ``ties="interpolate"`` (default): a block of tied pixels that straddles ``k`` counts
+    each of its pixels with weight ``(k - start) / size`` (the expectation over random orders of
+    the ties); ``"index"``: ties by lower pixel index (Quantus' order)."""
     name = "top_k_intersection"
+    check_ties(name, ties)
     x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
                                          check_values=False)
     s = region(name, x, masks, boxes)
@@ -107,8 +110,8 @@ def top_k_intersection(model, x, saliency, target, *, masks=None, boxes=None, k:
     if not 1 <= int(k) <= h * w:
         raise FaithmapError(f"metric {name}: k must be between 1 and {h * w} (the pixels of the image), got {k}")
     a = prepare_maps(saliency, (h, w), normalise=normalise, absolute=absolute)
-    top = pixel_rank(a) < int(k)
-    v = (top & s).flatten(1).sum(1).double() / int(k)
+    top = topk_weights(a.flatten(1), int(k), ties)
+    v = (top * s.flatten(1)).sum(1) / int(k)
     if concept_influence:
         v = v * (h * w) / s.flatten(1).sum(1).double()
     return _nan_where_empty(v, s)
@@ -118,17 +121,20 @@ def top_k_intersection(model, x, saliency, target, *, masks=None, boxes=None, k:
                  paper="expected_gradcam.txt (Arras et al. 2022)",
                  summary="share of the K most relevant pixels inside the region, K = the region's size")
 def relevance_rank_accuracy(model, x, saliency, target, *, masks=None, boxes=None, normalise: bool = True,
-                            absolute: bool = False, batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
+                            absolute: bool = False, ties: str = "interpolate", batch_size: int | None = None,
+                            seed: int = 0) -> torch.Tensor:
     """Relevance Rank Accuracy (Arras et al. 2022, eq. 8): with ``K`` the number of region pixels,
-    the fraction of the ``K`` highest-ranked pixels inside the region. Higher is better."""
+    the fraction of the ``K`` highest-ranked pixels inside the region. Higher is better. ``ties``
+    as :func:`top_k_intersection`."""
     name = "relevance_rank_accuracy"
+    check_ties(name, ties)
     x, saliency, target = check_inputs(name, None, x, saliency, torch.zeros(x.shape[0], dtype=torch.long),
                                          check_values=False)
     s = region(name, x, masks, boxes)
     a = prepare_maps(saliency, x.shape[-2:], normalise=normalise, absolute=absolute)
     size = s.flatten(1).sum(1)
-    top = pixel_rank(a) < size.view(-1, 1, 1)
-    v = (top & s).flatten(1).sum(1).double() / size.clamp_min(1).double()
+    top = topk_weights(a.flatten(1), size, ties)
+    v = (top * s.flatten(1)).sum(1) / size.clamp_min(1).double()
     return _nan_where_empty(v, s)
 
 

