@@ -227,9 +227,10 @@ def test_seed_out_of_range(tmp_path, capsys, seed, needle):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--workers", "2"], "apply to --engine ray"),
+    (["--address", "auto"], "apply to --engine ray"),
+    (["--workers", "-1"], "at least 0 with --engine local"),
     (["--batch-images", "0"], "batch_images must be a whole number of at least 1"),
-    (["--target", "label"], "needs a label for every image"),
+    (["--target", "label"], "the true labels are needed (--target label)"),
 ])
 def test_engine_and_batch_options(tmp_path, capsys, args, needle):
     out = tmp_path / "o"
@@ -239,27 +240,36 @@ def test_engine_and_batch_options(tmp_path, capsys, args, needle):
 
 
 def test_names_are_never_markup_and_never_collide(tmp_path):
-    """Names with mathtext and HTML in them are drawn and shown as text; 'cat 1' and 'cat_1' keep
-    their own maps and thumbnails."""
+    """Files named with mathtext and HTML are drawn and shown as text; 'cat 1.png' and 'cat_1.png' keep
+    their own maps and thumbnails (names unique after sanitising: the one gatherer's rule); names given
+    in memory that would share a file are refused."""
+    import numpy as np
+    from PIL import Image
+
+    from faithmap.data import gather
+
     photos = evalkit.photos(4)
-    names = ["x$^$y", "<b>bold</b> & <script>", "cat 1", "cat_1"]
-    imgs = [(n, p) for n, (_, p) in zip(names, photos)]
-    res = evalkit.run_eval(tmp_path / "o", images=imgs, methods="test-blob,test-random", resolutions="4",
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = ["x$^$y.png", "<b>bold<b> & <script>.png", "cat 1.png", "cat_1.png"]
+    for f, (_, p) in zip(files, photos):
+        Image.fromarray(p).save(folder / f)
+    recs = gather(str(folder))
+    res = evalkit.run_eval(tmp_path / "o", images=str(folder), methods="test-blob,test-random", resolutions="4",
                            metrics="deletion", report=True)
     page = open(res.files["report"]).read()
-    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;script&gt;" in page and "<script>" not in page.replace(
+    assert "&lt;b&gt;bold&lt;b&gt; &amp; &lt;script&gt;" in page and "<script>" not in page.replace(
         "<script>window", "")
     assert "x$^$y" in page and os.path.getsize(res.files["grid_all"]) > 5000
-    from faithmap.evaluate.plan import safe_name
-
-    dirs = {safe_name(n) for n in names}
+    dirs = {r.stem for r in recs}
     assert len(dirs) == 4 and dirs == set(os.listdir(tmp_path / "o" / "maps"))
     info = json.load(open(tmp_path / "o" / "images.json"))
     assert len({v["thumbnail"] for v in info.values()}) == 4
-    import numpy as np
-
-    for n, (_, p) in zip(names, photos):  # each thumbnail is its own photo
-        from PIL import Image
-
-        thumb = np.asarray(Image.open(tmp_path / "o" / info[n]["thumbnail"]))
+    by_file = {os.path.basename(r.source): r.name for r in recs}
+    for f, (_, p) in zip(files, photos):  # each thumbnail is its own photo
+        thumb = np.asarray(Image.open(tmp_path / "o" / info[by_file[f]]["thumbnail"]))
         assert np.abs(thumb.astype(int) - p.astype(int)).max() <= 1
+    with pytest.raises(FaithmapError, match="cat"):
+        evalkit.run_eval(tmp_path / "m", images=[("cat 1", photos[0][1]), ("cat_1", photos[1][1])],
+                         methods="test-blob", resolutions="4", metrics="deletion")
+    assert not (tmp_path / "m").exists()

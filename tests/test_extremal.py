@@ -175,7 +175,7 @@ def test_batched_equals_one_by_one_and_the_model_is_unchanged():
     ({"area": 0.1, "areas": (0.2,)}, "not both"),
     ({"game": "keep"}, "unknown game"),
     ({"levels": 1}, "levels must be in [2, inf)"),
-    ({"lr": 0.0}, "lr must be positive"),
+    ({"lr": 0.0}, "lr must be in (0, inf)"),
     ({"step": 0}, "step must be in [1, 32]"),
     ({"baseline": "sepia"}, "baseline must be None"),
     ({"resolution": 0}, "resolution must be in"),

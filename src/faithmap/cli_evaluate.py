@@ -42,7 +42,15 @@ def _args(p: argparse.ArgumentParser) -> None:
                      "heatmap grid and report.html to --out. Re-running the same command resumes an interrupted run.")
     p.add_argument("--methods", default=None, help=f"comma-separated (default: the preset's, else all): {', '.join(METHODS.names())}")
     p.add_argument("--images", nargs="+", default=None, metavar="DIR|FILE|samples",
-                   help="image directories or files, 'samples' (the six bundled photos, the default) or sample:NAME")
+                   help="image folders (flat, or one sub-folder per class) or files, 'samples' (the six bundled photos, "
+                        "the default), 'photos' (20) or sample:NAME")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="true labels of flat folders or files: CSV image,label (an index, WordNet id or class name), "
+                        "ImageNet's LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt; "
+                        "a class-folder tree (one sub-folder per class) is labelled by its folder names")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most the first N images (listing order)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="N images drawn with --seed (the papers' 'random validation images'; the same on any machine)")
     p.add_argument("--preset", default=None, help=f"a table of the papers: {', '.join(PRESETS)} (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and which of their methods are registered")
     add_model_args(p)
@@ -65,7 +73,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="ray: the address of a running Ray cluster (or 'auto'); default: start a local one")
     p.add_argument("--workers", type=int, default=None,
-                   help="ray: number of actors (default: one per CPU, or per GPU share with --gpus-per-worker)")
+                   help="local: processes decoding the next tasks' images (DataLoader; default 0: one background "
+                        "thread); ray: number of actors (default: one per CPU, or per GPU share with --gpus-per-worker)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (e.g. 1, or 0.5 to share)")
     p.add_argument("--csv", action=argparse.BooleanOptionalAction, default=None,
                    help="also write results.csv (default: when the finished run has at most 100,000 rows)")
@@ -150,7 +159,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             min_score=args.min_score, shard=args.shard, overwrite=args.overwrite, report=not args.no_report,
             progress=not args.no_progress, save_maps=args.save_maps, convert=args.convert,
             batch_images=args.batch_images, engine=args.engine, address=args.address, workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker, csv=args.csv)
+            gpus_per_worker=args.gpus_per_worker, csv=args.csv, labels=args.labels, limit=args.limit,
+            sample=args.sample)
     except KeyboardInterrupt:
         print(f"faithmap: interrupted; run the same command again to resume (finished tasks are kept in {args.out})",
               file=sys.stderr)

@@ -119,6 +119,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is not None:
         args = typing.get_args(tp)
+        if origin in (list, collections.abc.Sequence) and len(args) == 1:
+            return f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
         inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]" if args else getattr(origin, "__name__", str(origin))
     if tp in (int, float, str, bool, dict, list, tuple):

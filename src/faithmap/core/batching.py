@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -127,6 +127,11 @@ def torch_threads(n: int | None):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+Seed = Union[int, Sequence[int], None]
+"""A method's ``seed``: one for every image, one per image (``faithmap.evaluate`` gives each image its
+own, see :func:`per_image_generators`), or None (nondeterministic)."""
 
 
 def per_image_generators(seed: int | Sequence[int] | None, n: int, device: torch.device | str) -> list[torch.Generator]:

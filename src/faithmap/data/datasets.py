@@ -85,6 +85,7 @@ def select(records: Sequence[ImageRecord], limit: int | None = None, sample: int
     to the folder changes it only where a new image ranks among the chosen. Asking for more
     images than there are is refused.
     """
+    limit, sample = _count("limit", limit), _count("sample", sample)
     out = list(records)
     try:
         number = operator.index(seed) if not isinstance(seed, bool) else None

@@ -28,6 +28,7 @@ import torch
 
 from ..core.batching import resolve_batch_size
 from ..core.device import resolve_device
+from ..data import ImageRecord, gather, resolve_labels, select
 from ..data.annotations import Annotations, load_annotations, resolve_classes, sample_annotations
 from ..errors import FaithmapError
 from ..registry import METHODS, METRICS
@@ -114,17 +115,6 @@ def image_seed(seed: int, image: str, method: str, resolution: str, salt: str = 
     return int.from_bytes(h.digest(), "little") & (2**63 - 1)
 
 
-def safe_name(name: str) -> str:
-    """A file name for an image: its characters kept where safe; a short hash added when any was changed.
-
-    Two different names never share a file name (``cat 1`` -> ``cat_1~3f2a9c01`` and ``cat_1`` stays).
-    """
-    s = re.sub(r"[^A-Za-z0-9._+@=-]", "_", name)[:120]
-    if s != name or s in ("", ".", "..") or s.startswith("."):
-        s = f"{s}~{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}"
-    return s
-
-
 def _jsonable(v):
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
@@ -140,37 +130,12 @@ def _jsonable(v):
 # ----------------------------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------------------------
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
-
-
-@dataclass
-class ImageRecord:
-    """One image of the run: its name, where to load it from (loaded on demand, never kept) and its label."""
-
-    name: str
-    source: Any  # a path, "sample:<name>", or the photo itself (uint8 array / PIL image / (3, H, W) tensor)
-    label: int | None = None
-    convert: bool = False
-
-    def photo(self):
-        from ..data import load_image, load_sample
-
-        if isinstance(self.source, str):
-            if self.source.startswith("sample:"):
-                return load_sample(self.source.split(":", 1)[1])
-            return load_image(self.source, convert=self.convert)
-        return self.source
-
-    @property
-    def is_file(self) -> bool:
-        return isinstance(self.source, str) and not self.source.startswith("sample:")
-
-    def stat(self) -> tuple[int, int] | None:
-        """(size, mtime in ns) of a file source, None for other sources."""
-        if not self.is_file:
-            return None
-        st = os.stat(self.source)
-        return int(st.st_size), int(st.st_mtime_ns)
+def record_stat(rec: ImageRecord) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file record, None for sample photos and in-memory images."""
+    if rec.path is None:
+        return None
+    st = os.stat(rec.path)
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def photo_hw(photo) -> tuple[int, int]:
@@ -192,61 +157,26 @@ def photo_digest(photo) -> str:
     return h.hexdigest()[:20]
 
 
-def gather(images, convert: bool = False) -> tuple[list[ImageRecord], bool]:
-    """Images from ``"samples"``, paths/directories, ``(name, photo)`` pairs, ``(name, photo, label)``
-    triples or a dict; and whether they are the sample photos. Nothing is decoded here."""
-    from ..data import sample_names
-
-    if images is None:
-        images = "samples"
-    samples = False
-    if isinstance(images, dict):
-        items = [ImageRecord(str(k), v) for k, v in images.items()]
-    elif (isinstance(images, (list, tuple)) and images
-          and all(isinstance(p, tuple) and len(p) in (2, 3) for p in images)):
-        items = [ImageRecord(str(p[0]), p[1], None if len(p) == 2 or p[2] is None else int(p[2])) for p in images]
-    else:
-        paths = [os.fspath(images)] if isinstance(images, (str, os.PathLike)) else [os.fspath(p) for p in images]
-        if paths in ([], ["samples"]):
-            paths = [f"sample:{n}" for n in sample_names()]
-        samples = all(p.startswith("sample:") for p in paths)
-        files: list[str] = []
-        for p in paths:
-            if p.startswith("sample:"):
-                files.append(p)
-            elif os.path.isdir(p):
-                found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
-                if not found:
-                    raise FaithmapError(f"no images found in directory {p}")
-                files.extend(found)
-            elif not os.path.exists(p):
-                raise FaithmapError(f"no such file: {p}")
-            else:
-                files.append(p)
-        seen: dict[str, int] = {}
-        items = []
-        for f in files:
-            stem = f.split(":", 1)[1] if f.startswith("sample:") else os.path.splitext(os.path.basename(f))[0]
-            seen[stem] = seen.get(stem, 0) + 1
-            items.append(ImageRecord(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}", f, None, convert))
-    if not items:
-        raise FaithmapError("no images to evaluate")
-    counts: dict[str, int] = {}
-    for it in items:
-        counts[it.name] = counts.get(it.name, 0) + 1
-    dup = sorted(n for n, c in counts.items() if c > 1)
-    if dup:
-        raise FaithmapError(f"image names must be unique; repeated: {', '.join(dup[:5])}")
-    return items, samples
+def gather_inputs(images, labels=None, *, require_labels: bool = False) -> list[ImageRecord]:
+    """The evaluation's images, listed by the one gatherer (:func:`faithmap.data.gather`): files,
+    folders, class-folder trees, a labels file, sample photos, ``(name, photo)`` pairs,
+    ``(name, photo, label)`` triples or a dict. Nothing is decoded; the labels are resolved to the
+    model's classes, and the sample drawn, by :func:`select_inputs` once the model is loaded."""
+    if (isinstance(images, (list, tuple)) and images
+            and all(isinstance(p, tuple) and len(p) == 3 for p in images)):
+        if labels is not None:
+            raise FaithmapError("give labels in the (name, photo, label) triples or as labels=, not both")
+        labels = {str(p[0]): p[2] for p in images if p[2] is not None} or None
+        images = [(p[0], p[1]) for p in images]
+    return gather(images, labels, require_labels=require_labels)
 
 
-def gather_inputs(images, convert: bool = False) -> tuple[list[ImageRecord], bool]:
-    """The ONE place where the evaluation gets its images (records with name, source and label).
-
-    Today it is :func:`gather`; the dataset gatherer (ImageFolder trees, label files, ``limit``,
-    ``sample``) plugs in here.
-    """
-    return gather(images, convert)
+def select_inputs(records: list[ImageRecord], clf, *, limit=None, sample=None, seed: int = 0) -> list[ImageRecord]:
+    """Labels resolved to ``clf``'s classes (every bad one refused, also outside the sample), then the
+    seeded ``sample`` and the first ``limit`` (:func:`faithmap.data.select`)."""
+    if any(r.raw_label is not None for r in records):
+        resolve_labels(records, clf.class_names, clf.num_classes, required=True)
+    return select(records, limit=limit, sample=sample, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +361,7 @@ class Plan:
     labels: dict[str, str] = field(default_factory=dict)  # method -> paper label (presets)
     preset: str | None = None
     tasks: list[Task] = field(default_factory=list)  # this shard's tasks
+    convert: bool = False  # grayscale, RGBA and 16-bit files converted to 8-bit RGB when decoded
 
     def keys(self, task: Task) -> list[str]:
         return [task_key(self.images[i].name, task.method, task.resolution) for i in task.images]
@@ -467,10 +398,11 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
           params: dict | None = None, metric_params: dict | None = None, seed: int = 0,
           batch_size: int | None = None, batch_images: int | None = None, target: Any = "top1",
           annotations: str | Annotations | None = None, tolerance: float | None = None,
-          min_score: float | None = None, shard: Any = None, save_maps: int = 12, convert: bool = False) -> Plan:
+          min_score: float | None = None, shard: Any = None, save_maps: int = 12, convert: bool = False,
+          labels: Any = None, limit: int | None = None, sample: int | None = None) -> Plan:
     """Check every argument of :func:`faithmap.evaluate` and make the plan (see the module docstring)."""
     skipped: list[str] = []
-    labels: dict[str, str] = {}
+    paper_labels: dict[str, str] = {}  # method -> its row label in the preset's table
     preset_params: dict[str, dict] = {}
     preset_metric_params: dict[str, dict] = {}
     preset_name = None
@@ -478,7 +410,7 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
         rp = _presets.resolve(preset)
         preset_name = rp.preset.name
         skipped = list(rp.skipped_methods)
-        labels = dict(rp.labels)
+        paper_labels = dict(rp.labels)
         preset_params = rp.params
         preset_metric_params = {k: v for k, v in rp.preset.metric_params.items() if k in rp.metrics}
         if methods is None:
@@ -509,8 +441,9 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
         ann = load_annotations(os.fspath(annotations))
     else:
         ann = None
-    items, are_samples = gather_inputs(images, convert)
-    implicit = ann is None and are_samples and not annotations
+    wants_label = isinstance(target, str) and target.strip().lower() == "label"
+    items = gather_inputs(images, labels, require_labels=wants_label)
+    implicit = ann is None and all(it.is_sample for it in items) and not annotations
     if implicit:
         ann = sample_annotations()  # the bundled boxes (ImageNet classes), dropped below for other models
     if metrics is None:
@@ -555,6 +488,7 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
         if loc:
             raise FaithmapError(f"metric {loc[0]} needs annotations for this {clf.num_classes}-class model: the bundled "
                                 f"sample boxes name ImageNet classes; pass --annotations FILE")
+    items = select_inputs(items, clf, limit=limit, sample=sample, seed=seed)
     target_mode = _resolve_target(target, clf, ann, items)
 
     # -- annotations: matched by name, classes resolved now (boxes are mapped when each image loads) -----
@@ -586,7 +520,8 @@ def build(methods: str | Sequence[str] | None = None, images: Any = "samples", *
                                                  "sha1": ann.digest},
     }
     plan = Plan(method_names, res_list, metric_names, mparams, mopts, items, ann, clf, spec_model, target_mode, seed,
-                bs, bi, bool(fast), shard_t, int(save_maps), settings, skipped, labels, preset_name)
+                bs, bi, bool(fast), shard_t, int(save_maps), settings, skipped, paper_labels, preset_name,
+                convert=bool(convert))
     grids = {m: METHODS.get(_presets.base_method(m)).resolution for m in method_names}
     all_tasks = []
     for start in range(0, len(explained), bi):

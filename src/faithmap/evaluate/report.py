@@ -197,7 +197,7 @@ def _grid_figures(out: str, run: dict, images: dict, summaries: list[MetricSumma
 
     from ..metrics.pointing import most_salient_point
     from ..viz.evaluate import save_heatmap_grid
-    from .plan import safe_name as _safe
+    from ..data import safe_name as _safe
 
     cols = list(dict.fromkeys((s.method, s.resolution, s.grid) for s in summaries))
     names = [n for n in run["images"] if n in images and images[n].get("thumbnail")

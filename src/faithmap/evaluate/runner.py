@@ -24,7 +24,8 @@ from ..data.annotations import Annotations
 from ..errors import FaithmapError
 from ..registry import METHODS, METRICS
 from .presets import base_method
-from .plan import DEFAULT_METRICS, NATIVE, Plan, build, photo_digest, safe_name, settings_diff
+from ..data import safe_name
+from .plan import DEFAULT_METRICS, NATIVE, Plan, build, photo_digest, record_stat, settings_diff
 from .store import (CURVE_COLUMNS, ROW_COLUMNS, STORE_FORMAT, TIME_COLUMNS, OutputLock, Store, comparable,
                     export_csv, load_images_info, load_run, order_table)
 from .worker import Context, Job, Output
@@ -141,10 +142,10 @@ def _check_images(plan: Plan, seen: dict[str, list]) -> None:
         if not old:
             continue
         digest, size, mtime = (list(old) + [None, None, None])[:3]
-        st = it.stat()
+        st = record_stat(it)
         if st is not None and size is not None and (st[0], st[1]) == (size, mtime):
             continue
-        if photo_digest(it.photo()) != digest:
+        if photo_digest(it.load(plan.convert)) != digest:
             raise FaithmapError(f"image {it.name} differs from the one this run began with; use another --out "
                                 f"(or --overwrite)")
 
@@ -158,7 +159,8 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
              tolerance: float | None = None, min_score: float | None = None, shard: Any = None,
              overwrite: bool = False, report: bool = True, progress: bool = True, save_maps: int = 12,
              convert: bool = False, engine: Any = "local", address: str | None = None, workers: int | None = None,
-             gpus_per_worker: float = 0.0, csv: bool | None = None) -> EvalResult:
+             gpus_per_worker: float = 0.0, csv: bool | None = None, labels: Any = None, limit: int | None = None,
+             sample: int | None = None) -> EvalResult:
     """Evaluate ``methods`` on ``images`` with ``metrics``; write Parquet results and a report to ``out``.
 
     ``methods``: names (a list or ``"a,b"``; default: the preset's, else every registered method).
@@ -185,7 +187,7 @@ def evaluate(methods: str | Sequence[str] | None = None, images: Any = "samples"
                  resolutions=resolutions, metrics=metrics, preset=preset, fast=fast, params=params,
                  metric_params=metric_params, seed=seed, batch_size=batch_size, batch_images=batch_images,
                  target=target, annotations=annotations, tolerance=tolerance, min_score=min_score, shard=shard,
-                 save_maps=save_maps, convert=convert)
+                 save_maps=save_maps, convert=convert, labels=labels, limit=limit, sample=sample)
     eng = make_engine(engine, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     out = os.fspath(out)
     if os.path.isdir(out) and os.path.exists(os.path.join(out, "run.json")) and not overwrite:
@@ -266,10 +268,11 @@ def _run(plan: Plan, eng, out: str, *, overwrite: bool, report: bool, progress: 
             jobs.append(Job(task, [plan.images[i] for i in todo], [plan.saves(i) for i in todo]))
     images_info = load_images_info(out) if any(any(j.save) for j in jobs) else {}
     model = plan.model_spec if (eng.name == "ray" and plan.model_spec is not None) else plan.model
-    ctx = Context(model, {base_method(m): METHODS.get(base_method(m)) for m in plan.methods}, {m: METRICS.get(m) for m in plan.metrics},
-                  plan.params, plan.metrics, plan.metric_options, plan.seed, plan.batch_size, plan.fast, plan.target,
+    ctx = Context(model, {base_method(m): METHODS.get(base_method(m)) for m in plan.methods},
+                  {m: METRICS.get(m) for m in plan.metrics}, plan.params, plan.metrics, plan.metric_options, plan.seed,
+                  plan.batch_size, plan.fast, plan.target,
                   {it.name: plan.annotations.get(it.name) for it in plan.images
-                   if plan.annotations is not None and plan.annotations.get(it.name) is not None})
+                   if plan.annotations is not None and plan.annotations.get(it.name) is not None}, plan.convert)
     bar = tqdm(total=total, initial=before, desc="evaluate", unit="task", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     counts = {"ran": 0, "images": 0}

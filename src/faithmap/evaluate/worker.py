@@ -25,10 +25,11 @@ from ..core.batching import chunks, model_guard
 from ..core.memo import sharing
 from ..data.annotations import Region, annotated_targets, box_mask, map_to_input, regions_for_target
 from ..errors import FaithmapError
+from ..data import ImageRecord
 from ..registry import METHODS, METRICS
 from .presets import base_method
-from .plan import (NATIVE, SET_LEVEL_METRICS, ImageRecord, ModelSpec, Task, accepts, image_seed, names_param,
-                   photo_digest, photo_hw, task_key)
+from .plan import (NATIVE, SET_LEVEL_METRICS, ModelSpec, Task, accepts, image_seed, names_param, photo_digest, photo_hw,
+                   record_stat, task_key)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Context:
     fast: bool
     target: Any  # "top1", a class index or name, "annotated", "label"
     annotations: dict  # image name -> ImageAnnotation (photo pixels), for the images that have one
+    convert: bool = False  # --convert: grayscale, RGBA and 16-bit files to 8-bit RGB
 
 
 @dataclass
@@ -75,6 +77,17 @@ def _register(specs: dict, registry) -> None:
             registry.add(name, spec, tuple(getattr(spec, "aliases", ())))
 
 
+def load_photos(records, transform, convert: bool = False) -> dict:
+    """A job's photos decoded and preprocessed (``x``, on the CPU) with each one's fingerprint, size and
+    file stat (``info``): what :class:`Worker` runs on. Picklable inputs, so DataLoader workers can run it."""
+    xs, info = [], {}
+    for rec in records:
+        photo = rec.load(convert)
+        xs.append(transform(photo))
+        info[rec.name] = {"digest": photo_digest(photo), "hw": list(photo_hw(photo)), "stat": record_stat(rec)}
+    return {"x": torch.stack(xs), "info": info}
+
+
 class Worker:
     """Runs jobs; holds the model and the settings of one run."""
 
@@ -91,13 +104,7 @@ class Worker:
     # -- loading ------------------------------------------------------------------------------
     def load(self, job: Job) -> dict:
         """Decode and preprocess the job's photos (CPU work an engine may overlap with the last job)."""
-        tf = self.model.transform
-        xs, info = [], {}
-        for rec in job.images:
-            photo = rec.photo()
-            xs.append(tf(photo))
-            info[rec.name] = {"digest": photo_digest(photo), "hw": list(photo_hw(photo)), "stat": rec.stat()}
-        return {"x": torch.stack(xs), "info": info}
+        return load_photos(job.images, self.model.transform, self.ctx.convert)
 
     # -- the job ------------------------------------------------------------------------------
     def run(self, job: Job, loaded: dict | None = None) -> Output:

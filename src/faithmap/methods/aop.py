@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import DEFAULT_BATCH_SIZE
+from ..core.batching import DEFAULT_BATCH_SIZE, Seed
 from ..core.explanation import Explanation
 from ..core.perturb import grid_size
 from ..errors import FaithmapError
@@ -166,7 +166,7 @@ def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", 
         theta: float = 0.7, lam: float = 0.15, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
         iterations: int | None = None, layer: str | None = None, base_params: dict | None = None,
         refine_params: dict | None = None, fast_stages: bool = False,
-        batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+        batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """AOP (``aop_sigcam.txt``, "Optimizing Activation with Perturbation" and eq. 4-6).
 
     ``base``: a registered ``cam`` method (stage 1; ``layer`` and ``base_params`` go to it);
@@ -194,7 +194,7 @@ def sigcam(model, x: torch.Tensor, target: torch.Tensor, *, preset: str = "image
            lam: float | None = None, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
            iterations: int | None = None, layer: str | None = None, refine_params: dict | None = None,
            fast_stages: bool = False, batch_size: int | None = DEFAULT_BATCH_SIZE,
-           seed: int | None = 0) -> Explanation:
+           seed: Seed = 0) -> Explanation:
     """SIGCAM (``aop_sigcam.txt``, "SIGCAM" and Experimental Setup): AOP(WGradCAM, I-GOS).
 
     ``preset`` gives (theta, lam): ``imagenet`` (0.7, 0.15) or ``coco`` (0.6, 0.25); ``theta``/``lam``

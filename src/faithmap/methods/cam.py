@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size
+from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size, Seed
 from ..core.explanation import Explanation
 from ..core.perturb import make_baseline, upsample
 from ..core.scores import score_of
@@ -305,7 +305,7 @@ _LAYER_DOC = "layer: CAM layer name (default: the model's cam_layer)."
                  paper="Selvaraju et al., ICCV 2017",
                  summary="Grad-CAM: activations weighted by their spatially averaged gradients")
 def gradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-            batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+            batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Grad-CAM: ``ReLU(sum_k w_k A^k)``, ``w_k = mean_ij d y^c / d A^k_ij`` with ``y^c`` the logit
     (``score``: ``logit``, ``prob`` or ``logprob``). Deterministic; ``seed`` is unused."""
     return gradient_cam(model, x, target, rule_gradcam, layer=layer, score=score, batch_size=batch_size)
@@ -315,7 +315,7 @@ def gradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None =
                  paper="aop_sigcam.txt",
                  summary="WGradCAM (AOP): weights are the mean of gradient x activation; min-max normalised")
 def wgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """WGradCAM (Zhang, Rao & Yang, AAAI 2021; ``aop_sigcam.txt`` eq. 2-4).
 
     ``w_k = 1/Z sum_ij (dF_c/dA^k_ij * A^k_ij)`` (eq. 2), ``M = ReLU(sum_k w_k A^k)`` (eq. 3),
@@ -330,7 +330,7 @@ def wgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
                  paper="Chattopadhyay et al., WACV 2018",
                  summary="Grad-CAM++: positive gradients weighted by the closed-form second/third-order alphas")
 def gradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-              variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+              variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Grad-CAM++: ``w_k = sum_ij alpha^k_ij ReLU(G^k_ij)``, ``alpha = G^2 / (2 G^2 + sum_ab A_ab G^3)``.
 
     ``variant="paper"`` follows eq. 19 exactly (no epsilon; see :func:`rule_gradcampp`);
@@ -344,7 +344,7 @@ def gradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None
                  paper="Fu et al., BMVC 2020",
                  summary="XGrad-CAM: gradients weighted by the normalised activations")
 def xgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-             variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+             variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """XGrad-CAM: ``w_k = sum_ij A^k_ij G^k_ij / sum_ab A^k_ab`` (see :func:`rule_xgradcam`)."""
     return gradient_cam(model, x, target, rule_xgradcam(_check_variant(variant)), layer=layer, score=score,
                         batch_size=batch_size)
@@ -354,7 +354,7 @@ def xgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
                  paper="Jiang et al., IEEE TIP 2021",
                  summary="LayerCAM: activations weighted position by position by their positive gradients")
 def layercam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """LayerCAM: ``ReLU(sum_k ReLU(G^k) * A^k)``."""
     return gradient_cam(model, x, target, rule_layercam, layer=layer, score=score, batch_size=batch_size)
 
@@ -363,7 +363,7 @@ def layercam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
                  paper="Draelos & Carin, arXiv 2011.08891",
                  summary="HiResCAM: element-wise gradient x activation summed over channels")
 def hirescam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """HiResCAM: ``ReLU(sum_k G^k * A^k)``."""
     return gradient_cam(model, x, target, rule_hirescam, layer=layer, score=score, batch_size=batch_size)
 
@@ -383,7 +383,7 @@ def _spread(x: torch.Tensor, level: float) -> torch.Tensor:
                  fast={"n_samples": 4})
 def smoothgradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, n_samples: int = 25,
                     noise_level: float = 0.15, score: str = "logit", variant: str = "paper",
-                    batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                    batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Smooth Grad-CAM++ (Omeiza, Speakman, Cintas & Weldemariam 2019).
 
     ``D^p = 1/n sum_m (dS/dA(x + eps_m))^p`` for p = 1, 2, 3 with ``eps_m ~ N(0, sigma^2)``,
@@ -537,7 +537,7 @@ def _reference_set(model, x: torch.Tensor, reference, as_set: bool = True) -> tu
 
 def path_cam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None, n: int, alphas: str,
              reference, kernel: str, noise_level: float, score: str, batch_size: int | None,
-             seed: int | None, reference_is_set: bool = True) -> Explanation:
+             seed: Seed, reference_is_set: bool = True) -> Explanation:
     """Integrated and Expected Grad-CAM: ``ReLU(sum_k w_k A^k(x))`` with :func:`path_weights`."""
     if kernel not in KERNELS:
         raise FaithmapError(f"unknown kernel {kernel!r}; choose from: {', '.join(KERNELS)}")
@@ -568,7 +568,7 @@ def path_cam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None,
                  fast={"steps": 4})
 def integratedgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, steps: int = 50,
                       baseline: str | torch.Tensor = "black", score: str = "logit",
-                      batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                      batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Integrated Grad-CAM, read as Expected Grad-CAM's remark 3.3 describes it (one constant
     baseline, linear feature scaling): ``w_k = mean_ij [(A(x) - A(x')) * 1/M sum_m dS(x_m)/dA]``,
     ``x_m = x' + (m/M)(x - x')``, m = 1..M (``steps``), then ``ReLU(sum_k w_k A^k(x))``.
@@ -585,7 +585,7 @@ def integratedgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: st
                  fast={"n_samples": 4})
 def expectedgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, n_samples: int = 32,
                     reference: str | torch.Tensor = "blur", kernel: str = "uniform", noise_level: float = 0.1,
-                    score: str = "logit", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                    score: str = "logit", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Expected Grad-CAM (Buono et al. 2024; ``expected_gradcam.txt`` section 3, eq. 15-22).
 
     Reading implemented (the extracted equations are partly garbled):
@@ -641,7 +641,7 @@ def _scores_of_entries(model, tap: Tap, n_entries: int, batch_size: int, make_in
                  paper="Wang et al., CVPR-W 2020",
                  summary="Score-CAM: channel weights from the scores of the image masked by each upsampled activation")
 def scorecam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-             variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+             variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Score-CAM (Wang et al. 2020, Algorithm 1).
 
     Each channel's activation map is upsampled to the input (bilinear, corners aligned), min-max
@@ -701,7 +701,7 @@ def scorecam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
                  paper="Desai & Ramaswamy, WACV 2020",
                  summary="Ablation-CAM: channel weights from the score drop when each activation map is zeroed")
 def ablationcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
-                variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Ablation-CAM (Desai & Ramaswamy 2020, eq. 3): ``w_k = (y^c - y^c_k) / y^c`` where ``y^c_k`` is
     the score with activation map k set to 0 (the layer's output is replaced in the forward pass);
     ``ReLU(sum_k w_k A^k)``. Maps already equal to the ablation value everywhere get ``w_k = 0``

@@ -47,7 +47,7 @@ import weakref
 import torch
 from torch import nn
 
-from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size
+from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, Seed
 from ..core.explanation import Explanation
 from ..errors import FaithmapError
 from ..models.layers import architecture, default_cam_layer, get_layer
@@ -206,7 +206,7 @@ _PAPER = "Zhang et al., ECCV 2016"
     bounds={"eps": (0.0, None), "batch_size": (1, None)},
 )
 def excitation_bp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, eps: float = 1e-6,
-                  batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                  batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Contrastive marginal winning probabilities (Zhang et al., ECCV 2016, sec. 3.3): MWP of the target
     unit minus MWP of its dual (the classifier's weights negated) at ``layer`` (default:
     :func:`default_layer`); ``layer="input"`` reads the pixels. Deterministic (``seed`` is unused)."""
@@ -221,7 +221,7 @@ def excitation_bp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | 
     bounds={"eps": (0.0, None), "batch_size": (1, None)},
 )
 def mwp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, eps: float = 1e-6,
-        batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+        batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Marginal winning probabilities (Zhang et al., ECCV 2016, sec. 3.1-3.2, eq. 4-6) of the target at
     ``layer`` (default: :func:`default_layer`); they sum to 1 where the rules conserve
     (``extras["mass"]``). Deterministic (``seed`` is unused)."""

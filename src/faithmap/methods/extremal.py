@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import DEFAULT_BATCH_SIZE, model_guard
+from ..core.batching import DEFAULT_BATCH_SIZE, model_guard, Seed
 from ..core.explanation import Explanation
 from ..core.perturb import BASELINES, gaussian_blur, make_baseline, phi
 from ..errors import FaithmapError
@@ -241,9 +241,9 @@ def scaled(value: float | None, paper: float, size: int) -> float:
     summary="Extremal Perturbation: smooth masks of a fixed area (sorted-value area loss) that preserve "
             "or delete the target's logit on a blur pyramid",
     fast={"iterations": 20},
-    bounds={"area": "(0, 1)", "resolution": (1, None), "iterations": (0, None), "lr": (0.0, None),
-            "momentum": (0.0, 1.0), "area_weight": (0.0, None), "area_growth": (0.0, None), "step": (1, 32),
-            "sigma": (0.0, None), "temperature": (0.0, None), "levels": (2, None), "max_blur": (0.0, None)},
+    bounds={"area": "(0, 1)", "momentum": (0.0, 1.0), "area_weight": (0.0, None), "area_growth": (0.0, None),
+            "step": (1, 32),
+            "temperature": (0.0, None), "levels": (2, None), "max_blur": (0.0, None)},
 )
 def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area: float | None = None,
                           areas: tuple[float, ...] | None = None, game: str = "preserve",
@@ -252,7 +252,7 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area:
                           step: int | None = None, sigma: float | None = None, temperature: float = 0.05,
                           levels: int = 8, max_blur: float | None = None, jitter: bool = True,
                           baseline: str | None = None, score: str = "logit",
-                          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019; see the module docstring).
 
     ``area`` (default 0.1) or ``areas`` (several fractions, one mask each, all optimised together):

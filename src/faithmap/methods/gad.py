@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..core.batching import Seed
 from ..core.explanation import Explanation
 from ..errors import FaithmapError
 from ..metrics.regions import important_pixels
@@ -59,7 +60,7 @@ def _as_supports(model, supports) -> list:
 
 def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, base: str = "ig", *,
              fraction: float = 0.5, base_params: dict[str, Any] | None = None,
-             batch_size: int | None = None, seed: int | None = 0) -> Explanation:
+             batch_size: int | None = None, seed: Seed = 0) -> Explanation:
     """GAD map of ``base`` for the original ``model`` and its ``supports`` (sec. 4.3).
 
     Returns an :class:`Explanation` whose ``saliency`` is the GAD map, with ``extras``:
@@ -113,7 +114,7 @@ def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, b
 )
 def gad(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig", supports: Any = (), fraction: float = 0.5,
         base_params: dict | None = None, base_fast: bool = False, batch_size: int | None = None,
-        seed: int = 0) -> Explanation:
+        seed: Seed = 0) -> Explanation:
     """GAD (sec. 4.3) on the registered method ``base``; ``supports``: support models or a cache folder."""
     from ..registry import METHODS
 

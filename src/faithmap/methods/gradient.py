@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size
+from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size, Seed
 from ..core.explanation import Explanation
 from ..core.perturb import BASELINES, make_baseline
 from ..core.scores import score_of
@@ -232,7 +232,7 @@ _MAGNITUDE = "abs-sum"
     summary="vanilla gradient of the target score with respect to the input pixels",
 )
 def saliency(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logit", reduce: str = _MAGNITUDE,
-             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+             batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Gradient ``d f_c(x) / dx`` (Simonyan et al., ICLR workshop 2014, sec. 3.1).
 
     ``reduce="abs-max"`` gives the paper's map (max over channels of the absolute gradient); the
@@ -249,7 +249,7 @@ def saliency(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logi
     summary="gradient times input (signed channel sum)",
 )
 def gradxinput(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logit", reduce: str = _SIGNED,
-               batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+               batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """``x * d f_c(x) / dx`` (Shrikumar et al. 2016), in the model's (normalised) input space."""
     reduce_channels(x[:1, :, :1, :1], reduce)
     a = _single(model, x, target, times_input=True, score=score, batch_size=batch_size)
@@ -262,7 +262,7 @@ def gradxinput(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "lo
     summary="guided backpropagation: only positive gradients pass through active rectifiers (ReLU, ReLU6)",
 )
 def guidedbackprop(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logit", reduce: str = _MAGNITUDE,
-                   batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                   batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Guided backpropagation (Springenberg et al., ICLR workshop 2015, sec. 3.4, fig. 1):
     at every rectifier ``dL/dx = relu(dL/dy) * [0 < x < c]`` (see :func:`rectifier_rule`)."""
     reduce_channels(x[:1, :, :1, :1], reduce)
@@ -275,7 +275,7 @@ def guidedbackprop(model, x: torch.Tensor, target: torch.Tensor, *, score: str =
     summary="deconvnet: rectifiers pass the positive part of the backward signal, ignoring the forward gate",
 )
 def deconvnet(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logit", reduce: str = _MAGNITUDE,
-              batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+              batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """Deconvnet (Zeiler & Fergus, ECCV 2014, sec. 2.1) as a modified backward pass
     (Springenberg et al. 2015, fig. 1): at every rectifier ``dL/dx = relu(dL/dy) * [x < c]``."""
     reduce_channels(x[:1, :, :1, :1], reduce)
@@ -292,7 +292,7 @@ def deconvnet(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "log
 def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, *, baseline: str | torch.Tensor = "black",
                          steps: int = 50, quadrature: str = "gausslegendre", score: str = "logit",
                          reduce: str = _SIGNED, batch_size: int | None = DEFAULT_BATCH_SIZE,
-                         seed: int | None = 0) -> Explanation:
+                         seed: Seed = 0) -> Explanation:
     """Integrated Gradients (Sundararajan, Taly & Yan, ICML 2017, eq. 1 and 3):
     ``(x - b) * sum_k w_k grad f(b + a_k (x - b))`` with the nodes and weights of
     ``quadrature`` (:func:`quadrature_nodes`: ``gausslegendre``, ``left``, ``right``, ``middle``,
@@ -370,7 +370,7 @@ def _smooth(name: str, model, x, target, *, samples, noise_level, sigma, of, sco
 )
 def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, noise_level: float = 0.15,
                sigma: float | None = None, of: str = "gradient", score: str = "logit", reduce: str = _MAGNITUDE,
-               batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+               batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """SmoothGrad (Smilkov et al. 2017, eq. 4): ``mean_k grad f(x + noise_k)``; see :func:`_smooth`."""
     return _smooth("smoothgrad", model, x, target, samples=samples, noise_level=noise_level, sigma=sigma, of=of,
                    score=score, reduce=reduce, batch_size=batch_size, seed=seed)
@@ -383,7 +383,7 @@ def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 5
 )
 def smoothgrad2(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, noise_level: float = 0.15,
                 sigma: float | None = None, of: str = "gradient", score: str = "logit", reduce: str = _SIGNED,
-                batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+                batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """SmoothGrad^2 (Hooker et al., NeurIPS 2019, sec. 3): ``mean_k (grad f(x + noise_k))**2``;
     see :func:`_smooth`."""
     return _smooth("smoothgrad2", model, x, target, samples=samples, noise_level=noise_level, sigma=sigma, of=of,
@@ -396,7 +396,7 @@ def smoothgrad2(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 
 )
 def vargrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, noise_level: float = 0.15,
             sigma: float | None = None, of: str = "gradient", score: str = "logit", reduce: str = _SIGNED,
-            batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+            batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """VarGrad (Adebayo et al., ICLR workshop 2018): ``mean_k g_k**2 - (mean_k g_k)**2`` of the
     gradients ``g_k`` at noisy copies (the population variance, as captum); see :func:`_smooth`."""
     return _smooth("vargrad", model, x, target, samples=samples, noise_level=noise_level, sigma=sigma, of=of,
@@ -412,7 +412,7 @@ def vargrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, 
 def expected_gradients(model, x: torch.Tensor, target: torch.Tensor, *,
                        references: str | torch.Tensor = "blur,uniform", samples: int = 50, score: str = "logit",
                        reduce: str = _SIGNED, batch_size: int | None = DEFAULT_BATCH_SIZE,
-                       seed: int | None = 0) -> Explanation:
+                       seed: Seed = 0) -> Explanation:
     """Expected Gradients (Erion, Janizek, Sturmfels, Lundberg & Lee, Nature MI 2021, eq. 3-4):
     ``mean_k (x - x'_k) * grad f(x'_k + a_k (x - x'_k))`` with ``a_k ~ U(0, 1)`` and references
     ``x'_k`` drawn uniformly from ``references``: a tensor (N, C, H, W) of reference images in model

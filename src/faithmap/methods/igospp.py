@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.batching import DEFAULT_BATCH_SIZE
+from ..core.batching import DEFAULT_BATCH_SIZE, Seed
 from ..core.explanation import Explanation
 from ..errors import FaithmapError
 from ..registry import register_method
@@ -107,8 +107,7 @@ def igospp_optimizer(resolution, *, iterations: int = 15, ig_steps: int = 20, l1
     aliases=("igospp", "igos_pp"),
     summary="iGOS++: separate deletion and insertion masks, integrated gradients, bilateral TV, line search",
     fast={"iterations": 4, "ig_steps": 6},
-    bounds={"iterations": (0, None), "ig_steps": (1, None), "ls_points": (1, None), "noise_std": (0, None),
-            "tol": (0, None)},
+    bounds={"tol": "[0, inf)"},  # iterations, ig_steps, ls_points, noise_std: faithmap.params.COMMON_BOUNDS
 )
 def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
                    ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, smooth: str = "btv",
@@ -118,7 +117,7 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
                    step_size: float = 1.0, ablation: str | None = None, quadrature: str = "riemann",
                    ls_noise: bool = False, tol: float = 0.0, baseline: str | torch.Tensor = "blur",
                    score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-                   seed: int | None = 0, init: torch.Tensor | None = None, warmup: int = 0,
+                   seed: Seed = 0, init: torch.Tensor | None = None, warmup: int = 0,
                    warmup_blur: float = 0.5, final_mask: str = "product") -> Explanation:
     """iGOS++ (``igos_plus_plus.txt`` eq. 4-8).
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, per_image_generators
+from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, per_image_generators, Seed
 from ..core.explanation import Explanation
 from ..core.perturb import blur_params, gaussian_blur, grid_size, make_baseline, phi, upsample
 from ..core.regularizers import btv, l1_keep, tv
@@ -490,7 +490,7 @@ class MaskOptimizer:
 
     def run(self, model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28,
             baseline: str | torch.Tensor = "blur", score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-            seed: int | None = 0, init: torch.Tensor | None = None,
+            seed: Seed = 0, init: torch.Tensor | None = None,
             baseline_schedule: Callable[[int], torch.Tensor | None] | None = None) -> tuple[torch.Tensor, dict]:
         """Optimise masks for images ``x`` and targets; returns masks (B, k, h, w) and the history.
 
@@ -684,8 +684,7 @@ def run_mask_method(optimizer: MaskOptimizer, model, x, target, *, name: str, pa
     "igos", family="mask", resolution="mask", min_resolution=2, paper="igos.txt",
     summary="I-GOS: deletion mask optimised with integrated gradients and a revised Armijo line search",
     fast={"iterations": 5, "ig_steps": 8},
-    bounds={"iterations": (0, None), "ig_steps": (1, None), "ls_points": (1, None), "noise_std": (0, None),
-            "tol": (0, None)},
+    bounds={"tol": "[0, inf)"},  # iterations, ig_steps, ls_points, noise_std: faithmap.params.COMMON_BOUNDS
 )
 def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
          ig_steps: int = 20, quadrature: str = "riemann", l1: float | None = None, l2: float = 20.0,
@@ -693,7 +692,7 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
          alpha_min: float = 1e-5, ls_points: int = 3, ls_noise: bool = False, ls_window: int | None = None,
          warm_start: bool = False, ls_rule: str = "right", tol: float = 0.0,
          baseline: str | torch.Tensor = "blur", score: str = "prob",
-         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0, init: torch.Tensor | None = None,
+         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0, init: torch.Tensor | None = None,
          warmup: int = 0, warmup_blur: float = 0.5, step_size: float | None = None) -> Explanation:
     """I-GOS (Qi, Khorram & Li, AAAI 2020; ``igos.txt`` section 3).
 

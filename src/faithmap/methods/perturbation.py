@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import (DEFAULT_BATCH_SIZE, chunks, image_runs, model_guard, per_image_generators,
+from ..core.batching import (Seed, DEFAULT_BATCH_SIZE, chunks, image_runs, model_guard, per_image_generators,
                              resolve_batch_size)
 from ..core.explanation import Explanation
 from ..core.perturb import make_baseline, phi
@@ -62,7 +62,7 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, res
                             iterations: int = 500, lr: float = 0.1, l1: float = 1e-4, l2: float = 1e-2,
                             tv_beta: float = 3.0, noise_std: float = 0.0, baseline: str | torch.Tensor = "blur",
                             score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-                            seed: int | None = 0, init: torch.Tensor | None = None, warmup: int = 0,
+                            seed: Seed = 0, init: torch.Tensor | None = None, warmup: int = 0,
                             warmup_blur: float = 0.5) -> Explanation:
     """Meaningful perturbation (Fong & Vedaldi, ICCV 2017), the "Mask" of ``igos.txt`` Tables 1, 2, 4.
 
@@ -116,7 +116,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int])
 )
 def rise(model, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000, cells: int = 7, p: float = 0.5,
          baseline: str | torch.Tensor = "blur", score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-         seed: int | None = 0) -> Explanation:
+         seed: Seed = 0) -> Explanation:
     """RISE (Petsiuk, Das & Saenko 2018): ``S = sum_i f_c(phi(I, B, M_i)) M_i / (N p)``.
 
     ``n_masks`` = N binary ``cells`` x ``cells`` grids, each cell kept with probability ``p``,
@@ -180,7 +180,7 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
 )
 def occlusion(model, x: torch.Tensor, target: torch.Tensor, *, patch: int = 32, stride: int = 16,
               baseline: str | torch.Tensor = "blur", score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-              seed: int | None = 0) -> Explanation:
+              seed: Seed = 0) -> Explanation:
     """Occlusion (Zeiler & Fergus 2014): ``patch`` x ``patch`` windows every ``stride`` pixels.
 
     A window's value is ``f_c(I) - f_c(I with the window showing baseline)``; a pixel's saliency

@@ -41,7 +41,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from ..core.batching import DEFAULT_BATCH_SIZE, torch_threads
+from ..core.batching import DEFAULT_BATCH_SIZE, torch_threads, Seed
 from ..core.explanation import Explanation
 from ..core.perturb import BASELINES
 from ..errors import FaithmapError
@@ -450,7 +450,7 @@ def _baseline_kinds(baselines: str) -> list[str]:
 def base_attribution(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig",
                      base_params: dict | None = None, baselines: str = "black,white", steps: int | None = None,
                      fast_base: bool = False, batch_size: int | None = DEFAULT_BATCH_SIZE,
-                     seed: int | None = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+                     seed: Seed = 0) -> tuple[torch.Tensor, dict[str, Any]]:
     """XRAI's attribution (B, C, H, W) (C = 1 for a method without an input-size attribution) and what ran.
 
     ``base``'s parameters: its ``fast`` settings when ``fast_base``, then ``base_params``, then
@@ -543,7 +543,7 @@ def xrai(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig", base
          scales: tuple[float, ...] = SCALES, sigma: float = 0.8, min_size: int = 150, segment_size: int | None = 224,
          dilation: int = 5, min_pixel_diff: int = 50, area_threshold: float = 1.0,
          segments: list | torch.Tensor | None = None, fast_base: bool = False,
-         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: int | None = 0) -> Explanation:
+         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
     """XRAI (Kapishnikov et al., ICCV 2019, sec. 3 and Algorithm 1); see the module docstring.
 
     ``base`` / ``base_params`` / ``baselines`` / ``steps`` / ``fast_base``: the base attribution

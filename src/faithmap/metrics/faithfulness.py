@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import chunks, image_runs, model_guard, per_image_generators, resolve_batch_size
+from ..core.batching import chunks, image_runs, model_guard, per_image_generators, resolve_batch_size, Seed
 from ..core.perturb import below, swap
 from ..errors import FaithmapError
 from ..registry import register_metric
@@ -427,7 +427,7 @@ def sufficiency(model, x, saliency, target, *, threshold: float = 0.6, normalise
 
 
 def infidelity_perturbations(x: torch.Tensor, n_samples: int, *, perturbation: str = "square", patch: int | None = None,
-                             noise_std: float = 0.2, baseline="black", model=None, seed: int | None = 0,
+                             noise_std: float = 0.2, baseline="black", model=None, seed: Seed = 0,
                              per_chunk: int | None = None) -> Iterator[torch.Tensor]:
     """The perturbations ``I`` of :func:`infidelity`, in chunks (B, k, C, H, W) of ``per_chunk``
     samples (all at once by default). Image ``i`` draws from its own generator seeded with

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..core.batching import chunks, model_guard, per_image_generators, resolve_batch_size
+from ..core.batching import chunks, model_guard, per_image_generators, resolve_batch_size, Seed
 from ..errors import FaithmapError
 from ..registry import register_metric
 from ._common import MetricResult, as_saliency, check_inputs, check_positive_int, need, normalise_by_max, to_input_size
@@ -70,7 +70,7 @@ def _maps(sal: torch.Tensor, size, normalise: bool, absolute: bool) -> torch.Ten
 
 
 def perturbation_noise(x: torch.Tensor, n_samples: int, *, noise: str = "uniform", low: float = -0.2,
-                       high: float = 0.2, std: float = 0.1, seed: int | None = 0) -> torch.Tensor:
+                       high: float = 0.2, std: float = 0.1, seed: Seed = 0) -> torch.Tensor:
     """All the noise a robustness metric adds, (S, B, C, H, W): for tests and peers' replays."""
     gens = per_image_generators(seed, x.shape[0], "cpu")
     n = _noise(gens, list(range(x.shape[0])), n_samples, x.shape[1:], noise, low, high, std, x.device, x.dtype)
@@ -80,7 +80,7 @@ def perturbation_noise(x: torch.Tensor, n_samples: int, *, noise: str = "uniform
 def robustness_samples(name: str, model, x, saliency, target, explain: Callable | None, *, n_samples: int,
                        objective: Callable, noise: str, low: float, high: float, std: float, normalise: bool,
                        absolute: bool, exclude_changed: bool, need_logits: bool, batch_size: int | None,
-                       seed: int | None) -> torch.Tensor:
+                       seed: Seed) -> torch.Tensor:
     """Objective values (B, S) over ``n_samples`` perturbations of each image (NaN where excluded).
 
     ``objective(e, e_p, x, x_p, h, h_p) -> (k,)`` compares, for k jobs, the image's map ``e`` with
