@@ -6,6 +6,7 @@ Every folder here is written by the test with ``save_pretrained`` from a tiny ra
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -313,9 +314,10 @@ def test_cli_evaluate(folders, tmp_path, capsys, kind):
                            "--model", f"hf:{folders[kind]}", "--fast", "--device", "cpu", "--no-progress",
                            "--out", str(out)], capsys)
     assert rc == 0, err
-    rows = [line.split(",") for line in (out / "results.csv").read_text().splitlines()]
-    row = dict(zip(rows[0], rows[1]))
-    assert len(rows) == 2 and row["method"] == "gradcam" and 0 <= float(row["value"]) <= 1
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    row = rows[0]
+    assert len(rows) == 1 and row["method"] == "gradcam" and 0 <= float(row["value"]) <= 1
     probs = independent_probabilities(kind, load_sample("coffee"))
     assert row["target_name"] == LABELS[int(probs.argmax())]
     assert abs(float(row["target_prob"]) - float(probs.max())) < 2e-3

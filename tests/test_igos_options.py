@@ -122,4 +122,7 @@ def test_new_parameters_have_types_and_bounds():
         sig = inspect.signature(spec.fn).parameters
         assert sig["quadrature"].annotation in (str, "str") and sig["quadrature"].default == "riemann"
         assert sig["ls_noise"].annotation in (bool, "bool") and sig["tol"].annotation in (float, "float")
-        assert spec.bounds["tol"] == (0, None) and spec.bounds["ig_steps"] == (1, None)
+        for bad in ({"tol": -1.0}, {"ig_steps": 0}, {"iterations": 10**9}, {"quadrature": 5}):  # refused at the boundary
+            with pytest.raises(faithmap.FaithmapError):
+                spec.check(bad)
+        spec.check({"tol": 0.0, "ig_steps": 5, "quadrature": "gl5", "ls_noise": True})

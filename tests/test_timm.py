@@ -8,6 +8,7 @@ configurations for the token grids.
 
 from __future__ import annotations
 
+import csv
 import json
 import socket
 import warnings
@@ -270,8 +271,8 @@ def test_cli_evaluate(weights, tmp_path, capsys, no_network, arch, methods):
                            "--model", f"timm:{arch}", "--weights", weights[arch], "--fast", *params, "--device", "cpu",
                            "--no-progress", "--out", str(out)], capsys)
     assert rc == 0, err
-    rows = [line.split(",") for line in (out / "results.csv").read_text().splitlines()]
-    body = [dict(zip(rows[0], r)) for r in rows[1:]]
+    with open(out / "results.csv", newline="") as fh:
+        body = list(csv.DictReader(fh))
     assert sorted(r["method"] for r in body) == sorted(methods)
     probs = independent_probabilities(arch, load_sample("coffee"))
     for row in body:

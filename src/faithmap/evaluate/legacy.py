@@ -2,7 +2,7 @@
 
 Such a directory still gives its report (``--report-only``) and can be joined into a new
 directory with ``--merge`` (which writes Parquet parts: the way to carry an old run on). Resuming
-it in place is refused with one line saying so.
+it in place is refused with one line saying so. :func:`open_results` opens the results of either store.
 """
 
 from __future__ import annotations
@@ -139,3 +139,15 @@ def read_legacy(out: str):
     sch = schema()
     table = pa.table({n: pa.array(cols[n], type=sch.field(n).type) for n in sch.names}, schema=sch)
     return table, keys
+
+
+def open_results(out: str):
+    """(run, results) of an output directory: its Parquet parts, or the rows of an earlier CSV store."""
+    from .store import Store, TableSource, load_run
+
+    run = load_run(out)
+    if is_legacy(out, run):
+        return run, TableSource(read_legacy(out)[0])
+    st = Store(out)
+    st.scan()
+    return run, st

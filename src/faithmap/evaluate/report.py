@@ -22,7 +22,8 @@ from ..core.io import write_atomic
 from ..registry import METRICS
 from . import stats as _stats
 from .stats import CI_NOTE, Cost, MetricSummary, grid_cells
-from .store import load_images_info, open_results
+from .legacy import open_results
+from .store import load_images_info
 
 MAX_GRID_ROWS = 12
 MAX_GRID_COLUMNS = 10

@@ -59,7 +59,7 @@ class EvalResult:
         return self.tasks_done_before + self.tasks_run >= self.tasks_total
 
     def _source(self):
-        from .store import open_results
+        from .legacy import open_results
 
         return open_results(self.out)[1]
 

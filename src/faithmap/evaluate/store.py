@@ -520,18 +520,6 @@ class TableSource:
             yield t.slice(start, rows)
 
 
-def open_results(out: str):
-    """(run, results) of an output directory: its Parquet parts, or the rows of an earlier CSV store."""
-    from .legacy import is_legacy, read_legacy
-
-    run = load_run(out)
-    if is_legacy(out, run):
-        return run, TableSource(read_legacy(out)[0])
-    st = Store(out)
-    st.scan()
-    return run, st
-
-
 def load_images_info(out: str) -> dict:
     p = os.path.join(out, "images.json")
     if not os.path.exists(p):
