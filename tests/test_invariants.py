@@ -12,26 +12,9 @@ from faithmap.errors import FaithmapError
 from faithmap.models import wrap
 
 from conftest import assert_state_equal, model_state
+from evalkit import TinyCNN as TinyNet  # the small random CNN of the evaluation tests
 
 METHODS = faithmap.METHODS.names()
-
-
-class TinyNet(nn.Module):
-    """A small random CNN with ReLUs, a conv layer for CAMs and a linear head (4 classes)."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 4)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.features(x)).flatten(1))
 
 
 def tiny_model():
