@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..core.io import parse_json
 from ..errors import FaithmapError
+from .inputs import IMAGE_EXTENSIONS
 
 SAMPLE_BOXES = "sample_boxes.json"
 
@@ -100,7 +101,7 @@ def image_key(name: str) -> str:
         name = name[len("sample:"):]
     base = os.path.basename(name)
     stem, ext = os.path.splitext(base)
-    return stem if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm") else base
+    return stem if ext.lower() in IMAGE_EXTENSIONS else base
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,9 +10,8 @@ from typing import Protocol, Sequence
 
 import torch
 
+from ..data.inputs import IMAGE_EXTENSIONS
 from ..errors import FaithmapError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 
 
 class ImageSet(Protocol):
@@ -63,7 +62,7 @@ class TensorImages:
 def list_images(folder: str) -> list[str]:
     """Image files directly inside ``folder``, sorted by name."""
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(folder, f)))
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
 
 
 def find_class_folder(root: str, names: Sequence[str]) -> str:
