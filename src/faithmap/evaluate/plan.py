@@ -4,7 +4,8 @@ A *task* is (method, resolution, a batch of up to ``batch_images`` images). Batc
 the image list in order, the same way for every method, so a partial run already compares every
 method on its first images and the batch an image falls into is a property of the plan, not of the
 engine, shard or worker that runs it. Each image draws its randomness from its own seed,
-:func:`image_seed` of (image name, method, resolution, ``--seed``), handed to the method (and, with
+:func:`image_seed` of (image name, method, resolution, ``--seed``; the registered method, so the
+variants ``method:name`` of an ablation table draw the same noise), handed to the method (and, with
 the metric's name mixed in, to every stochastic metric) for that image alone: an image's rows do
 not depend on its batch's other images, on the shard or on the engine.
 

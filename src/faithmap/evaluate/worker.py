@@ -165,10 +165,12 @@ class Worker:
         x = x_img[sel] if n != x_img.shape[0] or row_img != list(range(n)) else x_img
         target = torch.tensor(row_tgt, dtype=torch.long, device=x.device)
         names = [job.images[i].name for i in row_img]
-        seeds = [image_seed(ctx.seed, nm, task.method, task.resolution) for nm in names]
+        # task.method may be a variant "method:name" (a row of an ablation table): the variants of one
+        # method draw the same noise for an image, so their rows differ only by what the row changes
+        method = base_method(task.method)
+        seeds = [image_seed(ctx.seed, nm, method, task.resolution) for nm in names]
 
         # -- explain ----------------------------------------------------------------------------
-        method = base_method(task.method)  # task.method may be a variant "method:name" (ablation rows)
         spec = METHODS.get(method)
         kw = dict(ctx.params.get(task.method, {}))
         if "batch_size" in spec.params:
@@ -267,7 +269,7 @@ class Worker:
         if accepts(mspec.fn, "batch_size"):
             call["batch_size"] = ctx.batch_size
         if names_param(mspec.fn, "seed"):
-            call["seed"] = [image_seed(ctx.seed, names[r], task.method, task.resolution, m) for r in g]
+            call["seed"] = [image_seed(ctx.seed, names[r], base_method(task.method), task.resolution, m) for r in g]
         if "explain" in mspec.needs:
             seed = seeds[g[0]]  # one image: its perturbed copies are re-explained with its own seed
             call["explain"] = lambda xx, tt: explain(xx, tt, seed).saliency
