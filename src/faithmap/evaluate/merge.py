@@ -19,7 +19,7 @@ from typing import Sequence
 from ..core.io import atomic_open, os_error, write_atomic
 from ..errors import FaithmapError
 from .plan import settings_diff
-from .runner import EvalResult
+from .runner import EvalResult, finish
 from .store import (ROW_COLUMNS, STORE_FORMAT, OutputLock, Store, load_images_info, load_run, order_table, part_meta,
                     rows_close)
 
@@ -172,17 +172,7 @@ def _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq) -> EvalRes
     n = len(target.scan_result.keys)
     result = EvalResult(out, run, skipped_methods=run.get("skipped_methods", []), tasks_total=n, tasks_done_before=n)
     result.files = {"run": os.path.join(out, "run.json"), "parts": target.dir}
-    from .store import export_csv
-
-    if target.scan_result.rows <= 100_000:
-        export_csv(target, run, os.path.join(out, "results.csv"))
-        result.files["results"] = os.path.join(out, "results.csv")
-    if report:
-        from .report import write_report
-
-        files, md = write_report(out)
-        result.files.update(files)
-        result.markdown = md
+    finish(target, run, out, result, csv=None, report=report)
     return result
 
 

@@ -297,17 +297,22 @@ def _run(plan: Plan, eng, out: str, *, overwrite: bool, report: bool, progress: 
     result.files = {"run": run_path, "parts": store.dir}
     store.compact()  # many small parts -> a few large ones (faster scans and reports); a no-op for small runs
     if plan.shard is None and result.complete:
-        rows = store.scan_result.rows
-        if csv or (csv is None and rows <= CSV_AUTO_ROWS):
-            export_csv(store, run, os.path.join(out, "results.csv"))
-            result.files["results"] = os.path.join(out, "results.csv")
-        if report:
-            from .report import write_report
-
-            files, md = write_report(out)
-            result.files.update(files)
-            result.markdown = md
+        finish(store, run, out, result, csv=csv, report=report)
     return result
+
+
+def finish(store: Store, run: dict, out: str, result: EvalResult, *, csv: bool | None, report: bool) -> None:
+    """A complete run's exports: ``results.csv`` (``csv``; None: when it has at most
+    :data:`CSV_AUTO_ROWS` rows) and the report; their paths go into ``result.files``."""
+    if csv or (csv is None and store.scan_result.rows <= CSV_AUTO_ROWS):
+        export_csv(store, run, os.path.join(out, "results.csv"))
+        result.files["results"] = os.path.join(out, "results.csv")
+    if report:
+        from .report import write_report
+
+        files, md = write_report(out)
+        result.files.update(files)
+        result.markdown = md
 
 
 def _mkdir(path: str) -> None:
