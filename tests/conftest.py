@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -104,3 +105,23 @@ def assert_state_equal(a, b):
     assert a[2] == b[2], "hooks left behind"
     for p, q in zip(a[3], b[3]):
         assert torch.equal(p, q), "parameters changed"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test (models must load from local files only)."""
+    def refuse(*a, **k):
+        raise AssertionError(f"network access attempted: {a[:2]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def run(argv, capsys):
+    """The command line in this process: (exit code, stdout, stderr)."""
+    from faithmap.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err

@@ -9,19 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from conftest import assert_state_equal, model_state  # noqa: E402
+from conftest import assert_state_equal, model_state, run  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import faithmap  # noqa: E402
 from faithmap import models  # noqa: E402
-from faithmap.cli import main  # noqa: E402
 from faithmap.data import load_sample, sample_names  # noqa: E402
 from faithmap.errors import FaithmapError  # noqa: E402
 
@@ -101,20 +99,6 @@ def folders(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError(f"network access attempted: {a[:2]}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-
-
-def run(argv, capsys):
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import warnings
 
 import numpy as np
@@ -19,13 +18,12 @@ import torch
 
 timm = pytest.importorskip("timm")
 import timm.data  # noqa: E402
-from conftest import assert_state_equal, model_state  # noqa: E402
+from conftest import assert_state_equal, model_state, run  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import faithmap  # noqa: E402
 from faithmap import models  # noqa: E402
-from faithmap.cli import main  # noqa: E402
 from faithmap.data import load_sample, sample_names  # noqa: E402
 from faithmap.errors import FaithmapError  # noqa: E402
 
@@ -52,21 +50,6 @@ def weights(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
-    def refuse(*a, **k):
-        raise AssertionError(f"network access attempted: {a[:2]}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-
-
-def run(argv, capsys):
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 # ----------------------------------------------------------------------------------------------
