@@ -1,0 +1,119 @@
+"""Tier 2: an object against a shortcut. The label is the object's class (a filled disc or square);
+a corner tag with a letter agrees with the label with probability ``rho``
+(:func:`faithmap.truth.data.watermarked`). What the trained model uses is *measured*, never read off
+``rho``: a model trained with a tag that always agreed can still use the object, and a tag may be
+used beside the object (Zhou, Booth, Ribeiro & Shah, AAAI 2022, measure the same on planted
+watermarks).
+
+Measured on a held-out set of images whose tag agrees with the label:
+
+* the accuracy and the mean probability of the label when the object alone, the tag alone, and
+  both are painted over by their background;
+* on *conflict* images (the same images with the tag naming the other class), the rate at which the
+  prediction follows the object and the rate at which it follows the tag.
+
+A cue's reliance (``uses``) is the largest of its removal's accuracy drop, its removal's
+probability drop and its conflict-follow rate (:func:`faithmap.truth.tier1.reliance`); it is used
+when that reaches ``USED`` = 0.10, and ``regions["evidence"]`` is the union of the used cues'
+regions. Gates: accuracy >= 0.98 where the cues agree; both cues removed -> accuracy <= chance +
+0.10 (nothing else in the image carries the label); at least one cue used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import FaithmapError
+from .data import GLYPHS, OBJECTS, watermarked
+from .scenario import Gate, Scenario
+from .tier1 import ACCURACY, CHANCE_MARGIN, USED, accuracy, effect, explained, recipe, reliance
+from .train import Recipe, model, predict
+
+RHOS = (0.5, 0.75, 0.9, 1.0)
+RECIPES = {
+    "cnn": Recipe("cnn", 32, 6000, 6, lr=3e-3),
+    "vit": Recipe("vit", 32, 8000, 16, lr=1e-3, weight_decay=0.05),
+    "resnet18": Recipe("resnet18", 112, 10000, 6, lr=2e-3),
+}
+"""Default training per architecture."""
+QUICK = {
+    "cnn": dict(n_train=2500, epochs=4),
+    "vit": dict(n_train=4000, epochs=10),
+    "resnet18": dict(size=64, n_train=1000, epochs=3),
+}
+GATE_IMAGES = {False: 2000, True: 600}
+TEST_IMAGES = {False: 64, True: 16}
+
+
+def _measure(clf, scene) -> tuple[list[Gate], dict[str, float], dict]:
+    """Gates, uses and the measurements of a trained tier-2 model on ``scene`` (tags agreeing)."""
+    dev, net = clf.device, clf.net
+    labels = scene.labels
+    full = predict(net, scene.images, dev)
+    removed = {cue: effect(full, predict(net, scene.without(*cues).images, dev), labels)
+               for cue, cues in (("object", ("object",)), ("watermark", ("watermark",)),
+                                 ("both", ("object", "watermark")))}
+    conflict = predict(net, scene.reshaped("watermark", [GLYPHS[1 - k] for k in labels]).images, dev)
+    follow = {"object": accuracy(conflict, labels), "watermark": accuracy(conflict, 1 - labels)}
+    uses = {cue: reliance(removed[cue], follow[cue]) for cue in ("object", "watermark")}
+    acc = accuracy(full, labels)
+    chance = 1.0 / len(OBJECTS)
+    n = len(scene)
+    gates = [
+        Gate.check("accuracy", acc, ACCURACY, ">=", f"accuracy on {n} held-out images whose tag agrees"),
+        Gate.check("cues removed -> chance", removed["both"]["accuracy"], chance + CHANCE_MARGIN, "<=",
+                   f"accuracy with object and tag painted over (chance {chance:.2f})"),
+        Gate.check("a cue is used", max(uses.values()), USED, ">=",
+                   "largest measured reliance (object: {object:.3f}, watermark: {watermark:.3f})".format(**uses)),
+    ]
+    measured = {"accuracy": acc, "object_removed": removed["object"], "watermark_removed": removed["watermark"],
+                "both_removed": removed["both"], "conflict_follow": follow, "chance": chance, "gate_images": n}
+    return gates, uses, measured
+
+
+def build(seed: int, *, rho: float, arch: str = "cnn", size: int | None = None, n_train: int | None = None,
+          n_test: int | None = None, epochs: int | None = None, device: str | torch.device = "cpu",
+          cache_dir: str | None = None, quick: bool = False, progress: bool = False) -> Scenario:
+    """Tier 2's scenario for model seed ``seed`` and tag agreement ``rho``: a trained ``arch``,
+    ``n_test`` held-out images whose tag agrees with the label, their regions (``object``,
+    ``watermark``, and ``evidence``: the union of the cues measured as used), the gates and ``uses``.
+
+    ``info["used"]`` lists the used cues; ``info["measured"]`` every measurement behind them.
+    """
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= float(rho) <= 1.0:
+        raise FaithmapError(f"rho must be a number in [0, 1], got {rho!r}")
+    rho = float(rho)
+    r = recipe(arch, (RECIPES, QUICK), size=size, n_train=n_train, epochs=epochs, quick=quick)
+    n_test = TEST_IMAGES[bool(quick)] if n_test is None else int(n_test)
+    if n_test < 1:
+        raise FaithmapError(f"n_test must be a positive integer, got {n_test}")
+
+    def data():
+        sc = watermarked(seed, r.n_train, r.size, rho, stream=0)
+        return sc.images, torch.from_numpy(sc.labels)
+
+    name = f"watermark-{arch}-rho{rho:.2f}"
+    clf, report = model(arch, OBJECTS, r, seed, data, name=name, settings={"tier": 2, "rho": rho}, device=device,
+                        cache_dir=cache_dir, progress=progress)
+    gates, uses, measured = _measure(clf, watermarked(seed, GATE_IMAGES[bool(quick)], r.size, rho, agree=True,
+                                                      stream=1))
+    used = [cue for cue, v in uses.items() if v >= USED]
+    pool = watermarked(seed, 2 * n_test + 16, r.size, rho, agree=True, stream=2)
+    test = pool.subset(explained(predict(clf.net, pool.images, clf.device), pool.labels, n_test))
+    regions = test.regions()
+    evidence = torch.zeros_like(regions["object"])
+    for cue in used:
+        evidence |= regions[cue]
+    info = {"arch": arch, "size": r.size, "n_train": r.n_train, "epochs": r.epochs, "batch_size": r.batch_size,
+            "lr": r.lr, "rho": rho, "classes": list(OBJECTS), "glyphs": list(GLYPHS),
+            "test_accuracy": measured["accuracy"], "used": used, "used_threshold": USED,
+            "parameters": sum(p.numel() for p in clf.net.parameters()), **report, "measured": measured,
+            "train_agreement": rho}
+    return Scenario(tier=2, name=name, model_seed=int(seed), model=clf,
+                    x=clf.normalize(test.pixels().to(clf.device)), target=torch.from_numpy(test.labels).to(clf.device),
+                    regions={"evidence": evidence, "object": regions["object"], "watermark": regions["watermark"]},
+                    uses=uses, gates=gates, info=info)
+
+
+__all__ = ["GATE_IMAGES", "QUICK", "RECIPES", "RHOS", "build"]
