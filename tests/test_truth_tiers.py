@@ -22,8 +22,8 @@ def _gate(sc: Scenario, name: str):
 def test_a_model_that_reads_the_background_instead_of_the_pattern_fails_the_evidence_gates():
     # the label is in the background's tint, the pattern is drawn at random: accuracy is high, but
     # painting the pattern over leaves it high and a swapped pattern is not followed
-    sc = tier1.build(0, cue="background", n_train=1200, epochs=3, n_test=4, quick=True)
-    assert _gate(sc, "accuracy").passed, sc.gates
+    sc = tier1.build(0, cue="background", n_train=800, epochs=2, n_test=4, n_gate=300, quick=True)
+    assert _gate(sc, "accuracy").value > 0.8, sc.gates  # it learned the label (from the tint), far above chance
     removed = _gate(sc, "evidence removed -> chance")
     assert not removed.passed and removed.value > 0.9
     assert not _gate(sc, "evidence swapped -> follows").passed
@@ -31,14 +31,14 @@ def test_a_model_that_reads_the_background_instead_of_the_pattern_fails_the_evid
 
 
 def test_a_model_whose_pattern_carries_no_label_fails_accuracy():
-    sc = tier1.build(1, cue="none", n_train=600, epochs=2, n_test=4, quick=True)
+    sc = tier1.build(1, cue="none", n_train=400, epochs=2, n_test=4, n_gate=200, quick=True)
     acc = _gate(sc, "accuracy")
     assert not acc.passed and acc.value < 0.5
     assert not sc.passed
 
 
 def test_a_rho_half_model_is_not_reported_as_using_the_watermark():
-    sc = tier2.build(0, rho=0.5, n_train=1500, epochs=3, n_test=8, quick=True)
+    sc = tier2.build(0, rho=0.5, n_train=1200, epochs=3, n_test=8, n_gate=300, quick=True)
     assert "watermark" not in sc.info["used"] and sc.uses["watermark"] < tier2.USED
     assert sc.info["used"] == ["object"]
     assert torch.equal(sc.regions["evidence"], sc.regions["object"])
@@ -58,7 +58,7 @@ def _same_scenario(a: Scenario, b: Scenario) -> None:
 
 
 def test_the_same_seed_gives_the_same_weights_and_scenario_and_the_cache_returns_them(tmp_path):
-    kw = dict(n_train=300, epochs=1, n_test=6, quick=True)
+    kw = dict(n_train=200, epochs=1, n_test=6, n_gate=100, quick=True)
     a, b = tier1.build(3, **kw), tier1.build(3, **kw)
     sa, sb = _state(a.model), _state(b.model)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -79,7 +79,7 @@ def test_the_same_seed_gives_the_same_weights_and_scenario_and_the_cache_returns
 
 
 def test_a_tier2_scenario_is_reproducible_and_its_evidence_is_the_union_of_used_cues():
-    kw = dict(rho=0.9, n_train=300, epochs=1, n_test=6, quick=True)
+    kw = dict(rho=0.9, n_train=200, epochs=1, n_test=6, n_gate=100, quick=True)
     a, b = tier2.build(2, **kw), tier2.build(2, **kw)
     _same_scenario(a, b)
     union = torch.zeros_like(a.regions["object"])
@@ -90,7 +90,7 @@ def test_a_tier2_scenario_is_reproducible_and_its_evidence_is_the_union_of_used_
 
 
 def test_the_scenario_model_runs_faithmap_methods_on_its_cam_layer():
-    sc = tier1.build(0, n_train=200, epochs=1, n_test=2, quick=True)
+    sc = tier1.build(0, n_train=100, epochs=1, n_test=2, n_gate=50, quick=True)
     assert isinstance(sc.model, Classifier) and sc.model.cam_layer == "features.11"
     assert sc.x.shape == (2, 3, 32, 32) and sc.regions["evidence"].shape == (2, 32, 32)
     cam = explain(sc.model, sc.x, "gradcam", target=sc.target)
@@ -137,14 +137,14 @@ def test_quick_tier2_rho_one_model_is_measured_not_assumed():
 
 @pytest.mark.slow
 def test_vit_scenario_reads_its_token_grid():
-    sc = tier1.build(0, arch="vit", n_train=200, epochs=1, n_test=2, quick=True)
-    assert sc.model.cam_layer == "blocks.3.norm1"
+    sc = tier1.build(0, arch="vit", n_train=100, epochs=1, n_test=2, n_gate=50, quick=True)
+    assert sc.model.cam_layer == "norm"
     cam = explain(sc.model, sc.x, "gradcam", target=sc.target)
-    assert cam.resolution == (8, 8)  # 65 tokens: the class token, then 8 x 8 patches of 4 px
+    assert cam.resolution == (8, 8)  # 64 tokens, no class token: 8 x 8 patches of 4 px
 
 
 @pytest.mark.slow
 def test_resnet18_runs_on_the_cpu_at_a_small_size():
-    sc = tier2.build(0, rho=1.0, arch="resnet18", size=64, n_train=64, epochs=1, n_test=2)
+    sc = tier2.build(0, rho=1.0, arch="resnet18", size=64, n_train=64, epochs=1, n_test=2, n_gate=50)
     assert sc.model.cam_layer == "layer4" and sc.x.shape == (2, 3, 64, 64)
     assert explain(sc.model, sc.x, "gradcam", target=sc.target).resolution == (2, 2)

@@ -47,7 +47,7 @@ BACKGROUND_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "china", "flowe
 """The bundled photos whose crops serve as backgrounds (the twelve distinct ones of PHOTOS)."""
 CUES = ("pattern", "background", "none")
 
-_STREAMS = {"planted": 1, "watermarked": 2}
+_STREAMS = {"planted": 1, "watermarked": 2, "swap": 3}
 _LOW, _HIGH = 48, 208  # background grey levels are squeezed into [_LOW, _HIGH]; inks lie outside
 _TINTS = np.array([[230, 60, 60], [60, 200, 60], [60, 90, 230], [220, 200, 40]], dtype=np.int32)
 
@@ -57,12 +57,10 @@ _FONT = {  # 5 x 7 letters, '#' = ink
 }
 
 
-def rng_for(seed: int, stream: str | int, *more: int) -> np.random.Generator:
-    """A generator of its own for ``(seed, stream, *more)``: the same triple, the same numbers."""
-    sid = _STREAMS.get(stream, stream) if isinstance(stream, str) else int(stream)
-    if not isinstance(sid, int):
-        sid = int.from_bytes(str(stream).encode(), "little") % (2 ** 31)
-    return np.random.default_rng(np.random.SeedSequence([int(seed), sid, *(int(m) for m in more)]))
+def rng_for(seed: int, generator: str, *more: int) -> np.random.Generator:
+    """A generator of its own for ``(seed, generator, *more)`` (``generator``: ``planted``,
+    ``watermarked``, or ``swap``, the classes a swap test draws): the same arguments, the same numbers."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _STREAMS[generator], *(int(m) for m in more)]))
 
 
 # -- stencils ---------------------------------------------------------------------------------------

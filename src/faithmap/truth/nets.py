@@ -56,13 +56,20 @@ class Block(nn.Module):
 
 class SmallViT(nn.Module):
     """A vision transformer (Dosovitskiy et al., ICLR 2021) at a small scale: ``patch`` x ``patch``
-    patches embedded by a convolutional stem (two 3x3 convolutions of stride 2 for ``patch=4``: the
-    early convolutions of Xiao et al., NeurIPS 2021, which let a small transformer learn from few
-    images; ``stem=False`` embeds each patch linearly as the original), a class token (``cls_token``: one prefix token before the patch grid, which
-    :func:`faithmap.models.layers.prefix_tokens` reads), learned position embeddings, ``depth``
-    pre-norm blocks, the class token's final LayerNorm to a linear head. Its CAM layer is the first
-    LayerNorm of the last block (``blocks.{depth-1}.norm1``), as for timm's ViTs: its patch tokens
-    reach the logits through attention."""
+    patches embedded by a convolutional stem (for ``patch=4``, three 3x3 convolutions with batch norm
+    and ReLU, the last two of stride 2, and a 1x1 convolution, so that each token sees 11 x 11 pixels:
+    the early convolutions of Xiao et al., NeurIPS 2021, which let a small transformer learn from few
+    images; ``stem=False`` embeds each patch linearly as the original), learned position embeddings, ``depth`` pre-norm blocks, a final
+    LayerNorm, the mean of the patch tokens (no class token, as the plain ViT baselines of Beyer,
+    Zhai & Kolesnikov, 2022) and a linear head.
+
+    ``num_prefix_tokens = 0`` tells :func:`faithmap.models.layers.prefix_tokens` that every token is
+    a patch. Its CAM layer is the final LayerNorm (``norm``): its tokens are what the head averages,
+    the counterpart of a CNN's last convolutional map (an 8 x 8 grid at 32 px).
+    """
+
+    num_prefix_tokens = 0
+    cam_layer = "norm"
 
     def __init__(self, classes: int, size: int = 32, patch: int = 4, dim: int = 64, depth: int = 4, heads: int = 4,
                  stem: bool = True):
@@ -70,21 +77,23 @@ class SmallViT(nn.Module):
         if size % patch:
             raise FaithmapError(f"the ViT needs a size divisible by its patch ({patch}), got {size}")
         if stem and patch == 4:
-            self.patch_embed: nn.Module = nn.Sequential(nn.Conv2d(3, dim // 2, 3, 2, 1), nn.GELU(),
-                                                        nn.Conv2d(dim // 2, dim, 3, 2, 1))
+            c = dim // 4
+
+            def conv(cin: int, cout: int, stride: int) -> list[nn.Module]:
+                return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+            self.patch_embed: nn.Module = nn.Sequential(*conv(3, c, 1), *conv(c, 2 * c, 2), *conv(2 * c, 2 * c, 2),
+                                                        nn.Conv2d(2 * c, dim, 1))
         else:
             self.patch_embed = nn.Conv2d(3, dim, patch, patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (size // patch) ** 2, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, (size // patch) ** 2, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
-        self.cam_layer = f"blocks.{depth - 1}.norm1"
 
     def reset(self) -> None:
-        """ViT initialisation: truncated-normal (std 0.02) tokens, position embeddings and linear weights."""
+        """ViT initialisation: truncated-normal (std 0.02) position embeddings and linear weights."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -92,11 +101,10 @@ class SmallViT(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        t = self.patch_embed(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1) + self.pos_embed
+        t = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         for blk in self.blocks:
             t = blk(t)
-        return self.head(self.norm(t[:, 0]))
+        return self.head(self.norm(t).mean(1))
 
 
 def build(arch: str, classes: int, size: int, seed: int) -> tuple[nn.Module, str]:
@@ -111,7 +119,7 @@ def build(arch: str, classes: int, size: int, seed: int) -> tuple[nn.Module, str
         if arch == "vit":
             vit = SmallViT(classes, size)
             vit.reset()
-            return vit, vit.cam_layer
+            return vit, SmallViT.cam_layer
         import torchvision
 
         net = torchvision.models.resnet18(weights=None, num_classes=classes)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import FaithmapError
-from .data import PATTERNS, planted, planted_regions, rng_for
+from .data import CUES, PATTERNS, planted, planted_regions, rng_for
 from .scenario import Gate, Scenario
 from .train import Recipe, model, predict
 
@@ -40,14 +40,14 @@ DISTRACTORS = 3
 TRAIN_DISTRACTORS = (0, 3)
 
 RECIPES = {
-    "cnn": Recipe("cnn", 32, 10000, 10, lr=3e-3),
-    "vit": Recipe("vit", 32, 12000, 24, lr=1e-3, weight_decay=0.05),
+    "cnn": Recipe("cnn", 32, 8000, 8, lr=3e-3),
+    "vit": Recipe("vit", 32, 16000, 5, lr=2e-3, weight_decay=0.05),
     "resnet18": Recipe("resnet18", 112, 12000, 8, lr=2e-3),
 }
 """Default training per architecture (size, images, epochs, ...)."""
 QUICK = {
     "cnn": dict(n_train=4000, epochs=6),
-    "vit": dict(n_train=6000, epochs=16),
+    "vit": dict(n_train=12000, epochs=4),
     "resnet18": dict(size=64, n_train=1500, epochs=3),
 }
 """What ``quick=True`` changes (the CI-sized run)."""
@@ -69,6 +69,17 @@ def recipe(arch: str, tables: tuple[dict, dict], *, size: int | None, n_train: i
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise FaithmapError(f"{k} must be a positive integer, got {v!r}")
     return replace(r, **changes)
+
+
+def image_counts(n_test, n_gate, tests: dict, gates: dict, quick: bool) -> tuple[int, int]:
+    """(images to explain, gate images): the caller's, else the defaults (quick or not)."""
+    out = []
+    for name, v, table in (("n_test", n_test, tests), ("n_gate", n_gate, gates)):
+        v = table[bool(quick)] if v is None else v
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise FaithmapError(f"{name} must be a positive integer, got {v!r}")
+        out.append(int(v))
+    return out[0], out[1]
 
 
 def accuracy(probs: torch.Tensor, labels) -> float:
@@ -113,7 +124,7 @@ def _measure(clf, scene, seed: int) -> tuple[list[Gate], dict[str, float], dict]
     full = predict(net, scene.images, dev)
     no_pattern = effect(full, predict(net, scene.without("pattern").images, dev), labels)
     no_distractors = effect(full, predict(net, scene.without("distractor").images, dev), labels)
-    offset = rng_for(seed, "planted", 99).integers(1, len(PATTERNS), size=len(scene))
+    offset = rng_for(seed, "swap").integers(1, len(PATTERNS), size=len(scene))
     drawn = np.array([PATTERNS.index(s) for s in scene.shapes("pattern")])
     swapped_to = (drawn + offset) % len(PATTERNS)
     swapped = predict(net, scene.reshaped("pattern", [PATTERNS[k] for k in swapped_to]).images, dev)
@@ -139,22 +150,22 @@ def _measure(clf, scene, seed: int) -> tuple[list[Gate], dict[str, float], dict]
 
 
 def build(seed: int, *, arch: str = "cnn", size: int | None = None, n_train: int | None = None,
-          n_test: int | None = None, epochs: int | None = None, device: str | torch.device = "cpu",
-          cache_dir: str | None = None, quick: bool = False, progress: bool = False,
-          cue: str = "pattern") -> Scenario:
+          n_test: int | None = None, epochs: int | None = None, n_gate: int | None = None,
+          device: str | torch.device = "cpu", cache_dir: str | None = None, quick: bool = False,
+          progress: bool = False, cue: str = "pattern") -> Scenario:
     """Tier 1's scenario for model seed ``seed``: a trained ``arch`` (``cnn``, ``vit``, ``resnet18``),
     ``n_test`` held-out images with their regions (``evidence``: the pattern's box; ``pattern``,
     ``distractors``: their painted pixels), the gates and the measured uses.
 
-    ``size``, ``n_train``, ``epochs`` override the architecture's recipe (:data:`RECIPES`; ``quick``
-    applies :data:`QUICK`); ``cache_dir`` caches the weights by seed and settings. ``cue`` is for
+    ``n_gate`` other held-out images (:data:`GATE_IMAGES`) measure the gates. ``size``, ``n_train``,
+    ``epochs`` override the architecture's recipe (:data:`RECIPES`; ``quick`` applies :data:`QUICK`); ``cache_dir`` caches the weights by seed and settings. ``cue`` is for
     the gate tests (see :func:`faithmap.truth.data.planted`): a model trained with ``cue != "pattern"``
     does not rely on the pattern, and its gates say so.
     """
+    if cue not in CUES:
+        raise FaithmapError(f"cue must be one of {', '.join(CUES)}, got {cue!r}")
     r = recipe(arch, (RECIPES, QUICK), size=size, n_train=n_train, epochs=epochs, quick=quick)
-    n_test = TEST_IMAGES[bool(quick)] if n_test is None else int(n_test)
-    if n_test < 1:
-        raise FaithmapError(f"n_test must be a positive integer, got {n_test}")
+    n_test, n_gate = image_counts(n_test, n_gate, TEST_IMAGES, GATE_IMAGES, quick)
 
     def data():
         sc = planted(seed, r.n_train, r.size, distractors=TRAIN_DISTRACTORS, cue=cue, stream=0)
@@ -163,7 +174,7 @@ def build(seed: int, *, arch: str = "cnn", size: int | None = None, n_train: int
     settings = {"tier": 1, "cue": cue, "distractors": list(TRAIN_DISTRACTORS)}
     clf, report = model(arch, PATTERNS, r, seed, data, name=f"planted-{arch}", settings=settings, device=device,
                         cache_dir=cache_dir, progress=progress)
-    gate_set = planted(seed, GATE_IMAGES[bool(quick)], r.size, distractors=DISTRACTORS, cue=cue, stream=1)
+    gate_set = planted(seed, n_gate, r.size, distractors=DISTRACTORS, cue=cue, stream=1)
     gates, uses, measured = _measure(clf, gate_set, seed)
     pool = planted(seed, 2 * n_test + 16, r.size, distractors=DISTRACTORS, cue=cue, stream=2)
     pick = explained(predict(clf.net, pool.images, clf.device), pool.labels, n_test)

@@ -10,7 +10,9 @@ Measured on a held-out set of images whose tag agrees with the label:
 * the accuracy and the mean probability of the label when the object alone, the tag alone, and
   both are painted over by their background;
 * on *conflict* images (the same images with the tag naming the other class), the rate at which the
-  prediction follows the object and the rate at which it follows the tag.
+  prediction follows the object and the rate at which it follows the tag, counted on the images
+  the model classifies right with the agreeing tag: an image it already gets wrong would "follow"
+  the conflicting tag without reading it (a model that ignores the tag follows it on none of them).
 
 A cue's reliance (``uses``) is the largest of its removal's accuracy drop, its removal's
 probability drop and its conflict-follow rate (:func:`faithmap.truth.tier1.reliance`); it is used
@@ -27,19 +29,19 @@ import torch
 from ..errors import FaithmapError
 from .data import GLYPHS, OBJECTS, watermarked
 from .scenario import Gate, Scenario
-from .tier1 import ACCURACY, CHANCE_MARGIN, USED, accuracy, effect, explained, recipe, reliance
+from .tier1 import ACCURACY, CHANCE_MARGIN, USED, accuracy, effect, explained, image_counts, recipe, reliance
 from .train import Recipe, model, predict
 
 RHOS = (0.5, 0.75, 0.9, 1.0)
 RECIPES = {
     "cnn": Recipe("cnn", 32, 6000, 6, lr=3e-3),
-    "vit": Recipe("vit", 32, 8000, 16, lr=1e-3, weight_decay=0.05),
+    "vit": Recipe("vit", 32, 10000, 5, lr=2e-3, weight_decay=0.05),
     "resnet18": Recipe("resnet18", 112, 10000, 6, lr=2e-3),
 }
 """Default training per architecture."""
 QUICK = {
     "cnn": dict(n_train=2500, epochs=4),
-    "vit": dict(n_train=4000, epochs=10),
+    "vit": dict(n_train=8000, epochs=4),
     "resnet18": dict(size=64, n_train=1000, epochs=3),
 }
 GATE_IMAGES = {False: 2000, True: 600}
@@ -54,8 +56,11 @@ def _measure(clf, scene) -> tuple[list[Gate], dict[str, float], dict]:
     removed = {cue: effect(full, predict(net, scene.without(*cues).images, dev), labels)
                for cue, cues in (("object", ("object",)), ("watermark", ("watermark",)),
                                  ("both", ("object", "watermark")))}
-    conflict = predict(net, scene.reshaped("watermark", [GLYPHS[1 - k] for k in labels]).images, dev)
-    follow = {"object": accuracy(conflict, labels), "watermark": accuracy(conflict, 1 - labels)}
+    ok = (full.argmax(1) == torch.as_tensor(labels)).numpy()
+    right = scene.subset(np.flatnonzero(ok))  # conflict follow on the images it gets right
+    conflict = predict(net, right.reshaped("watermark", [GLYPHS[1 - k] for k in right.labels]).images, dev)
+    follow = ({"object": accuracy(conflict, right.labels), "watermark": accuracy(conflict, 1 - right.labels)}
+              if len(right) else {"object": 0.0, "watermark": 0.0})
     uses = {cue: reliance(removed[cue], follow[cue]) for cue in ("object", "watermark")}
     acc = accuracy(full, labels)
     chance = 1.0 / len(OBJECTS)
@@ -68,26 +73,26 @@ def _measure(clf, scene) -> tuple[list[Gate], dict[str, float], dict]:
                    "largest measured reliance (object: {object:.3f}, watermark: {watermark:.3f})".format(**uses)),
     ]
     measured = {"accuracy": acc, "object_removed": removed["object"], "watermark_removed": removed["watermark"],
-                "both_removed": removed["both"], "conflict_follow": follow, "chance": chance, "gate_images": n}
+                "both_removed": removed["both"], "conflict_follow": follow, "conflict_images": len(right),
+                "chance": chance, "gate_images": n}
     return gates, uses, measured
 
 
 def build(seed: int, *, rho: float, arch: str = "cnn", size: int | None = None, n_train: int | None = None,
-          n_test: int | None = None, epochs: int | None = None, device: str | torch.device = "cpu",
-          cache_dir: str | None = None, quick: bool = False, progress: bool = False) -> Scenario:
+          n_test: int | None = None, epochs: int | None = None, n_gate: int | None = None,
+          device: str | torch.device = "cpu", cache_dir: str | None = None, quick: bool = False,
+          progress: bool = False) -> Scenario:
     """Tier 2's scenario for model seed ``seed`` and tag agreement ``rho``: a trained ``arch``,
     ``n_test`` held-out images whose tag agrees with the label, their regions (``object``,
     ``watermark``, and ``evidence``: the union of the cues measured as used), the gates and ``uses``.
 
-    ``info["used"]`` lists the used cues; ``info["measured"]`` every measurement behind them.
+    ``n_gate`` other held-out images (tags agreeing) measure the gates and uses. ``info["used"]`` lists the used cues; ``info["measured"]`` every measurement behind them.
     """
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= float(rho) <= 1.0:
         raise FaithmapError(f"rho must be a number in [0, 1], got {rho!r}")
     rho = float(rho)
     r = recipe(arch, (RECIPES, QUICK), size=size, n_train=n_train, epochs=epochs, quick=quick)
-    n_test = TEST_IMAGES[bool(quick)] if n_test is None else int(n_test)
-    if n_test < 1:
-        raise FaithmapError(f"n_test must be a positive integer, got {n_test}")
+    n_test, n_gate = image_counts(n_test, n_gate, TEST_IMAGES, GATE_IMAGES, quick)
 
     def data():
         sc = watermarked(seed, r.n_train, r.size, rho, stream=0)
@@ -96,8 +101,7 @@ def build(seed: int, *, rho: float, arch: str = "cnn", size: int | None = None, 
     name = f"watermark-{arch}-rho{rho:.2f}"
     clf, report = model(arch, OBJECTS, r, seed, data, name=name, settings={"tier": 2, "rho": rho}, device=device,
                         cache_dir=cache_dir, progress=progress)
-    gates, uses, measured = _measure(clf, watermarked(seed, GATE_IMAGES[bool(quick)], r.size, rho, agree=True,
-                                                      stream=1))
+    gates, uses, measured = _measure(clf, watermarked(seed, n_gate, r.size, rho, agree=True, stream=1))
     used = [cue for cue, v in uses.items() if v >= USED]
     pool = watermarked(seed, 2 * n_test + 16, r.size, rho, agree=True, stream=2)
     test = pool.subset(explained(predict(clf.net, pool.images, clf.device), pool.labels, n_test))
