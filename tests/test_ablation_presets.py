@@ -14,7 +14,7 @@ from faithmap.api import check_params
 from faithmap.cli import main
 from faithmap.cli_evaluate import _params
 from faithmap.errors import FaithmapError
-from faithmap.evaluate.presets import TABLE7_LAMBDAS, base_method, resolve, run_name, split_run_name
+from faithmap.evaluation.presets import TABLE7_LAMBDAS, base_method, resolve, run_name, split_run_name
 from faithmap.registry import METHODS
 
 import evalkit

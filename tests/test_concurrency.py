@@ -64,7 +64,7 @@ def finish(procs, timeout=300):
 
 
 def check_results(out):
-    from faithmap.evaluate.store import Store, part_meta
+    from faithmap.evaluation.store import Store, part_meta
 
     sc = Store(out).scan()
     keys = [k for p in sc.parts for k in part_meta(p)["keys"]]

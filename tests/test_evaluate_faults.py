@@ -149,7 +149,7 @@ def test_disk_full(small_fs):
     res = evalkit.run_eval(out, batch_images=1)
     assert res.tasks_done_before == len(parts) and res.complete
     fresh = evalkit.run_eval(small_fs / "fresh", batch_images=1)
-    from faithmap.evaluate.store import comparable
+    from faithmap.evaluation.store import comparable
 
     assert comparable(res.rows) == comparable(fresh.rows)
 

@@ -18,8 +18,8 @@ import pytest
 ray = pytest.importorskip("ray")  # Ray is an optional extra of faithmap (faithmap[ray]), not a peer
 
 from faithmap.core.batching import torch_threads  # noqa: E402
-from faithmap.evaluate.ray_engine import RayEngine  # noqa: E402
-from faithmap.evaluate.store import Store, comparable, part_meta  # noqa: E402
+from faithmap.evaluation.ray_engine import RayEngine  # noqa: E402
+from faithmap.evaluation.store import Store, comparable, part_meta  # noqa: E402
 
 import evalkit  # noqa: E402
 

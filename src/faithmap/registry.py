@@ -85,6 +85,7 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
     fast: dict[str, Any] = field(default_factory=dict)
     bounds: dict[str, Any] = field(default_factory=dict)
+    default: bool = False  # one of the small set ``faithmap evaluate`` runs when no methods are named
 
     @property
     def params(self) -> dict[str, Any]:
@@ -101,20 +102,28 @@ class MethodSpec:
         check_params(f"method {self.name}", self.fn, params, self.bounds)
 
 
+METRIC_NEEDS = ("explain", "boxes", "masks")
+"""The extra inputs a metric may need (``MetricSpec.needs``); the evaluation provides each of them."""
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """A registered metric: its direction, category and the inputs it needs, as data.
+    """A registered metric: its direction, category, the inputs it needs and how it is called, as data.
 
     Call contract: ``fn(model, x, saliency, target, *, batch_size=None, seed=0, **needs)`` with a
     :class:`faithmap.models.Classifier`, normalised images ``x`` (B, 3, H, W), maps ``saliency``
     (B, h, w) at their native resolution (larger = more important) and targets (B,); it returns the
-    per-image scores as a tensor (B,) (or an object with a ``scores`` tensor (B,) and its curves).
+    per-image scores as a tensor (B,) (or an object with a ``scores`` tensor (B,) and its ``curves``).
+    :meth:`call` applies this contract, so a caller never branches on a metric's name.
     ``higher_is_better`` drives the arrows in reports; ``needs`` names the extra keyword inputs,
-    from: ``explain`` (a callable ``(x, target) -> saliency`` that re-explains perturbed inputs,
-    for robustness metrics), ``masks`` (ground-truth regions (B, H, W) bool), ``boxes`` (per image a
-    (k, 4) tensor of x0, y0, x1, y1 in input pixels).
+    from :data:`METRIC_NEEDS`: ``explain`` (a callable ``(x, target) -> saliency`` that re-explains
+    perturbed inputs, for robustness metrics), ``masks`` (ground-truth regions (B, H, W) bool),
+    ``boxes`` (per image a (k, 4) tensor of x0, y0, x1, y1 in input pixels).
     ``aggregate`` says how reports pool the per-image scores: ``"mean"`` (the default) or
     ``"category_mean"`` (per category first, then the mean over categories, as the pointing game).
+    ``set_level``: an image's score depends on the other images of the call (sufficiency compares
+    each map with the others'), so an evaluation scores such a metric one image at a time.
+    ``default``: ``faithmap evaluate`` computes it when no metrics are named.
     """
 
     name: str
@@ -127,6 +136,8 @@ class MetricSpec:
     aliases: tuple[str, ...] = ()
     aggregate: str = "mean"
     bounds: dict[str, Any] = field(default_factory=dict)
+    set_level: bool = False
+    default: bool = False
 
     def check(self, params: dict[str, Any]) -> None:
         """Refuse option values of the wrong type or out of range (:mod:`faithmap.params`)."""
@@ -136,6 +147,39 @@ class MetricSpec:
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
 
+    @property
+    def localises(self) -> bool:
+        """Whether it needs ground-truth regions (boxes or masks): scored only where an image has some."""
+        return bool(set(self.needs) & {"boxes", "masks"})
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """Whether a caller that wants per-image scores independent of the batch must call it per image:
+        set-level metrics, and metrics that re-explain (each image with its own seed)."""
+        return self.set_level or "explain" in self.needs
+
+    def takes(self, name: str) -> bool:
+        """Whether ``fn`` names the keyword ``name``."""
+        return name in inspect.signature(self.fn).parameters
+
+    def call(self, model, x, saliency, target, *, options: dict | None = None, batch_size: int | None = None,
+             seeds: list[int] | None = None, inputs: dict[str, Callable[[], Any]] | None = None) -> Any:
+        """``fn`` called by its contract: ``options``; ``batch_size`` when ``fn`` takes it (by name or
+        ``**kwargs``); the per-image ``seeds`` when it names ``seed``; and each of :attr:`needs` from
+        ``inputs`` (need -> a function that makes it, called only for the needs this metric has)."""
+        kw = dict(options or {})
+        params = inspect.signature(self.fn).parameters
+        if batch_size is not None and ("batch_size" in params
+                                       or any(p.kind == p.VAR_KEYWORD for p in params.values())):
+            kw["batch_size"] = batch_size
+        if seeds is not None and "seed" in params:
+            kw["seed"] = seeds
+        for need in self.needs:
+            if inputs is None or need not in inputs:
+                raise FaithmapError(f"metric {self.name} needs {need!r}, which was not provided")
+            kw[need] = inputs[need]()
+        return self.fn(model, x, saliency, target, **kw)
+
 
 METHODS: Registry[MethodSpec] = Registry("method")
 METRICS: Registry[MetricSpec] = Registry("metric")
@@ -143,20 +187,21 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 def register_method(name: str, *, family: str, summary: str, paper: str = "", resolution: str = "input",
                     min_resolution: int = 1, aliases: tuple[str, ...] = (), fast: dict | None = None,
-                    bounds: dict[str, Any] | None = None):
+                    bounds: dict[str, Any] | None = None, default: bool = False):
     """Decorator that registers an explanation method (see :class:`MethodSpec`).
 
     ``fast`` holds parameter overrides for quick runs (tests, demos, ``--fast`` evaluations).
     ``bounds`` gives numeric parameters their range, ``(low, high)`` inclusive (``None``: open) or
     interval notation (``"(0, 1)"``), over :data:`faithmap.params.COMMON_BOUNDS`; each parameter's
     type is its annotation in the signature. Both are checked once, at the boundary (:meth:`MethodSpec.check`).
+    ``default``: one of the small, cheap set ``faithmap evaluate`` runs when no methods are named.
     """
     for spec in (bounds or {}).values():
         interval(spec)  # a malformed range fails at import, not at the first call
 
     def deco(fn):
         METHODS.add(name, MethodSpec(name, fn, family, summary, paper, resolution, min_resolution,
-                                     aliases, dict(fast or {}), dict(bounds or {})), aliases)
+                                     aliases, dict(fast or {}), dict(bounds or {}), bool(default)), aliases)
         return fn
 
     return deco
@@ -164,14 +209,17 @@ def register_method(name: str, *, family: str, summary: str, paper: str = "", re
 
 def register_metric(name: str, *, higher_is_better: bool, category: str, summary: str, paper: str = "",
                     needs: tuple[str, ...] = (), aliases: tuple[str, ...] = (), aggregate: str = "mean",
-                    bounds: dict[str, Any] | None = None):
+                    bounds: dict[str, Any] | None = None, set_level: bool = False, default: bool = False):
     """Decorator that registers a metric (see :class:`MetricSpec`; ``bounds`` as in :func:`register_method`)."""
     if aggregate not in ("mean", "category_mean"):
         raise ValueError(f"metric {name!r}: aggregate must be 'mean' or 'category_mean', got {aggregate!r}")
+    unknown = [n for n in needs if n not in METRIC_NEEDS]
+    if unknown:  # a need nobody provides fails at import, not in the middle of an evaluation
+        raise ValueError(f"metric {name!r} needs {unknown[0]!r}; a metric may need: {', '.join(METRIC_NEEDS)}")
 
     def deco(fn):
-        METRICS.add(name, MetricSpec(name, fn, higher_is_better, category, summary, paper, needs, aliases,
-                                     aggregate, dict(bounds or {})), aliases)
+        METRICS.add(name, MetricSpec(name, fn, higher_is_better, category, summary, paper, tuple(needs), aliases,
+                                     aggregate, dict(bounds or {}), bool(set_level), bool(default)), aliases)
         return fn
 
     return deco

@@ -29,7 +29,7 @@ from ..core.batching import model_guard, per_image_generators, resolve_batch_siz
 from ..core.perturb import make_baseline
 from ..core.scores import score_of
 from ..errors import FaithmapError
-from ..evaluate.presets import TABLE7_LAMBDAS
+from ..evaluation.presets import TABLE7_LAMBDAS
 from . import bench
 from .common import dump, machine, table
 

@@ -109,7 +109,7 @@ def network_gain(model, photos, batch: int, repeats: int = 3) -> dict:
 def throughput(opts: dict, work: str) -> dict:
     import faithmap
     from .. import models
-    from ..evaluate.store import COST_COLUMNS, comparable, rows_close
+    from ..evaluation.store import COST_COLUMNS, comparable, rows_close
 
     n, batch, workers = int(opts.get("images", 64)), int(opts.get("batch", 8)), int(opts.get("workers", 2))
     photos = photo_set(n)
@@ -124,7 +124,7 @@ def throughput(opts: dict, work: str) -> dict:
         if kw.get("engine") == "ray":
             import ray
 
-            from ..evaluate.ray_engine import RayEngine
+            from ..evaluation.ray_engine import RayEngine
 
             t0 = time.perf_counter()
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -175,7 +175,7 @@ def synth(out: str, rows: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..evaluate.store import META_KEY, STORE_FORMAT, schema
+    from ..evaluation.store import META_KEY, STORE_FORMAT, schema
 
     sch = schema()
     per_part, metrics, L = 20, ("deletion", "insertion", "overall"), 54
@@ -226,8 +226,8 @@ def status(key):  # this process's own memory (VmHWM: peak resident set; getrusa
 t0 = time.perf_counter()
 import pyarrow as pa
 import faithmap
-from faithmap.evaluate.store import Store
-from faithmap.evaluate.report import write_report
+from faithmap.evaluation.store import Store
+from faithmap.evaluation.report import write_report
 imported = time.perf_counter() - t0
 what, out = sys.argv[1], sys.argv[2]
 before = status("VmRSS:")

@@ -70,7 +70,7 @@ def load_reference(path: str) -> dict[tuple[str, str], dict]:
 def paired_summary(rows: list[dict]) -> dict:
     """Mean paired differences (ours - authors) of deletion and insertion with 95% t-intervals,
     and the per-photo ratios of model images and seconds, over the rows that carry ``ref_*``."""
-    from ..evaluate.stats import t_interval
+    from ..evaluation.stats import t_interval
 
     both = [r for r in rows if "ref_deletion" in r]
     out: dict = {"photos": len(both)}

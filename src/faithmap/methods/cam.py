@@ -301,7 +301,7 @@ def gradient_cam(model, x: torch.Tensor, target: torch.Tensor, rule: Rule, *, la
 _LAYER_DOC = "layer: CAM layer name (default: the model's cam_layer)."
 
 
-@register_method("gradcam", family="cam", resolution="layer", aliases=("grad-cam",),
+@register_method("gradcam", family="cam", resolution="layer", aliases=("grad-cam",), default=True,
                  paper="Selvaraju et al., ICCV 2017",
                  summary="Grad-CAM: activations weighted by their spatially averaged gradients")
 def gradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
@@ -327,7 +327,7 @@ def wgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
 
 
 @register_method("gradcam++", family="cam", resolution="layer", aliases=("gradcampp", "grad-cam++"),
-                 paper="Chattopadhyay et al., WACV 2018",
+                 default=True, paper="Chattopadhyay et al., WACV 2018",
                  summary="Grad-CAM++: positive gradients weighted by the closed-form second/third-order alphas")
 def gradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
               variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:

@@ -284,7 +284,7 @@ def deconvnet(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "log
 
 
 @register_method(
-    "ig", family="gradient", paper="Sundararajan et al. 2017",
+    "ig", family="gradient", paper="Sundararajan et al. 2017", default=True,
     aliases=("integratedgradients", "integrated-gradients"),
     summary="Integrated Gradients from a baseline (black, blur, noise, tensor) by Gauss-Legendre or Riemann sums",
     fast={"steps": 8},

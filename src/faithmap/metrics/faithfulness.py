@@ -384,7 +384,7 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
 # ----------------------------------------------------------------------------------------------
 
 
-@register_metric("sufficiency", higher_is_better=True, category="faithfulness",
+@register_metric("sufficiency", higher_is_better=True, category="faithfulness", set_level=True,
                  paper="expected_gradcam.txt (Dasgupta et al. 2022)",
                  summary="share of the other images with a similar map that get the same predicted class (within the batch)")
 def sufficiency(model, x, saliency, target, *, threshold: float = 0.6, normalise: bool = True,

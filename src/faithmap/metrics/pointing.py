@@ -105,7 +105,7 @@ def _apply_min_score(hits, model, x, target, min_score, batch_size):
 
 
 @register_metric("pointing", higher_is_better=True, category="localisation", needs=("boxes",),
-                 aggregate="category_mean", paper="igos.txt",
+                 aggregate="category_mean", paper="igos.txt", default=True,
                  summary="pointing game: the most salient point lies in a box of the target; hits per category, mean over categories")
 def pointing(model, x, saliency, target, *, boxes, tolerance: float = 0.0, min_score: float | None = None,
              batch_size=None, seed=0) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Computation only (the report module presents these numbers). :func:`aggregate` reads the results
 as a stream of Arrow tables (a few tens of thousands of rows each, see
-:meth:`faithmap.evaluate.store.Store.batches`) and keeps only per-group running sums: count, mean and
+:meth:`faithmap.evaluation.store.Store.batches`) and keeps only per-group running sums: count, mean and
 the sum of squared deviations merged chunk by chunk (Chan, Golub and LeVeque's pairwise update), so
 memory does not grow with the number of rows.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 CI_LEVEL = 0.95
 CI_NOTE = ("95% confidence intervals are Student-t intervals over images: mean ± t(0.975, n−1)·s/√n, "
@@ -44,7 +46,7 @@ class Interval:
 
 def t_quantile(p: float, dof: int) -> float:
     """Quantile ``p`` of Student's t distribution with ``dof`` degrees of freedom."""
-    from scipy.stats import t
+    from scipy.stats import t  # lazy: importing scipy.stats costs ~1 s, which every `import faithmap` would pay
 
     return float(t.ppf(p, dof))
 
@@ -146,6 +148,26 @@ class MeanCurves:
         return float(np.trapezoid(self.insertion, self.fractions))
 
 
+SUMMARY_COLUMNS = ("method", "resolution", "grid", "metric", "higher_is_better", "aggregate", "n", "mean", "sd",
+                   "ci95_low", "ci95_high", "ci95_half_width")
+"""The columns of a summary (``summary.csv``, :meth:`faithmap.evaluation.EvalResult.summary`)."""
+SUMMARY_SCHEMA = pa.schema([(c, pa.string()) for c in SUMMARY_COLUMNS[:4]] + [
+    ("higher_is_better", pa.bool_()), ("aggregate", pa.string()), ("n", pa.int64())]
+    + [(c, pa.float64()) for c in SUMMARY_COLUMNS[7:]])
+
+
+def summary_records(summaries: Sequence[MetricSummary]) -> list[dict]:
+    """One dict of :data:`SUMMARY_COLUMNS` per summary (``n``: the interval's count, images or categories)."""
+    return [dict(zip(SUMMARY_COLUMNS, (s.method, s.resolution, s.grid, s.metric, bool(s.higher_is_better),
+                                       s.aggregate, s.interval.n, s.interval.mean, s.interval.sd, s.interval.low,
+                                       s.interval.high, s.interval.half))) for s in summaries]
+
+
+def summaries_table(summaries: Sequence[MetricSummary]) -> pa.Table:
+    """The summaries as an Arrow table of :data:`SUMMARY_COLUMNS` (``.to_pylist()``: one dict per row)."""
+    return pa.Table.from_pylist(summary_records(summaries), schema=SUMMARY_SCHEMA)
+
+
 def grid_cells(grid: str) -> int:
     try:
         h, w = grid.lower().split("x")
@@ -233,9 +255,6 @@ class Aggregates:
 
 def aggregate(chunks: Iterable, *, categories: Sequence[str] = ()) -> Aggregates:
     """Pool a stream of Arrow tables (with :data:`COLUMNS`); ``categories`` names the metrics pooled per category."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     agg = Aggregates()
     cat_metrics = pa.array(sorted(set(categories)), pa.string())
     for t in chunks:
@@ -295,8 +314,6 @@ def aggregate(chunks: Iterable, *, categories: Sequence[str] = ()) -> Aggregates
 
 def _add_curves(store: dict, key, part) -> None:
     """Add the curves of ``part`` (one group) to ``store[key]``; curves on other fractions are interpolated."""
-    import pyarrow.compute as pc
-
     lengths = pc.list_value_length(part.column("fractions")).to_numpy(zero_copy_only=False)
     acc = store.get(key)
     if (lengths == lengths[0]).all():
@@ -330,8 +347,6 @@ def mean_curves(curves: Sequence[dict], methods: Sequence[str], resolutions: Seq
     """Mean deletion and insertion curves per (method, resolution) of curve records (dicts with
     ``method, resolution, grid, fractions, deletion, insertion``); the AUC of the mean curve equals
     the mean AUC when the maps share a grid (the trapezoid is linear)."""
-    import pyarrow as pa
-
     if not curves:
         return []
     t = pa.table({"method": [c["method"] for c in curves], "resolution": [str(c["resolution"]) for c in curves],
@@ -341,8 +356,6 @@ def mean_curves(curves: Sequence[dict], methods: Sequence[str], resolutions: Seq
                   "insertion_curve": [list(map(float, c["insertion"])) for c in curves]})
     store: dict = {}
     for k in {(c["method"], str(c["resolution"]), c.get("grid", "")) for c in curves}:
-        import pyarrow.compute as pc
-
         mask = pc.and_(pc.and_(pc.equal(t.column("method"), k[0]), pc.equal(t.column("resolution"), k[1])),
                        pc.equal(t.column("grid"), k[2]))
         _add_curves(store, k, t.filter(mask))
@@ -358,8 +371,6 @@ def _num(v) -> float:
 
 def rows_table(rows: Sequence[dict]):
     """An Arrow table with :data:`COLUMNS` from row dicts (values as numbers or as their text)."""
-    import pyarrow as pa
-
     def flag(v):
         return v if isinstance(v, bool) or v is None else str(v).lower() == "true"
 

@@ -34,10 +34,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
+import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from ..core.io import atomic_open, os_error
 from ..errors import FaithmapError
@@ -46,35 +55,64 @@ STORE_FORMAT = "parquet-1"
 PARTS = "parts"
 LOCK = ".lock"
 META_KEY = b"faithmap"
-TIME_COLUMNS = ("explain_seconds", "metric_seconds")
+READ_THREADS = 4
+
+
+# ----------------------------------------------------------------------------------------------
+# the row schema: declared here once; the worker, the store, the exports, merge and legacy read it
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One column of a results part: its name, Arrow type and kind.
+
+    ``kind``: ``"row"`` (a reproducible value, exported to ``results.csv``), ``"time"`` (wall-clock
+    seconds: they change from run to run), ``"cost"`` (model images, shared evenly among a task's
+    rows: they change with the batching) or ``"curve"`` (deletion/insertion curves, on each
+    (image, target)'s first row only; not in ``results.csv``).
+    """
+
+    name: str
+    type: pa.DataType
+    kind: str = "row"
+
+
+_F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+COLUMNS: tuple[Column, ...] = (
+    Column("key", _STR), Column("image", _STR), Column("label", _I64), Column("predicted", _I64),
+    Column("correct", _BOOL), Column("target", _I64), Column("target_name", _STR), Column("target_prob", _F64),
+    Column("category", _STR), Column("method", _STR), Column("resolution", _STR), Column("grid", _STR),
+    Column("metric", _STR), Column("value", _F64), Column("higher_is_better", _BOOL), Column("seed", pa.uint64()),
+    Column("image_seed", _I64), Column("fast", _BOOL), Column("explain_seconds", _F64, "time"),
+    Column("explain_images", _F64, "cost"), Column("explain_grad_images", _F64, "cost"),
+    Column("metric_seconds", _F64, "time"), Column("metric_images", _F64, "cost"), Column("task_row", pa.int32()),
+    Column("fractions", pa.list_(_F64), "curve"), Column("deletion_curve", pa.list_(_F64), "curve"),
+    Column("insertion_curve", pa.list_(_F64), "curve"),
+)
+"""The columns of a results part, in order."""
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+ROW_COLUMNS = tuple(c.name for c in COLUMNS if c.kind != "curve")
+"""Columns of a row (the curves aside), in order: those of ``results.csv``."""
+TIME_COLUMNS = tuple(c.name for c in COLUMNS if c.kind == "time")
 """Columns that change from run to run (wall-clock time); everything else is reproducible."""
-COST_COLUMNS = TIME_COLUMNS + ("explain_images", "explain_grad_images", "metric_images")
+COST_COLUMNS = TIME_COLUMNS + tuple(c.name for c in COLUMNS if c.kind == "cost")
 """What a task cost, per row: its seconds and model images shared evenly among its rows. A method that
 adapts its work per image (AOP/SIGCAM) costs a batch other than the sum of its images' costs alone."""
-CURVE_COLUMNS = ("fractions", "deletion_curve", "insertion_curve")
-READ_THREADS = 4
-FLOAT_COLUMNS = ("target_prob", "value", "explain_images", "explain_grad_images", "metric_images")
+CURVE_COLUMNS = tuple(c.name for c in COLUMNS if c.kind == "curve")
+FLOAT_COLUMNS = tuple(c.name for c in COLUMNS if c.type == _F64)
+"""Float columns: equal across runs within rounding only (compared by :func:`rows_close` with a tolerance)."""
+_SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
 
 
-def schema():
-    import pyarrow as pa
-
-    f64, i64, s = pa.float64(), pa.int64(), pa.string()
-    return pa.schema([
-        ("key", s), ("image", s), ("label", i64), ("predicted", i64), ("correct", pa.bool_()), ("target", i64),
-        ("target_name", s), ("target_prob", f64), ("category", s), ("method", s), ("resolution", s), ("grid", s),
-        ("metric", s), ("value", f64), ("higher_is_better", pa.bool_()), ("seed", pa.uint64()), ("image_seed", i64),
-        ("fast", pa.bool_()), ("explain_seconds", f64), ("explain_images", f64), ("explain_grad_images", f64),
-        ("metric_seconds", f64), ("metric_images", f64), ("task_row", pa.int32()),
-        ("fractions", pa.list_(f64)), ("deletion_curve", pa.list_(f64)), ("insertion_curve", pa.list_(f64)),
-    ])
+def schema() -> pa.Schema:
+    """The Arrow schema of a results part (:data:`COLUMNS`)."""
+    return _SCHEMA
 
 
-ROW_COLUMNS = tuple(n for n in ("key", "image", "label", "predicted", "correct", "target", "target_name", "target_prob",
-                                "category", "method", "resolution", "grid", "metric", "value", "higher_is_better",
-                                "seed", "image_seed", "fast", "explain_seconds", "explain_images",
-                                "explain_grad_images", "metric_seconds", "metric_images", "task_row"))
-"""Columns of a row (the curves aside), in order: those of ``results.csv``."""
+def columns_table(columns: dict[str, list]) -> pa.Table:
+    """A table with the schema's columns, in order, from lists of Python values (``{}``: no rows)."""
+    if not columns or not columns.get("key"):
+        return _SCHEMA.empty_table()
+    return pa.table({c.name: pa.array(columns[c.name], type=c.type) for c in COLUMNS}, schema=_SCHEMA)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +221,6 @@ class Scan:
 
 def part_meta(path: str, with_rows: bool = False):
     """A part's metadata (its keys, image fingerprints, and the parts it replaces), from its footer alone."""
-    import pyarrow.parquet as pq
 
     fmd = pq.read_metadata(path)
     meta = json.loads((fmd.metadata or {})[META_KEY].decode("utf-8"))
@@ -204,7 +241,6 @@ class Store:
     def scan(self, repair: bool = False) -> Scan:
         """Keys and image fingerprints of the finished parts; with ``repair`` (the lock held) also
         remove stray temporary files and unreadable or duplicate parts."""
-        import pyarrow.parquet as pq
 
         sc = Scan()
         if not os.path.isdir(self.dir):
@@ -257,8 +293,6 @@ class Store:
         """Join small parts into parts of about ``target_rows`` rows (call with the lock held); returns
         how many parts were replaced. Each new part lists the parts it replaces and is written (atomically)
         before they are removed, so an interrupted compaction leaves duplicates that every scan ignores."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         sc = self.scan(repair=True)
         small = [p for p in sc.parts if sc.sizes.get(p, 0) < target_rows // 4]
@@ -313,10 +347,6 @@ class Store:
                 ) -> Iterator:
         """Tables of ``columns`` over the parts, one file read at a time and gathered to about ``rows``
         rows: memory is bounded by one chunk, whatever the number of parts."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from concurrent.futures import ThreadPoolExecutor
 
         paths = list(self.parts if parts is None else parts)
         cols = list(columns)
@@ -358,9 +388,8 @@ class Store:
 
     def table(self, columns: Sequence[str] | None = None, filter=None, images: Iterable[str] | None = None):
         """All rows (of ``images`` only, if given) as one table."""
-        import pyarrow as pa
 
-        cols = list(columns) if columns else schema().names
+        cols = list(columns) if columns else list(COLUMN_NAMES)
         parts = self.parts_of(images) if images is not None else None
         chunks = list(self.batches(cols, filter, parts=parts))
         return pa.concat_tables(chunks) if chunks else schema().empty_table().select(cols)
@@ -368,18 +397,12 @@ class Store:
     # -- writing ------------------------------------------------------------------------------
     def write(self, columns: dict[str, list], keys: Sequence[str], images: dict[str, list], task: int | None = None) -> str:
         """Write one task's rows as a new part, atomically; returns its path."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as exc:
             raise os_error("create", self.dir, exc) from None
-        sch = schema()
-        if columns and columns.get("key"):
-            table = pa.table({n: pa.array(columns[n], type=sch.field(n).type) for n in sch.names}, schema=sch)
-        else:
-            table = sch.empty_table()
+        table = columns_table(columns)
         meta = {"format": STORE_FORMAT, "keys": list(keys), "images": images, "task": task}
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta, separators=(",", ":")).encode("utf-8")})
         path = os.path.join(self.dir, f"part-{uuid.uuid4().hex}.parquet")
@@ -396,23 +419,20 @@ class Store:
 
     def write_table(self, table, keys: Sequence[str], images: dict[str, list]) -> str:
         """A part from an Arrow table with the store's columns (merge, migration)."""
-        cols = {n: table.column(n).to_pylist() for n in schema().names} if table.num_rows else {}
+        cols = {n: table.column(n).to_pylist() for n in COLUMN_NAMES} if table.num_rows else {}
         return self.write(cols, keys, images)
 
     def _drop_keys(self, path: str, keys: set[str]) -> None:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         meta = part_meta(path)
         t = pq.read_table(path)
-        t = t.filter(pc.invert(pc.is_in(t.column("key"), value_set=__import__("pyarrow").array(sorted(keys)))))
+        t = t.filter(pc.invert(pc.is_in(t.column("key"), value_set=pa.array(sorted(keys)))))
         meta["keys"] = [k for k in meta["keys"] if k not in keys]
         t = t.replace_schema_metadata({META_KEY: json.dumps(meta).encode("utf-8")})
         with atomic_open(path) as fh:
             pq.write_table(t, fh, compression="zstd")
 
     def clear(self) -> None:
-        import shutil
 
         if os.path.isdir(self.dir):
             shutil.rmtree(self.dir)
@@ -433,9 +453,6 @@ def _remove(path: str) -> None:
 # ----------------------------------------------------------------------------------------------
 def order_table(table, run: dict):
     """Rows sorted by (image, method, resolution) in run order, each task's rows in their own order."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     if table.num_rows == 0:
         return table
@@ -460,7 +477,6 @@ def comparable(rows: Sequence[dict], drop: Sequence[str] = TIME_COLUMNS) -> list
 
 def rows_close(a: Sequence[dict], b: Sequence[dict], rel: float = 1e-4, abs_: float = 1e-6) -> str | None:
     """None when the rows agree (floats within ``rel``/``abs_``; the rest exactly); else what differs first."""
-    import math
 
     if len(a) != len(b):
         return f"{len(a)} rows against {len(b)}"
@@ -484,7 +500,6 @@ def rows_close(a: Sequence[dict], b: Sequence[dict], rel: float = 1e-4, abs_: fl
 
 def export_csv(store: Store, run: dict, path: str) -> int:
     """Write every row (the curves aside) to ``path`` as CSV, in run order; returns the number of rows."""
-    import pyarrow.csv as pacsv
 
     t = order_table(store.table(ROW_COLUMNS), run)
     with atomic_open(path) as fh:
@@ -494,7 +509,6 @@ def export_csv(store: Store, run: dict, path: str) -> int:
 
 def iter_parts(paths: Iterable[str]):
     """(path, metadata, table) of each part file."""
-    import pyarrow.parquet as pq
 
     for p in paths:
         yield p, part_meta(p), pq.read_table(p)

@@ -2,7 +2,7 @@
 
 Everything is rebuilt from the output directory alone (``run.json``, the Parquet parts, ``images.json``,
 ``maps/``, ``images/``), so a merged or resumed run reports the same way as an uninterrupted one.
-The numbers come from one streaming pass over the parts (:func:`faithmap.evaluate.stats.aggregate`);
+The numbers come from one streaming pass over the parts (:func:`faithmap.evaluation.stats.aggregate`);
 only the rows of the per-image table (the first images) are read as rows.
 """
 
@@ -17,13 +17,19 @@ import os
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from PIL import Image
 
 from ..core.io import write_atomic
+from ..data import safe_name as _safe
+from ..metrics.pointing import most_salient_point
 from ..registry import METRICS
 from . import stats as _stats
-from .stats import CI_NOTE, Cost, MetricSummary, grid_cells
 from .legacy import open_results
-from .store import load_images_info
+from .stats import CI_NOTE, SUMMARY_COLUMNS, Aggregates, Cost, MetricSummary, grid_cells, summary_records
+from .store import load_images_info, order_table
 
 MAX_GRID_ROWS = 12
 MAX_GRID_COLUMNS = 10
@@ -177,7 +183,7 @@ def html_table(rows: list[list[str]], cls: str = "", escape: bool = True) -> str
 # pictures
 # ----------------------------------------------------------------------------------------------
 def _curve_figures(out: str, run: dict, mc: list) -> list[tuple[str, str]]:
-    from ..viz.evaluate import save_mean_curves
+    from ..viz.evaluate import save_mean_curves  # lazy: matplotlib (viz sets its backend on import)
 
     by_grid: dict[str, list] = {}
     for c in mc:
@@ -193,12 +199,7 @@ def _curve_figures(out: str, run: dict, mc: list) -> list[tuple[str, str]]:
 
 
 def _grid_figures(out: str, run: dict, images: dict, summaries: list[MetricSummary]) -> list[tuple[str, str]]:
-    import torch
-    from PIL import Image
-
-    from ..metrics.pointing import most_salient_point
-    from ..viz.evaluate import save_heatmap_grid
-    from ..data import safe_name as _safe
+    from ..viz.evaluate import save_heatmap_grid  # lazy: matplotlib (viz sets its backend on import)
 
     cols = list(dict.fromkeys((s.method, s.resolution, s.grid) for s in summaries))
     names = [n for n in run["images"] if n in images and images[n].get("thumbnail")
@@ -242,11 +243,6 @@ def _b64(path: str) -> str:
 # ----------------------------------------------------------------------------------------------
 def _per_image(src, run: dict, metrics: list[str]) -> tuple[list[list[str]], int]:
     """The per-image table of the first images in run order (at most MAX_HTML_ROWS rows), and the row count in all."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from .store import order_table
-
     groups = max(1, len(run.get("methods", [])) * max(1, len(run.get("resolutions", []))))
     take = max(1, MAX_HTML_ROWS // groups + 1)
     names = run.get("images", [])[:take]
@@ -262,33 +258,9 @@ def _per_image(src, run: dict, metrics: list[str]) -> tuple[list[list[str]], int
     return per, len(seen)
 
 
-def write_report(out: str) -> tuple[dict[str, str], str]:
-    """Write ``summary.md``, ``summary.csv``, the PNGs and ``report.html`` into ``out``; return (files, markdown)."""
-    run, src = open_results(out)
-    images = load_images_info(out)
-    res_order = list(run["resolutions"]) + ["native"]
-    cat_metrics = [m for m in METRICS.names() if METRICS.get(m).aggregate == "category_mean"]
-    agg = _stats.aggregate(src.batches(_stats.COLUMNS), categories=cat_metrics)
-    present = {k[3] for k in agg.costs}
-    metrics = [m for m in run.get("settings", {}).get("metrics", run.get("metrics", [])) if m in present]
-    metrics += sorted(present - set(metrics))
-    aggregates = {m: METRICS.get(m).aggregate if m in METRICS else "mean" for m in metrics}
-    summaries = agg.summaries(run["methods"], res_order, metrics, aggregates)
-    cs = agg.cost_list(run["methods"], res_order)
-    pairs = agg.correct_split(run["methods"], res_order, metrics)
-    files: dict[str, str] = {}
-
-    mc = agg.mean_curves(run["methods"], res_order)
-    curve_pngs = _curve_figures(out, run, mc) if mc else []
-    grid_pngs = _grid_figures(out, run, images, summaries)
-    for tag, p in curve_pngs:
-        files[f"curves_{tag}"] = p
-    for tag, p in grid_pngs:
-        files[f"grid_{tag}"] = p
-
-    s = run.get("settings", {})
-    dirs = agg.directions
-    title = f"faithmap evaluation{' — ' + str(run['preset']) if run.get('preset') else ''}"
+def _facts(run: dict, agg: Aggregates, metrics: list[str]) -> list[tuple[str, str]]:
+    """The run's settings as (name, text) lines at the top of the report."""
+    s, dirs = run.get("settings", {}), agg.directions
     facts = [
         ("model", f"{s.get('model')} (input {s.get('input_size')} px, {s.get('resize')})"),
         ("images", f"{len(agg.images)} evaluated of {len(run.get('images', []))}"),
@@ -302,11 +274,10 @@ def write_report(out: str) -> tuple[dict[str, str], str]:
     ]
     if run.get("skipped_methods"):
         facts.append(("skipped (not registered)", ", ".join(map(str, run["skipped_methods"]))))
-    sm = summary_table(run, summaries, metrics, directions=dirs)
-    ct = cost_table(run, cs)
-    cats = category_tables(run, summaries, dirs)
-    cor = correct_table(run, pairs, metrics) if pairs else None
+    return facts
 
+
+def _markdown(title: str, facts, sm, cats: dict, cor, ct) -> str:
     md = [f"# {title}", ""]
     md += [f"- **{k}**: {_md(v)}" for k, v in facts] + [""]
     md += ["## Summary", "", "Mean ± half-width of the 95% confidence interval; ↑ higher is better, ↓ lower is "
@@ -318,19 +289,51 @@ def write_report(out: str) -> tuple[dict[str, str], str]:
                "correctly (prediction = label) and over those it gets wrong.", "", md_table(cor), ""]
     md += ["## Cost", "", "Seconds and images sent through the model, per image; metrics that share a computation "
            "(deletion, insertion and overall) count it once, under the first of them.", "", md_table(ct), ""]
-    markdown = "\n".join(md)
-    write_atomic(os.path.join(out, "summary.md"), markdown.encode())
-    files["summary_md"] = os.path.join(out, "summary.md")
+    return "\n".join(md)
 
+
+def _csv_cell(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _summary_csv(summaries: list[MetricSummary]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "resolution", "grid", "metric", "higher_is_better", "aggregate", "n", "mean", "sd",
-                "ci95_low", "ci95_high", "ci95_half_width"])
-    for x in summaries:
-        iv = x.interval
-        w.writerow([x.method, x.resolution, x.grid, x.metric, str(x.higher_is_better).lower(), x.aggregate, iv.n,
-                    repr(iv.mean), repr(iv.sd), repr(iv.low), repr(iv.high), repr(iv.half)])
-    write_atomic(os.path.join(out, "summary.csv"), buf.getvalue().encode())
+    w.writerow(SUMMARY_COLUMNS)
+    for rec in summary_records(summaries):
+        w.writerow([_csv_cell(rec[c]) for c in SUMMARY_COLUMNS])
+    return buf.getvalue().encode()
+
+
+def write_report(out: str) -> tuple[dict[str, str], str]:
+    """Write ``summary.md``, ``summary.csv``, the PNGs and ``report.html`` into ``out``; return (files, markdown)."""
+    run, src = open_results(out)
+    res_order = list(run["resolutions"]) + ["native"]
+    cat_metrics = [m for m in METRICS.names() if METRICS.get(m).aggregate == "category_mean"]
+    agg = _stats.aggregate(src.batches(_stats.COLUMNS), categories=cat_metrics)
+    present = {k[3] for k in agg.costs}
+    metrics = [m for m in run.get("settings", {}).get("metrics", run.get("metrics", [])) if m in present]
+    metrics += sorted(present - set(metrics))
+    aggregates = {m: METRICS.get(m).aggregate if m in METRICS else "mean" for m in metrics}
+    summaries = agg.summaries(run["methods"], res_order, metrics, aggregates)
+    pairs = agg.correct_split(run["methods"], res_order, metrics)
+    mc = agg.mean_curves(run["methods"], res_order)
+    curve_pngs = _curve_figures(out, run, mc) if mc else []
+    grid_pngs = _grid_figures(out, run, load_images_info(out), summaries)
+    files = {f"curves_{tag}": p for tag, p in curve_pngs} | {f"grid_{tag}": p for tag, p in grid_pngs}
+
+    dirs = agg.directions
+    title = f"faithmap evaluation{' — ' + str(run['preset']) if run.get('preset') else ''}"
+    facts = _facts(run, agg, metrics)
+    ct = cost_table(run, agg.cost_list(run["methods"], res_order))
+    cats = category_tables(run, summaries, dirs)
+    cor = correct_table(run, pairs, metrics) if pairs else None
+    markdown = _markdown(title, facts, summary_table(run, summaries, metrics, directions=dirs), cats, cor, ct)
+    write_atomic(os.path.join(out, "summary.md"), markdown.encode())
+    files["summary_md"] = os.path.join(out, "summary.md")
+    write_atomic(os.path.join(out, "summary.csv"), _summary_csv(summaries))
     files["summary_csv"] = os.path.join(out, "summary.csv")
 
     per, n_rows = _per_image(src, run, metrics)

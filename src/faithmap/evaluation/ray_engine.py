@@ -21,6 +21,8 @@ import os
 import time
 from typing import Callable, Iterable
 
+import torch
+
 from ..errors import FaithmapError
 from .worker import Context, Job, Output, Worker
 
@@ -39,8 +41,6 @@ class _Actor:
     """One Ray actor: a :class:`Worker` with the model loaded once."""
 
     def __init__(self, ctx: Context, device: str | None, threads: int):
-        import torch
-
         torch.set_num_threads(max(1, threads))
         self.worker = Worker(ctx, device)
 
@@ -55,6 +55,7 @@ class RayEngine:
     """Run jobs on ``workers`` Ray actors (default: one per ``cpus_per_worker`` CPUs, or per GPU share)."""
 
     name = "ray"
+    loads_model = True  # each actor loads a named model itself (nothing large is pickled)
 
     def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
                  cpus_per_worker: float = 1.0, num_cpus: int | None = None):
@@ -93,55 +94,9 @@ class RayEngine:
         remote = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)(_Actor)
         ctx_ref = ray.put(ctx)
         try:
-            t0 = time.perf_counter()
-            self.actors = [remote.remote(ctx_ref, device, threads) for _ in range(self._count())]
-            try:
-                ray.get([a.pid.remote() for a in self.actors])  # jobs would queue behind the model loads anyway
-            except _LOST:
-                pass  # an actor that cannot start: its first job fails over below
-            except ray.exceptions.RayTaskError as exc:  # the model or the specs cannot be loaded there
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, FaithmapError):
-                    raise FaithmapError(str(cause)) from None
-                raise
-            self.startup_s = time.perf_counter() - t0
-            idle = collections.deque(self.actors)
-            retry: collections.deque[Job] = collections.deque()
-            attempts: dict[int, int] = collections.Counter()
-            inflight: dict = {}  # ObjectRef -> (actor, job)
-            it = iter(jobs)
-            exhausted = False
-            while True:
-                while idle and (retry or not exhausted):
-                    job = retry.popleft() if retry else next(it, None)
-                    if job is None:
-                        exhausted = True
-                        break
-                    actor = idle.popleft()
-                    inflight[actor.run.remote(job)] = (actor, job)
-                if not inflight:
-                    break
-                (ref,), _ = ray.wait(list(inflight), num_returns=1)
-                actor, job = inflight.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except _LOST:
-                    attempts[job.task.index] += 1
-                    if attempts[job.task.index] >= MAX_ATTEMPTS:
-                        raise FaithmapError(f"{MAX_ATTEMPTS} Ray workers died while running task {job.task.index} "
-                                            f"({job.task.method} on {job.images[0].name} ...); see the Ray logs") from None
-                    retry.append(job)
-                    self._replace(actor, remote, ctx_ref, device, threads, idle)
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if hasattr(exc, "cause") else None
-                    if isinstance(cause, FaithmapError):
-                        raise FaithmapError(str(cause)) from None
-                    if isinstance(cause, BaseException):
-                        raise cause
-                    raise
-                idle.append(actor)
-                on_output(out)
+            self._start(remote, ctx_ref, device, threads)
+            self._pull(iter(jobs), on_output, lambda dead, idle: self._replace(dead, remote, ctx_ref, device, threads,
+                                                                                idle))
         finally:
             for a in self.actors:
                 try:
@@ -151,6 +106,53 @@ class RayEngine:
             self.actors = []
             if started:
                 ray.shutdown()
+
+    def _start(self, remote, ctx_ref, device: str, threads: int) -> None:
+        """Start the actors and wait until each has loaded the model (jobs would queue behind the loads anyway)."""
+        t0 = time.perf_counter()
+        self.actors = [remote.remote(ctx_ref, device, threads) for _ in range(self._count())]
+        try:
+            ray.get([a.pid.remote() for a in self.actors])
+        except _LOST:
+            pass  # an actor that cannot start: its first job fails over in _pull
+        except ray.exceptions.RayTaskError as exc:  # the model or the specs cannot be loaded there
+            _raise_cause(exc)
+        self.startup_s = time.perf_counter() - t0
+
+    def _pull(self, it, on_output: Callable[[Output], None], replace) -> None:
+        """Keep one job in flight per idle actor; hand each finished job's output to ``on_output``; give
+        the job of an actor that died to another (``replace`` starts a new actor in its place)."""
+        idle = collections.deque(self.actors)
+        retry: collections.deque[Job] = collections.deque()
+        attempts: dict[int, int] = collections.Counter()
+        inflight: dict = {}  # ObjectRef -> (actor, job)
+        exhausted = False
+        while True:
+            while idle and (retry or not exhausted):
+                job = retry.popleft() if retry else next(it, None)
+                if job is None:
+                    exhausted = True
+                    break
+                actor = idle.popleft()
+                inflight[actor.run.remote(job)] = (actor, job)
+            if not inflight:
+                return
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            actor, job = inflight.pop(ref)
+            try:
+                out = ray.get(ref)
+            except _LOST:
+                attempts[job.task.index] += 1
+                if attempts[job.task.index] >= MAX_ATTEMPTS:
+                    raise FaithmapError(f"{MAX_ATTEMPTS} Ray workers died while running task {job.task.index} "
+                                        f"({job.task.method} on {job.images[0].name} ...); see the Ray logs") from None
+                retry.append(job)
+                replace(actor, idle)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                _raise_cause(exc)
+            idle.append(actor)
+            on_output(out)
 
     def _replace(self, dead, remote, ctx_ref, device, threads, idle) -> None:
         """Start an actor in place of ``dead`` (Ray places it wherever resources are free)."""
@@ -163,3 +165,13 @@ class RayEngine:
         self.actors.append(new)
         idle.append(new)
         self.restarts += 1
+
+
+def _raise_cause(exc) -> None:
+    """A job's or an actor's error, raised in the driver as what it was (a FaithmapError as its one line)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, FaithmapError):
+        raise FaithmapError(str(cause)) from None
+    if isinstance(cause, BaseException):
+        raise cause
+    raise exc

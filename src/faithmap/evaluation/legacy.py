@@ -13,7 +13,11 @@ import json
 import math
 import os
 
+import pyarrow as pa
+
 from ..errors import FaithmapError
+from .store import COLUMN_NAMES, Column, Store, TableSource, columns_table, load_run
+from .store import COLUMNS as STORE_COLUMNS
 
 COLUMNS = ("image", "target", "target_name", "target_prob", "category", "method", "resolution", "grid", "metric",
            "value", "higher_is_better", "seed", "fast", "explain_seconds", "explain_images", "explain_grad_images",
@@ -99,15 +103,31 @@ def _seed(v: str):
     return s if s is not None and 0 <= s < 2**64 else None
 
 
+def _value(text: str, column: Column):
+    """A CSV cell as the Parquet column's type (unreadable numbers: NaN or None)."""
+    if column.type == pa.float64():
+        return _f(text)
+    if column.type == pa.uint64():
+        return _seed(text)
+    if column.type == pa.bool_():
+        return text == "true"
+    return _i(text) if pa.types.is_integer(column.type) else text
+
+
+def _legacy_row(r: dict[str, str], task_row: int, curve: dict | None) -> dict:
+    """One CSV-store row with the Parquet store's columns (those the CSV store lacked are None)."""
+    row = {c.name: _value(r[c.name], c) if c.name in r else None for c in STORE_COLUMNS}
+    row.update(task_row=task_row, fractions=curve["fractions"] if curve else None,
+               deletion_curve=curve["deletion"] if curve else None,
+               insertion_curve=curve["insertion"] if curve else None)
+    return row
+
+
 def read_legacy(out: str):
     """(Arrow table with the new store's columns, keys) of a CSV-store directory (its shard files too)."""
-    import pyarrow as pa
-
-    from .store import schema
-
     main = os.path.join(out, "results.csv")
     paths = [main] if os.path.exists(main) else sorted(glob.glob(os.path.join(out, "results.shard-*.csv")))
-    cols: dict[str, list] = {n: [] for n in schema().names}
+    cols: dict[str, list] = {n: [] for n in COLUMN_NAMES}
     keys: list[str] = []
     for p in paths:
         rows = read_rows(p)
@@ -124,27 +144,14 @@ def read_legacy(out: str):
             tg = _i(r["target"])
             c = curves.get((r["key"], tg)) if (r["key"], tg) not in first else None
             first.add((r["key"], tg))
-            vals = {"key": r["key"], "image": r["image"], "label": None, "predicted": None, "correct": None,
-                    "target": tg, "target_name": r["target_name"], "target_prob": _f(r["target_prob"]),
-                    "category": r["category"], "method": r["method"], "resolution": r["resolution"],
-                    "grid": r["grid"], "metric": r["metric"], "value": _f(r["value"]),
-                    "higher_is_better": r["higher_is_better"] == "true", "seed": _seed(r["seed"]), "image_seed": None,
-                    "fast": r["fast"] == "true", "explain_seconds": _f(r["explain_seconds"]),
-                    "explain_images": _f(r["explain_images"]), "explain_grad_images": _f(r["explain_grad_images"]),
-                    "metric_seconds": _f(r["metric_seconds"]), "metric_images": _f(r["metric_images"]),
-                    "task_row": k, "fractions": c["fractions"] if c else None,
-                    "deletion_curve": c["deletion"] if c else None, "insertion_curve": c["insertion"] if c else None}
-            for n, v in vals.items():
-                cols[n].append(v)
-    sch = schema()
-    table = pa.table({n: pa.array(cols[n], type=sch.field(n).type) for n in sch.names}, schema=sch)
-    return table, keys
+            row = _legacy_row(r, k, c)
+            for n in COLUMN_NAMES:
+                cols[n].append(row[n])
+    return columns_table(cols), keys
 
 
 def open_results(out: str):
     """(run, results) of an output directory: its Parquet parts, or the rows of an earlier CSV store."""
-    from .store import Store, TableSource, load_run
-
     run = load_run(out)
     if is_legacy(out, run):
         return run, TableSource(read_legacy(out)[0])

@@ -16,18 +16,21 @@ import os
 import shutil
 from typing import Sequence
 
-from ..core.io import atomic_open, os_error, write_atomic
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..core.io import atomic_open, output_dir, write_atomic
 from ..errors import FaithmapError
+from .legacy import is_legacy, read_legacy
 from .plan import settings_diff
 from .runner import EvalResult, finish
-from .store import (ROW_COLUMNS, STORE_FORMAT, OutputLock, Store, load_images_info, load_run, order_table, part_meta,
+from .store import (COLUMN_NAMES, STORE_FORMAT, OutputLock, Store, load_images_info, load_run, part_meta,
                     rows_close)
 
 
 def _sources(d: str, run: dict):
-    """(label, keys -> rows getter, parts) of one input directory."""
-    from .legacy import is_legacy, read_legacy
-
+    """(legacy table or None, keys, parts) of one input directory."""
     if is_legacy(d, run):
         table, keys = read_legacy(d)
         return table, keys, []
@@ -38,10 +41,6 @@ def _sources(d: str, run: dict):
 
 def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
     """Merge the results of ``dirs`` (shards of one run) into ``out`` and write its report."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     dirs = [os.fspath(d) for d in dirs]
     if not dirs:
         raise FaithmapError("--merge needs at least one directory")
@@ -66,8 +65,6 @@ def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
     # the output directory itself first: its parts stay where they are
     order = sorted(range(len(dirs)), key=lambda j: os.path.abspath(dirs[j]) != out_abs)
 
-    from ..core.io import output_dir
-
     pending = None
     with output_dir(out):
         try:
@@ -76,7 +73,7 @@ def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
             pending = exc
         else:
             try:
-                res = _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq)
+                res = _merge(dirs, runs, order, out, out_abs, base, report)
             finally:
                 lock.release()
     if pending is not None:
@@ -85,20 +82,41 @@ def merge(dirs: Sequence[str], out: str, *, report: bool = True) -> EvalResult:
 
 
 def _rows(table, key):
-    import pyarrow.compute as pc
-
-    return table.filter(pc.equal(table.column("key"), key)).select(list(ROW_COLUMNS) + ["fractions", "deletion_curve",
-                                                                                        "insertion_curve"]).to_pylist()
+    return table.filter(pc.equal(table.column("key"), key)).select(list(COLUMN_NAMES)).to_pylist()
 
 
-def _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq) -> EvalResult:
-    target = Store(out)
+def _take_part(p: str, d: str, same: bool, target: Store, taken: dict) -> None:
+    """The tasks of part ``p`` (of directory ``d``) not taken yet: copied whole, or filtered to them."""
+    meta = part_meta(p)
+    new = [k for k in meta["keys"] if not _dup(k, taken, lambda k=k: _rows(pq.read_table(p), k), d)]
+    for k in new:
+        taken[k] = (d, ("part", p))
+    if same and len(new) == len(meta["keys"]):
+        return  # already here
+    if not new:
+        if same:
+            os.remove(p)
+        return
+    if len(new) == len(meta["keys"]):
+        dest = os.path.join(target.dir, f"part-{os.urandom(16).hex()}.parquet")
+        os.makedirs(target.dir, exist_ok=True)
+        with open(p, "rb") as src, atomic_open(dest) as fh:
+            shutil.copyfileobj(src, fh, 1 << 20)
+        return
+    table = pq.read_table(p)
+    table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(new, pa.string())))
+    images = {n: v for n, v in (meta.get("images") or {}).items() if any(k.split("|", 1)[0] == n for k in new)}
+    target.write_table(table, new, images)
+    if same:
+        os.remove(p)
+
+
+def _take(dirs, runs, order, out_abs, target: Store) -> None:
+    """Every task of the directories (the output directory's first) once into ``target``."""
     taken: dict[str, tuple[str, object]] = {}  # key -> (where, table or part path)
-    copied = 0
     for j in order:
         d, r = dirs[j], runs[j]
         legacy, keys, parts = _sources(d, r)
-        same = os.path.abspath(d) == out_abs
         if legacy is not None:
             new = [k for k in keys if not _dup(k, taken, lambda k=k: _rows(legacy, k), d)]
             if new:
@@ -108,37 +126,11 @@ def _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq) -> EvalRes
                 taken[k] = (d, ("table", legacy))
             continue
         for p in parts:
-            meta = part_meta(p)
-            table = None
+            _take_part(p, d, os.path.abspath(d) == out_abs, target, taken)
 
-            def rows_of(k, p=p):
-                return _rows(pq.read_table(p), k)
 
-            new = [k for k in meta["keys"] if not _dup(k, taken, lambda k=k: rows_of(k), d)]
-            for k in new:
-                taken[k] = (d, ("part", p))
-            if same and len(new) == len(meta["keys"]):
-                continue  # already here
-            if not new:
-                if same:
-                    os.remove(p)
-                continue
-            if len(new) == len(meta["keys"]):
-                dest = os.path.join(target.dir, f"part-{os.urandom(16).hex()}.parquet")
-                os.makedirs(target.dir, exist_ok=True)
-                with open(p, "rb") as src, atomic_open(dest) as fh:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-            else:
-                table = pq.read_table(p)
-                table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(new, pa.string())))
-                images = {n: v for n, v in (meta.get("images") or {}).items()
-                          if any(k.split("|", 1)[0] == n for k in new)}
-                target.write_table(table, new, images)
-                if same:
-                    os.remove(p)
-            copied += 1
-
-    # -- the merged run ------------------------------------------------------------------------
+def _merged_run(dirs, runs, base: dict, out: str) -> tuple[dict, dict]:
+    """The merged run.json and images.json (maps and thumbnails copied into ``out``)."""
     def union(key):
         out_list: list = []
         for r in runs:
@@ -164,6 +156,13 @@ def _merge(dirs, runs, order, out, out_abs, base, report, pa, pc, pq) -> EvalRes
                     shutil.copytree(src, os.path.join(out, sub), dirs_exist_ok=True)
                 except (OSError, shutil.Error) as exc:
                     raise FaithmapError(f"cannot copy {src} into {out}: {exc}") from None
+    return run, images
+
+
+def _merge(dirs, runs, order, out, out_abs, base, report) -> EvalResult:
+    target = Store(out)
+    _take(dirs, runs, order, out_abs, target)
+    run, images = _merged_run(dirs, runs, base, out)
     write_atomic(os.path.join(out, "run.json"), json.dumps(run, indent=2).encode())
     if images:
         write_atomic(os.path.join(out, "images.json"), json.dumps(images, indent=1).encode())
@@ -181,8 +180,6 @@ def _dup(key: str, taken: dict, rows, where: str) -> bool:
     if key not in taken:
         return False
     prev_where, (kind, obj) = taken[key]
-    import pyarrow.parquet as pq
-
     prev = _rows(obj if kind == "table" else pq.read_table(obj), key)
     diff = rows_close(prev, rows())
     if diff:
