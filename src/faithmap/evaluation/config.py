@@ -134,8 +134,8 @@ class RunConfig:
         """``base`` (default: all defaults) with ``overrides``: any name of :data:`OPTION_NAMES`, the engine's
         options flat (``engine="ray", workers=4``); an unknown name is one line listing the valid ones."""
         if base is not None and not isinstance(base, cls):
-            raise FaithmapError(f"faithmap.evaluate takes a RunConfig or keywords only (methods=..., images=..., "
-                                f"out=...), got {type(base).__name__} as its first argument")
+            raise FaithmapError("faithmap.evaluate takes a RunConfig or keywords only (methods=..., images=..., "
+                                "out=...), not settings by position")
         unknown = [k for k in overrides if k not in OPTION_NAMES]
         if unknown:
             raise FaithmapError(f"evaluate has no option {unknown[0]!r}; the options are: {', '.join(OPTION_NAMES)}")
@@ -143,9 +143,13 @@ class RunConfig:
         return dataclasses.replace(base, engine=engine, **overrides) if base is not None else cls(engine=engine,
                                                                                                    **overrides)
 
-    def uses_default_methods(self) -> bool:
-        """Whether no methods were named (nor a preset given): the small default set runs."""
-        return self.methods is None and self.preset is None
+    def for_workers(self) -> "RunConfig":
+        """This config without what a worker must not receive pickled: the inputs (images, labels,
+        annotations: the plan hands workers what they need of them), a model object (workers get the
+        model from the context) and an engine object."""
+        return dataclasses.replace(self, images=None, labels=None, annotations=None,
+                                   model=self.model if isinstance(self.model, str) else None,
+                                   engine=self.engine if isinstance(self.engine, EngineConfig) else EngineConfig())
 
 
 def _engine(current: EngineConfig | Engine, overrides: dict) -> EngineConfig | Engine:

@@ -177,7 +177,7 @@ class LocalEngine:
     def _run_loader(self, worker: Worker, jobs: list[Job], on_output: Callable[[Output], None]) -> None:
         if not jobs:
             return
-        loader = DataLoader(_JobPhotos(jobs, worker.model.transform, worker.ctx.convert), batch_size=None,
+        loader = DataLoader(_JobPhotos(jobs, worker.model.transform, worker.ctx.config.convert), batch_size=None,
                             shuffle=False, num_workers=self.workers, prefetch_factor=2, persistent_workers=False,
                             worker_init_fn=_one_thread)
         for job, loaded in zip(jobs, loader):

@@ -269,10 +269,10 @@ class Plan:
             model=spec if (loads_model and spec is not None) else self.model,
             methods={_presets.base_method(m): METHODS.get(_presets.base_method(m)) for m in self.methods},
             metrics={m: METRICS.get(m) for m in self.metrics}, params=self.params,
-            metric_options=self.metric_options, seed=self.config.seed, batch_size=self.batch_size,
-            fast=self.config.fast, target=self.target, convert=self.config.convert,
+            metric_options=self.metric_options, batch_size=self.batch_size, target=self.target,
             annotations={it.name: ann.get(it.name) for it in self.images
-                         if ann is not None and ann.get(it.name) is not None})
+                         if ann is not None and ann.get(it.name) is not None},
+            config=self.config.for_workers())
 
 
 def _resolve_target(target, clf, ann, items) -> Any:

@@ -108,7 +108,9 @@ class EvalResult:
 # ----------------------------------------------------------------------------------------------
 # the entry point
 # ----------------------------------------------------------------------------------------------
-def evaluate(config: RunConfig | None = None, /, **overrides: Any) -> EvalResult:
+def evaluate(config: RunConfig | None = None, /, *positional: Any, **overrides: Any) -> EvalResult:
+    if positional:  # evaluate(methods, images, ...) of earlier versions: RunConfig.make says what to write
+        config = (config, *positional)
     plan = build(RunConfig.make(config, **overrides))
     eng = make_engine(plan.config.engine)
     out = plan.config.out

@@ -42,20 +42,22 @@ from .tasks import NATIVE, ModelSpec, Task, image_seed, photo_digest, photo_hw, 
 
 @dataclass
 class Context:
-    """What every worker needs once: the model (or how to load it), the specs, the settings
-    (derived from the plan: :meth:`faithmap.evaluation.plan.Plan.context`)."""
+    """What every worker needs once: the model (or how to load it), the specs, what the plan resolved,
+    and the run's settings (derived from the plan: :meth:`faithmap.evaluation.plan.Plan.context`)."""
 
     model: Any  # a Classifier, or a ModelSpec that the worker loads itself
     methods: dict  # name -> MethodSpec of the methods of the run (registered in workers that lack them)
     metrics: dict  # name -> MetricSpec of the metrics of the run, in the run's order
-    params: dict[str, dict]
+    params: dict[str, dict]  # run name -> the method's parameters
     metric_options: dict[str, dict]
-    seed: int
     batch_size: int  # resolved once by the plan
-    fast: bool
     target: Any  # "top1", a class index or name, "annotated", "label"
     annotations: dict  # image name -> ImageAnnotation (photo pixels), for the images that have one
-    convert: bool = False  # --convert: grayscale, RGBA and 16-bit files to 8-bit RGB
+    config: Any  # the run's RunConfig without its inputs (RunConfig.for_workers): seed, fast, convert, ...
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
 
 @dataclass
@@ -150,7 +152,7 @@ class Worker:
 
     def load(self, job: Job) -> dict:
         """Decode and preprocess the job's photos (CPU work an engine may overlap with the last job)."""
-        return load_photos(job.images, self.model.transform, self.ctx.convert)
+        return load_photos(job.images, self.model.transform, self.ctx.config.convert)
 
     def run(self, job: Job, loaded: dict | None = None) -> Output:
         """The job's five steps: predict, rows, explain, score, output."""
@@ -297,7 +299,7 @@ class Worker:
             "category": "+".join(cats) if cats else clf.class_name(t), "method": rows.job.task.method,
             "resolution": rows.job.task.resolution, "grid": f"{sal.shape[-2]}x{sal.shape[-1]}", "metric": m,
             "value": rows.values[m][r], "higher_is_better": bool(ctx.metrics[m].higher_is_better), "seed": ctx.seed,
-            "image_seed": rows.seeds[r], "fast": bool(ctx.fast), "explain_seconds": round(exp.seconds * per_row, 6),
+            "image_seed": rows.seeds[r], "fast": ctx.config.fast, "explain_seconds": round(exp.seconds * per_row, 6),
             "explain_images": exp.counts["images"] * per_row,
             "explain_grad_images": exp.counts["grad_images"] * per_row,
             "metric_seconds": round(rows.cost[m][0] * per_row, 6), "metric_images": rows.cost[m][1] * per_row,
