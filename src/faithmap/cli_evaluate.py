@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_model_args, command, parse_value
+from .cli import add_model_args, command, model_or_name, parse_value
 from .errors import FaithmapError
 
 
@@ -152,7 +152,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise FaithmapError(f"--metric-param expects METRIC.KEY=VALUE, got {k}={v!r}")
     try:
         res = evaluate(
-            methods=args.methods, images=args.images or "samples", out=args.out, model=args.model, weights=args.weights,
+            methods=args.methods, images=args.images or "samples", out=args.out, model=model_or_name(args), weights=args.weights,
             device=args.device, resize=args.resize, resolutions=args.resolution, metrics=args.metrics,
             preset=args.preset, fast=args.fast, params=params, metric_params=mparams, seed=args.seed,
             batch_size=args.batch_size, target=args.target, annotations=args.annotations, tolerance=args.tolerance,
