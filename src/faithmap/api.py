@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from .core.batching import model_guard
 from .core.device import resolve_device
@@ -128,7 +129,7 @@ def explain(model, images, method: str = DEFAULT_METHOD, target=None, *, device:
     out.method = spec.name
     if logits is not None:
         out.extras.setdefault("logits", logits.detach())
-    describe(out, clf, x)
+    keep_for_drawing(out, clf, x)
     return out
 
 
@@ -139,7 +140,7 @@ def check_class_count(clf: Classifier, logits: torch.Tensor) -> None:
                             f"({clf.name})")
 
 
-def describe(exp: Explanation, clf: Classifier, x: torch.Tensor) -> None:
+def keep_for_drawing(exp: Explanation, clf: Classifier, x: torch.Tensor) -> None:
     """What ``exp`` keeps to draw itself: the inputs (a reference), the normalisation, the target
     names, the model's name and a weak reference to the model."""
     exp.inputs = x.detach()
@@ -158,8 +159,6 @@ class TqdmProgress:
         self.bar = None
 
     def __call__(self, done: int, total: int, unit: str) -> None:
-        from tqdm import tqdm
-
         if self.bar is None or done == 0:
             self.close()
             self.bar = tqdm(total=total, desc=self.desc, unit=unit, file=sys.stderr, **self.kwargs)

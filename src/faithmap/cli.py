@@ -229,7 +229,7 @@ def _check_explain(args: argparse.Namespace):
     anything is written; returns (spec, params, model, [(name, x, logits, target)])."""
     import torch
 
-    from .api import DEFAULT_METHOD, check_params
+    from .api import DEFAULT_METHOD, check_class_count, check_params
     from .core.batching import model_guard
     from .core.scores import resolve_targets
     from .registry import METHODS
@@ -248,8 +248,8 @@ def _check_explain(args: argparse.Namespace):
     batch = [(stem, model.preprocess(arr)) for stem, arr in images]
     with model_guard(model), torch.no_grad():
         logits = [model(x) for _, x in batch]
-    if logits and model.class_names is not None and logits[0].shape[1] != len(model.class_names):
-        raise FaithmapError(f"{len(model.class_names)} class names for a model with {logits[0].shape[1]} classes")
+    for lg in logits[:1]:
+        check_class_count(model, lg)  # --classes of another count than the model's logits
     targets = [resolve_targets(lg, args.target, model.class_names) for lg in logits]
     if spec.resolution == "mask":
         from .core.perturb import grid_size

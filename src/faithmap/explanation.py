@@ -1,7 +1,8 @@
 """The result type every method returns, and what it needs to draw itself.
 
 :class:`Explanation` lives above :mod:`faithmap.viz` (and the metrics, for its curves) and below the
-methods, so that :meth:`Explanation.show` needs no upward import.
+methods, so that :meth:`Explanation.show` needs no upward import (it imports the drawing code when it
+draws, so that ``import faithmap`` does not import matplotlib).
 
 What it keeps to draw: :func:`faithmap.explain` stores a reference to the model inputs it explained
 (``inputs``, not a copy) and the model's normalisation (``mean``, ``std``: two small tensors), from
@@ -15,15 +16,16 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .core.perturb import upsample
 from .errors import FaithmapError
 from .metrics.deletion import Curves, deletion_insertion
-from .viz.draw import Picture, png_bytes
-from .viz.show import show as _show
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def map_problems(saliency: torch.Tensor) -> list[str | None]:
@@ -129,13 +131,19 @@ class Explanation:
         return deletion_insertion(model, self.inputs, self.saliency, self.target, **kwargs)
 
     def show(self, index: int | Sequence[int] | None = None, *, curves: Any = None, model=None, alpha: float = 0.5,
-             cmap: str | None = None, title: str | None = None) -> Picture:
+             cmap: str | None = None, title: str | None = None) -> "Figure":
         """A :class:`matplotlib.figure.Figure`: per image the photo, the map over it and, with
         ``curves=True`` (or a ``Curves`` object), the deletion/insertion curves. A notebook displays
         it; ``fig.savefig("x.png")`` writes it. See :func:`faithmap.viz.show`."""
-        return _show(self, index, curves=curves, model=model, alpha=alpha, cmap=cmap, title=title)
+        # matplotlib is imported when something is drawn, as the CLI and the evaluate report do: `import
+        # faithmap` neither pays for it nor builds its font cache (a read-only or size-limited home)
+        from .viz.show import show as draw
+
+        return draw(self, index, curves=curves, model=model, alpha=alpha, cmap=cmap, title=title)
 
     def _repr_png_(self) -> bytes:
+        from .viz.draw import png_bytes  # lazy: see show()
+
         return png_bytes(self.show(range(min(len(self), 4))))
 
     def __repr__(self) -> str:
