@@ -22,7 +22,7 @@ chromium:
 	  echo "note: chromium not installed; the browser test will be skipped"
 
 demo: $(VENV)/.core
-	$(VENV)/bin/faithmap explain --out demo_out
+	$(VENV)/bin/faithmap explain --method igos --out demo_out
 
 test: $(VENV)/.test chromium
 	$(PY) -m pytest -q

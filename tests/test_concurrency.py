@@ -20,7 +20,7 @@ CHILD = """
 import os, sys, time, torch
 sys.path.insert(0, {here!r})
 import evalkit
-from faithmap.core.explanation import Explanation
+from faithmap.explanation import Explanation
 from faithmap.registry import register_method
 
 @register_method("test-wait", family="test", resolution="mask", summary="test: waits for a flag file")

@@ -12,7 +12,7 @@ from . import methods as _methods  # noqa: F401,E402  (registers methods)
 from . import metrics as _metrics  # noqa: F401,E402  (registers metrics)
 from . import models  # noqa: E402
 from .api import explain  # noqa: E402
-from .core.explanation import Explanation  # noqa: E402
+from .explanation import Explanation  # noqa: E402
 from .core.memory import keep_freed_memory  # noqa: E402
 from .errors import FaithmapError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402  (a function; the package faithmap.evaluation holds the rest)

@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Any
 
-from .cli import add_model_args, command, parse_value
+from .cli import add_model_args, command, parse_triple, parse_value
 from .errors import FaithmapError
 from .evaluation import RunConfig, merge, runner, write_report
 from .evaluation.config import OPTIONS, Option
@@ -53,7 +53,8 @@ def _metric_params(items: list[str] | None) -> dict:
     return mparams
 
 
-CONVERT = {"params": lambda items: _params(items, METHODS, "param"), "metric_params": _metric_params}
+CONVERT = {"params": lambda items: _params(items, METHODS, "param"), "metric_params": _metric_params,
+           "mean": lambda text: parse_triple(text, "--mean"), "std": lambda text: parse_triple(text, "--std")}
 """Options whose command-line text becomes another value (repeated KEY=VALUE -> a dict)."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data.annotations import Annotations
 from ..errors import FaithmapError
+from ..models import check_input_size, check_stats
 from ..registry import METHODS, METRICS
 from . import presets as _presets
 from .engines import Engine, EngineConfig
@@ -89,6 +90,11 @@ class RunConfig:
     weights: str | None = _opt(None, "local weights for a named model (a state dict or .safetensors file)", shared=True)
     device: str | None = _opt("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps", shared=True)
     resize: str | None = _opt(None, "crop or squash (default: the model's own)", shared=True)
+    class_names: Any = _opt(None, "class names of a named model: a file (one per line, or JSON) or a list",
+                            shared=True)
+    mean: tuple[float, ...] | None = _opt(None, "the named model's input normalisation mean", shared=True)
+    std: tuple[float, ...] | None = _opt(None, "the named model's input normalisation std", shared=True)
+    input_size: int | None = _opt(None, "the named model's input size in pixels", shared=True)
     resolutions: str | int | Sequence[int] | None = _opt(
         None, f"mask resolutions of mask methods, comma-separated (default {DEFAULT_RESOLUTION})", flag="--resolution",
         metavar="RESOLUTION", api="or a list of ints")
@@ -251,6 +257,12 @@ def _check_flags(c: RunConfig) -> None:
         raise FaithmapError("save_maps must be -1 (all), 0 (none) or a number of images")
     if c.resize and c.resize not in ("crop", "squash"):
         raise FaithmapError(f"resize must be crop or squash, got {c.resize!r}")
+    described = [n for n in ("class_names", "mean", "std", "input_size") if getattr(c, n) is not None]
+    if described and not (isinstance(c.model, str) or c.model is None):
+        raise FaithmapError(f"{described[0]} describes a named model; describe a model object with "
+                            f"faithmap.models.wrap(net, {described[0]}=...)")
+    check_stats(c.mean, c.std)
+    check_input_size(c.input_size)
     for name in ("params", "metric_params"):
         if getattr(c, name) is not None and not isinstance(getattr(c, name), dict):
             raise FaithmapError(f"{name} must be a dict, got {type(getattr(c, name)).__name__}")

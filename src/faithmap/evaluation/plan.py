@@ -100,11 +100,18 @@ def select_inputs(records: list[ImageRecord], clf, *, limit=None, sample=None, s
 # ----------------------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------------------
+def model_description(cfg: RunConfig) -> dict[str, Any]:
+    """The description of a named model given in the run (class names, mean, std, input size), as keywords
+    of :func:`faithmap.models.load`."""
+    return {n: getattr(cfg, n) for n in ("class_names", "mean", "std", "input_size") if getattr(cfg, n) is not None}
+
+
 def load_model(cfg: RunConfig):
     """The Classifier of ``cfg.model`` (a name, a Classifier or a torch module) on ``cfg.device``."""
     model, device = cfg.model, cfg.device
     if isinstance(model, str) or model is None:
-        clf = load_named_model(model or DEFAULT_MODEL, weights=cfg.weights, device=resolve_device(device))
+        clf = load_named_model(model or DEFAULT_MODEL, weights=cfg.weights, device=resolve_device(device),
+                               **model_description(cfg))
     else:
         clf = as_classifier(model)
         if device not in (None, "auto"):
@@ -114,7 +121,10 @@ def load_model(cfg: RunConfig):
     return clf
 
 def model_fingerprint(model) -> str:
+    """The model's name, normalisation (``--mean``/``--std`` change every number) and weights, hashed."""
     h = hashlib.sha1(str(model.name).encode())
+    for stat in (model.mean, model.std):
+        h.update(torch.as_tensor(stat).detach().cpu().to(torch.float64).contiguous().numpy().tobytes())
     for k, v in sorted(model.net.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).to(torch.float64).numpy().tobytes() if v.is_floating_point()
@@ -253,7 +263,8 @@ class Plan:
         m = self.config.model
         if not (isinstance(m, str) or m is None):
             return None
-        return ModelSpec(m or DEFAULT_MODEL, self.config.weights, self.config.device, self.config.resize)
+        return ModelSpec(m or DEFAULT_MODEL, self.config.weights, self.config.device, self.config.resize,
+                         model_description(self.config))
 
     def keys(self, task: Task) -> list[str]:
         return [task_key(self.images[i].name, task.method, task.resolution) for i in task.images]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -57,9 +57,11 @@ class ModelSpec:
     weights: str | None
     device: str | None
     resize: str | None
+    description: dict = field(default_factory=dict)  # class_names, mean, std, input_size given in the run
 
     def load(self, device: str | None = None):
-        clf = load_named_model(self.name, weights=self.weights, device=resolve_device(device or self.device))
+        clf = load_named_model(self.name, weights=self.weights, device=resolve_device(device or self.device),
+                               **self.description)
         if self.resize:
             clf.resize = self.resize
         return clf

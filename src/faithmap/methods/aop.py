@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.batching import DEFAULT_BATCH_SIZE, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import grid_size
 from ..errors import FaithmapError
 from ..registry import METHODS, MethodSpec, register_method

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..errors import FaithmapError
 from ..models.layers import architecture, default_cam_layer, get_layer
 from ..registry import register_method

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.batching import DEFAULT_BATCH_SIZE, model_guard, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import BASELINES, gaussian_blur, make_baseline, phi
 from ..errors import FaithmapError
 from ..registry import register_method

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.batching import Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..errors import FaithmapError
 from ..metrics.regions import important_pixels
 from ..registry import register_method

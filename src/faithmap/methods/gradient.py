@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import BASELINES, make_baseline
 from ..core.scores import score_of
 from ..errors import FaithmapError

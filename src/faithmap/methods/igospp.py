@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..core.batching import DEFAULT_BATCH_SIZE, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..errors import FaithmapError
 from ..registry import register_method
 from .mask import (ArmijoLineSearch, FixedStep, L1BTV, MaskOptimizer, PathTerm, check_init, check_resolution, default_l1,

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, per_image_generators, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
+from ..core.progress import ticker
 from ..core.perturb import blur_params, gaussian_blur, grid_size, make_baseline, phi, upsample
 from ..core.regularizers import btv, l1_keep, tv
 from ..core.scores import score_of
@@ -522,6 +523,7 @@ class MaskOptimizer:
         needs_f = isinstance(self.step_rule, ArmijoLineSearch)
         active = torch.ones(b, dtype=torch.bool, device=x.device)  # images still optimised (tol)
         t0 = time.perf_counter()
+        tick = ticker(self.iterations, "iteration")  # progress inside the image, for who asked (faithmap.explain)
         for it in range(self.iterations):
             st.iteration = it
             if baseline_schedule is not None:
@@ -561,6 +563,7 @@ class MaskOptimizer:
             hist["seconds"].append(time.perf_counter() - t0)
             if counter is not None:  # cumulative images through the model (whole batch) after this iteration
                 hist["images"].append(counter.images - start_images)
+            tick()
             if not active.any():
                 break
         history = {"loss": torch.stack(hist["loss"], 1) if hist["loss"] else torch.empty(b, 0),

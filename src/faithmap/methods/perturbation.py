@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..core.batching import (Seed, DEFAULT_BATCH_SIZE, chunks, image_runs, model_guard, per_image_generators,
                              resolve_batch_size)
-from ..core.explanation import Explanation
+from ..explanation import Explanation
+from ..core.progress import ticker
 from ..core.perturb import make_baseline, phi
 from ..core.scores import score_of
 from ..errors import FaithmapError
@@ -144,6 +145,7 @@ def rise(model, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000, c
     diff = x - base
     sal = torch.zeros(b, hgt * wid, device=x.device, dtype=x.dtype)
     with model_guard(model), torch.no_grad():
+        tick = ticker(math.ceil(b * n_masks / bs), "batch")
         for sl in chunks(b * n_masks, bs):
             flat = torch.arange(sl.start, sl.stop, device=x.device)
             img, j = flat // n_masks, flat % n_masks
@@ -153,6 +155,7 @@ def rise(model, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000, c
                 torch.mul(masks[r].unsqueeze(1), diff[i], out=batch[r]).add_(base[i])
             s = fn(model(batch), target[img])
             sal.index_add_(0, img, s.unsqueeze(1) * masks.flatten(1))
+            tick()
     sal = sal.view(b, hgt, wid) / (n_masks * p)
     return Explanation(saliency=sal, target=target, method="rise",
                        params=dict(n_masks=n_masks, cells=cells, p=p, seed=seed))
@@ -213,11 +216,13 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, *, patch: int = 32, 
     sal = torch.zeros(b, hgt * wid, device=x.device, dtype=x.dtype)
     with model_guard(model), torch.no_grad():
         full = torch.cat([fn(model(x[sl]), target[sl]) for sl in chunks(b, bs)])
+        tick = ticker(math.ceil(b * nw / bs), "batch")
         for sl in chunks(b * nw, bs):
             flat = torch.arange(sl.start, sl.stop, device=x.device)
             img, k = flat // nw, flat % nw
             occ = windows(k)
             s = fn(model(phi(x[img], base[img], 1 - occ.unsqueeze(1))), target[img])
             sal.index_add_(0, img, (full[img] - s).unsqueeze(1) * occ.flatten(1))
+            tick()
     sal = sal.view(b, hgt, wid) / count
     return Explanation(saliency=sal, target=target, method="occlusion", params=dict(patch=patch, stride=stride))

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..core.batching import DEFAULT_BATCH_SIZE, torch_threads, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import BASELINES
 from ..errors import FaithmapError
 from ..registry import METHODS, register_method
