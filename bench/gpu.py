@@ -12,16 +12,20 @@ per photo:
   and insertion, the photos in one task (no report), images per second of the whole call.
 
 Seconds are wall-clock with the device synchronised before and after each timed call, the best of
-``--repeats``; every method first runs once untimed on one photo (kernels, allocator; not under ``--quick``). Mask methods
-run with ``ls_window=3``, the line-search window faithmap picks on an accelerator, on every device:
-with the window CPU runs pick (1) the line search would send other images through the model.
+``--repeats``; every method first runs once untimed on one photo (kernels, allocator; not under
+``--quick``). Mask methods run with ``ls_window=3``, the line-search window faithmap picks on an
+accelerator, on every device: with the window CPU runs pick (1) the line search would send other
+images through the model, and the counts could not be compared. Even so, the line search accepts
+a step by comparing floats, so a mask row may differ where a GPU's rounding flips a close call;
+the CAM rows should match exactly (the evaluate row runs I-GOS too).
 
 ``--device cpu --json FILE`` writes a CPU run; ``--compare-cpu FILE`` then checks, after this run,
 that every row's model images equal the CPU run's (the settings must be the same, checked before
-anything runs): the differences are printed and the exit status is 1. ``--quick``: 2 photos, 1
-iteration and 2 IG steps for the mask methods, each CAM method's fast settings and, on the default
-model, a 24-channel layer (``features.3``) so that Score-CAM and Ablation-CAM stay cheap, and no
-warm-up calls: a CPU smoke run of the whole script (about 900 model images). ``--json`` defaults to ``bench_gpu_<device type>.json``.
+anything runs): the differences are printed and the exit status is 1. ``--quick``: 2 photos; the
+mask methods with 1 iteration, 2 IG steps and 1 line-search point; each CAM method's fast settings
+and, on the default model, a 24-channel layer (``features.3``) so that Score-CAM and Ablation-CAM
+stay cheap; no warm-up calls: a CPU smoke run of the whole script (about 730 model images).
+``--json`` defaults to ``bench_gpu_<device type>.json``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ MASK_METHODS = ("igos", "igos++")
 MASK_RESOLUTIONS = (28, 224)
 LS_WINDOW = 3
 """The line-search window of the mask methods on every device (faithmap's choice on an accelerator)."""
-QUICK_MASK = {"iterations": 1, "ig_steps": 2}
+QUICK_MASK = {"iterations": 1, "ig_steps": 2, "ls_points": 1}
 QUICK_PHOTOS = 2
 QUICK_CAM_LAYER = "features.3"
 """The layer of the CAM methods under ``--quick`` on the default model (24 channels, 56 x 56)."""
@@ -187,6 +191,8 @@ def bench_gpu(opts: Options) -> int:
     """Photos/s of I-GOS, iGOS++, the CAM family and evaluate on an accelerator; model images per photo."""
     import tempfile
 
+    if opts.params or opts.resolution or opts.iterations is not None:
+        raise FaithmapError("bench gpu has fixed settings (no --param, --resolution, --iterations); --quick shrinks them")
     device = resolve_device(opts.device)
     cpu_run = read_cpu_run(opts.compare_cpu) if opts.compare_cpu else None
     out_path = opts.json or f"bench_gpu_{device.type}.json"

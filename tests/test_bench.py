@@ -36,6 +36,7 @@ def test_listing_names_every_benchmark(capsys):
     (["ties", "--repeats", "0"], "--repeats must be at least 1"),
     (["igos", "--resolution", "1"], "--resolution must be at least 2"),
     (["gpu", "--quick", "--compare-cpu", "/nonexistent/cpu.json"], "does not exist"),
+    (["gpu", "--quick", "--iterations", "3"], "bench gpu has fixed settings"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert main(argv) == 2
@@ -117,6 +118,7 @@ def test_compare_counts_lists_each_difference():
                     {"row": "evaluate / x / y", "ours": None, "cpu": 1}]
 
 
+@pytest.mark.slow
 def test_gpu_bench_quick_on_cpu(tmp_path, capsys):
     """The GPU script's smoke run on CPU: every row, a batch costing what its photos cost one by one,
     and a CPU file with other settings refused before anything runs."""
