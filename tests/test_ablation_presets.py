@@ -133,9 +133,9 @@ def test_cli_lists_the_ablation_presets(capsys):
 
 
 def test_table7_objective_is_the_naive_objective_at_the_map(patch_model, patch_input):
-    """``bench igospp-table7``'s L(M) = f(phi(I, B, M)) - f(phi(B, I, M)) + l1 mean|1 - M| + l2 BTV(I, M):
+    """``python -m bench igospp-table7``'s L(M) = f(phi(I, B, M)) - f(phi(B, I, M)) + l1 mean|1 - M| + l2 BTV(I, M):
     at M = 1 (saliency 0) it is f(I) - f(B); at M = 0 it is f(B) - f(I) + l1 (both masks constant)."""
-    from faithmap.benchmarks.ablations import naive_objective
+    from faithmap.methods.igospp_objective import naive_objective
     from faithmap.core.perturb import blur_baseline
 
     x = patch_input

@@ -7,13 +7,13 @@ are checked before any file is written, and every file is written atomically.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 from typing import Any, Callable
 
 from .core.io import output_dir, save_npy, write_json
 from .errors import FaithmapError
+from .params import parse_params, parse_value  # noqa: F401  (the sub-commands' --param)
 
 EXIT_BAD_INPUT = 2
 
@@ -55,30 +55,6 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------------------------
 # helpers shared by sub-commands
 # ----------------------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """A Python literal when ``text`` is one (numbers, booleans, None, tuples), else the string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """``["k=v", ...]`` -> dict with literal values."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise FaithmapError(f"--param expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = parse_value(v)
-    return out
-
-
 def pick_device(name: str) -> str:
     """``--device``: auto, cpu, cuda, cuda:N or mps (:func:`faithmap.core.device.resolve_device`)."""
     from .core.device import resolve_device
@@ -413,31 +389,17 @@ def run_models(args: argparse.Namespace) -> int:
 command("models", "list the models faithmap can load")(run_models)
 
 
+BENCH_MOVED = ("the benchmarks live in the repository, not in the package: run `python -m bench NAME` "
+               "from a source checkout (BENCHMARKS.md)")
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    from .benchmarks import BENCHES
-
-    if args.name not in BENCHES:
-        raise FaithmapError(f"unknown benchmark {args.name!r}; choose from: {', '.join(BENCHES)}")
-    return BENCHES[args.name](args) or 0
+    """``faithmap bench`` points to ``python -m bench``: recorded commands fail with a direction."""
+    raise FaithmapError(BENCH_MOVED)
 
 
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    from .benchmarks import BENCHES
-
-    p.add_argument("name", help=f"one of: {', '.join(BENCHES)}")
-    p.add_argument("images", nargs="*", help="image files (default: the sample photos)")
-    add_model_args(p)
-    p.add_argument("--resolution", default=None, help="mask resolution(s), comma-separated")
-    p.add_argument("--iterations", type=int, default=None, help="iterations of optimisation methods")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
-    p.add_argument("--batch-size", type=int, default=None, help="maximum images per forward pass")
-    p.add_argument("--repeats", type=int, default=1, help="timing repeats (best is reported)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--convert", action="store_true", help="convert non-RGB images")
-
-
-run_bench.add_arguments = _bench_args  # type: ignore[attr-defined]
-command("bench", "benchmarks: seconds and model images against reference figures or peer libraries")(run_bench)
+run_bench.add_arguments = lambda p: p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # type: ignore[attr-defined]
+command("bench", "moved: the benchmarks are run as `python -m bench NAME` from the repository")(run_bench)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ finite unless the interval reaches ``inf``; integers are never booleans.
 
 from __future__ import annotations
 
+import ast
 import collections.abc
 import functools
 import math
@@ -25,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from .errors import FaithmapError
 
-__all__ = ["COMMON_BOUNDS", "Interval", "check", "interval", "signature_types"]
+__all__ = ["COMMON_BOUNDS", "Interval", "check", "interval", "parse_params", "parse_value", "signature_types"]
 
 
 @dataclass(frozen=True)
@@ -204,3 +205,31 @@ def check(owner: str, fn: Callable[..., Any], params: Mapping[str, Any],
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal when ``text`` is one (numbers, booleans, None, tuples), else the string.
+
+    ``true``/``false``/``none`` are read in any case; the value is typed here and checked by
+    :func:`check` where it is used."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``["k=v", ...]`` (``--param KEY=VALUE`` of a command) -> dict with :func:`parse_value` values;
+    ``-`` in a key reads as ``_``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FaithmapError(f"--param expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = parse_value(v)
+    return out

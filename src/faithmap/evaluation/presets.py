@@ -181,7 +181,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("igospp-table7", "iGOS++ Table 7: iGOS++ and the naive objective at four (lambda1, lambda2) pairs",
            "igos_plus_plus.txt, Table 7 (28x28, supplement)", IGOSPP_TABLE7, (28,), ("deletion", "insertion"),
            note="The table reports the objective value each method reaches, with each column's own lambdas, "
-                "which a metric (one setting a run) cannot follow: `faithmap bench igospp-table7` computes it "
+                "which a metric (one setting a run) cannot follow: `python -m bench igospp-table7` computes it "
                 "(the naive objective at each final mask); this preset gives the same eight runs' deletion and "
                 "insertion."),
     Preset("expected-gradcam-table3", "Expected Grad-CAM Table 3: insertion, deletion and their difference",

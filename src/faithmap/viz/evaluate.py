@@ -1,6 +1,6 @@
 """Pictures of an evaluation: mean deletion/insertion curves per method, and a heatmap grid.
 
-Drawing only: the numbers come from :mod:`faithmap.evaluate.stats`.
+Drawing only: the numbers come from :mod:`faithmap.evaluation.stats`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``faithmap bench deletion``: the cost of one photo's deletion and insertion curves.
+"""``python -m bench deletion``: the cost of one photo's deletion and insertion curves.
 
 The evaluation scores every map with ``deletion_insertion``, which sends one photo's two curves
 through the model in batches: exactly 2 x (number of steps) images. The peer is the same
@@ -8,14 +8,15 @@ seeded random map at each resolution: the cost does not depend on its values.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import torch
 
-from ..cli import gather_images, load_model
-from . import bench
-from .common import dump, machine, mean_row, table
+from faithmap.metrics import default_step, deletion_insertion
+
+from .common import Options, bench, dump, gather_images, load_model, machine, mean_row, resolutions, table
 
 COLUMNS = [("image", "image", ""), ("resolution", "res", ""), ("steps", "steps", ".0f"),
            ("images", "model images", ".0f"), ("seconds", "seconds (batched)", ".2f"),
@@ -24,32 +25,26 @@ COLUMNS = [("image", "image", ""), ("resolution", "res", ""), ("steps", "steps",
 
 
 @bench("deletion")
-def bench_deletion(args) -> int:
+def bench_deletion(opts: Options) -> int:
     """Seconds and model images of deletion + insertion per photo, batched and one image per forward."""
-    import os
-
-    from ..cli import parse_params
-    from ..metrics.deletion import default_step, deletion_insertion
-
-    opts = parse_params(args.param)
-    peer = bool(opts.get("peer", True))  # --param peer=false skips the one-image-per-forward runs
+    peer = bool(opts.params.get("peer", True))  # --param peer=false skips the one-image-per-forward runs
     load_start = os.getloadavg()
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
-    resolutions = [int(r) for r in str(args.resolution or "28").split(",")]
+    model = load_model(opts)
+    images = gather_images(opts)
+    res_list = resolutions(opts)
     rows = []
-    for res in resolutions:
+    for res in res_list:
         for stem, arr in images:
             x = model.preprocess(arr)
             with torch.no_grad():
                 t = model(x).argmax(1)
             sal = torch.rand(1, res, res, generator=torch.Generator().manual_seed(0)).to(x.device)
             timings = {}
-            for label, cpu_label, bs in (("seconds", "cpu", args.batch_size), ("seconds_one", "cpu_one", 1)):
+            for label, cpu_label, bs in (("seconds", "cpu", opts.batch_size), ("seconds_one", "cpu_one", 1)):
                 if bs == 1 and not peer:
                     continue
                 best, best_cpu = float("inf"), float("inf")
-                for _ in range(max(1, args.repeats)):
+                for _ in range(opts.repeats):
                     snap = model.counter.snapshot()
                     start, cpu0 = time.perf_counter(), time.process_time()
                     c = deletion_insertion(model, x, sal, t, batch_size=bs)
@@ -66,7 +61,7 @@ def bench_deletion(args) -> int:
             rows.append(row)
             print(f"{stem} @{res}: {n} model images, {timings['seconds']:.2f} s batched"
                   + (f", {timings['seconds_one']:.2f} s one by one" if peer else ""), file=sys.stderr, flush=True)
-    for res in resolutions:
+    for res in res_list:
         sub = [r for r in rows if r["resolution"] == res]
         m = mean_row(sub, "image")
         m["resolution"] = res
@@ -76,5 +71,5 @@ def bench_deletion(args) -> int:
     load_end = os.getloadavg()
     print(f"\nmachine: {machine()}; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
           f"(CPU seconds count both torch threads)")
-    dump(args.json, {"machine": machine(), "rows": rows})
+    dump(opts.json, {"machine": machine(), "rows": rows})
     return 0

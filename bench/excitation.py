@@ -1,10 +1,10 @@
-"""``faithmap bench excitation``: Excitation Backprop on the sample photos, beside I-GOS and Grad-CAM,
+"""``python -m bench excitation``: Excitation Backprop on the sample photos, beside I-GOS and Grad-CAM,
 and its cost against one plain gradient pass.
 
 Quality: each photo is explained on its own (top-1 class) by c-MWP (``excitation_bp``, the seed papers'
 "Excitation BP") and MWP at two read-out layers — ``features.5`` (the end of Lite0's stride-8 stage,
-a 28 x 28 grid: igos.txt Table 1's 28 x 28 column) and the default layer (``features.11``, 14 x 14) —
-by I-GOS at 28 x 28 with the registry's defaults (the paper's settings) and by Grad-CAM on its layer's
+a 28 x 28 grid: the 28 x 28 column of I-GOS's Table 1, Qi, Khorram & Li, AAAI 2020) and the default
+layer (``features.11``, 14 x 14) — by I-GOS at 28 x 28 with the registry's defaults (the paper's settings) and by Grad-CAM on its layer's
 grid (7 x 7); every map is scored by ``deletion_insertion`` on its own grid (the I-GOS protocol:
 blurred baseline, softmax probability). Seconds (wall and CPU, all torch threads) and model images are
 those of the method's call; each method is run once on the first photo before the timed calls.
@@ -24,10 +24,11 @@ import time
 
 import torch
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, mean_row, table
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.metrics import deletion_insertion
+
+from .common import Options, bench, dump, gather_images, load_model, machine, mean_row, table
 
 QUALITY_METHODS = ("excitation_bp", "mwp", "igos", "gradcam")
 RULE_METHODS = ("excitation_bp", "mwp")
@@ -51,26 +52,23 @@ def _flag(v) -> bool:
 
 
 @bench("excitation")
-def bench_excitation(args) -> int:
+def bench_excitation(options: Options) -> int:
     """Excitation BP vs I-GOS and Grad-CAM (deletion, insertion, seconds, images); its cost vs a gradient pass."""
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
     load_start = os.getloadavg()[0]
-    opts = parse_params(args.param)
+    opts = dict(options.params)
     methods = _split(opts.pop("methods", None), ",".join(QUALITY_METHODS))
     layers = _split(opts.pop("layers", None), "features.5,default")
     do_cost, do_quality = _flag(opts.pop("cost", True)), _flag(opts.pop("quality", True))
     bad = [m for m in methods if m not in QUALITY_METHODS]
     if bad or opts:
         raise FaithmapError(f"bench excitation: unknown method or option {(bad or list(opts))[0]!r}")
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
+    model = load_model(options)
+    images = gather_images(options)
     photos = model.preprocess([arr for _, arr in images])
     names = [stem for stem, _ in images]
     with torch.no_grad():
         targets = model(photos).argmax(1)
-    extra = {"batch_size": args.batch_size} if args.batch_size else {}
+    extra = {"batch_size": options.batch_size} if options.batch_size else {}
 
     def layer_kw(layer):
         return {} if layer == "default" else {"layer": layer}
@@ -94,7 +92,7 @@ def bench_excitation(args) -> int:
                 c0 = time.process_time()
                 e = faithmap.explain(model, x, method, target=t, **params)
                 cpu = time.process_time() - c0
-                c = deletion_insertion(model, x, e.saliency, e.target, batch_size=args.batch_size)
+                c = deletion_insertion(model, x, e.saliency, e.target, batch_size=options.batch_size)
                 grid = "x".join(map(str, e.resolution))
                 where = e.extras.get("layer", label)
                 rows.append({"image": stem, "method": method, "layer": f"{where} ({grid})" if method != "igos" else grid,
@@ -118,7 +116,7 @@ def bench_excitation(args) -> int:
         for m in RULE_METHODS:
             calls += [(m, layer, {**layer_kw(layer), **extra}) for layer in layers]
         best: dict[int, dict] = {}
-        for _ in range(max(1, args.repeats)):
+        for _ in range(options.repeats):
             for k, (method, label, params) in enumerate(calls):
                 c0 = time.process_time()
                 e = faithmap.explain(model, photos, method, target=targets, **params)
@@ -131,9 +129,9 @@ def bench_excitation(args) -> int:
             r = dict(best[k])
             r.update(ratio=r["seconds"] / base["seconds"], cpu_ratio=r["cpu"] / base["cpu"])
             cost.append(r)
-        print(f"\ncost on one batch of {photos.shape[0]} photos (best of {max(1, args.repeats)} interleaved rounds):\n")
+        print(f"\ncost on one batch of {photos.shape[0]} photos (best of {options.repeats} interleaved rounds):\n")
         print(table(cost, COST_COLUMNS))
     load_end = os.getloadavg()[0]
     print(f"\nmachine: {machine()}; load average {load_start:.1f} at start, {load_end:.1f} at end")
-    dump(args.json, {"machine": machine(), "load": [load_start, load_end], "rows": rows, "cost": cost})
+    dump(options.json, {"machine": machine(), "load": [load_start, load_end], "rows": rows, "cost": cost})
     return 0

@@ -1,4 +1,4 @@
-"""``faithmap bench evaluate``: throughput of ``faithmap evaluate`` by engine, the store at scale, a projection.
+"""``python -m bench evaluate``: throughput of ``faithmap evaluate`` by engine, the store at scale, a projection.
 
 Three parts (``--param part=throughput,store,projection``, all by default), each in one run:
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,12 +32,19 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
-from ..cli import parse_params
-from ..core.io import atomic_open, write_json
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import faithmap
+from faithmap import models
+from faithmap.core.batching import model_guard
+from faithmap.core.io import atomic_open, write_json
+from faithmap.data import load_sample, sample_names
+from faithmap.errors import FaithmapError
+
+from faithmap.evaluation import store as store_mod
+from faithmap.evaluation.store import META_KEY, STORE_FORMAT
+
+from .common import Options, bench, dump, machine, table
 
 
 def load() -> str:
@@ -47,8 +53,6 @@ def load() -> str:
 
 def photo_set(n: int) -> list[tuple[str, np.ndarray]]:
     """``n`` distinct photos: each sample photo, mirrored, and cropped at several places."""
-    from ..data import load_sample, sample_names
-
     def crops(p):
         h, w = p.shape[:2]
         out = [("", p), ("flip", p[:, ::-1])]
@@ -74,10 +78,6 @@ def photo_set(n: int) -> list[tuple[str, np.ndarray]]:
 
 def network_gain(model, photos, batch: int, repeats: int = 3) -> dict:
     """Seconds per image of the bare network one image at a time and ``batch`` at once (best of ``repeats``)."""
-    import torch
-
-    from ..core.batching import model_guard
-
     x = model.preprocess([p for _, p in photos[:batch]])
 
     def timed(fn):
@@ -107,10 +107,7 @@ def network_gain(model, photos, batch: int, repeats: int = 3) -> dict:
 
 
 def throughput(opts: dict, work: str) -> dict:
-    import faithmap
-    from .. import models
-    from ..evaluation.store import COST_COLUMNS, comparable, rows_close
-
+    """Images per second of ``faithmap.evaluate`` with one-image tasks, batched tasks and the Ray engine."""
     n, batch, workers = int(opts.get("images", 64)), int(opts.get("batch", 8)), int(opts.get("workers", 2))
     photos = photo_set(n)
     model = models.load()
@@ -124,7 +121,7 @@ def throughput(opts: dict, work: str) -> dict:
         if kw.get("engine") == "ray":
             import ray
 
-            from ..evaluation.ray_engine import RayEngine
+            from faithmap.evaluation.ray_engine import RayEngine
 
             t0 = time.perf_counter()
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -166,7 +163,8 @@ def throughput(opts: dict, work: str) -> dict:
             d = [abs(x["value"] - y["value"]) for x, y in zip(ra, rb)]
             agree[f"{m}: {labels[0]} vs {b}"] = {
                 "max_abs_diff": max(d), "over_1e-4": sum(v > 1e-4 for v in d), "rows": len(d),
-                "within_rounding": rows_close(comparable(ra, COST_COLUMNS), comparable(rb, COST_COLUMNS)) is None}
+                "within_rounding": store_mod.rows_close(store_mod.comparable(ra, store_mod.COST_COLUMNS),
+                                                        store_mod.comparable(rb, store_mod.COST_COLUMNS)) is None}
     return {"images": n, "batch": batch, "workers": workers, "network": gain, "runs": runs, "rows": agree}
 
 
@@ -175,9 +173,7 @@ def synth(out: str, rows: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..evaluation.store import META_KEY, STORE_FORMAT, schema
-
-    sch = schema()
+    sch = store_mod.schema()
     per_part, metrics, L = 20, ("deletion", "insertion", "overall"), 54
     methods = ("gradcam", "gradcam++", "igos", "sigcam")
     per_block = per_part * len(metrics) * len(methods)
@@ -248,7 +244,8 @@ print(json.dumps({"seconds": secs, "keys": n, "import_s": imported, "rss_before_
 
 
 def child(what: str, out: str) -> dict:
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """Run :data:`CHILD` in a fresh process that imports this faithmap (the one this process imported)."""
+    src = os.path.dirname(os.path.dirname(os.path.abspath(faithmap.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-c", CHILD, what, out], capture_output=True, env=env, timeout=3600)
     if p.returncode != 0:
@@ -280,8 +277,7 @@ def store(opts: dict, work: str) -> dict:
 
 
 def projection(opts: dict, work: str) -> dict:
-    import faithmap
-
+    """Seconds and model images per photo of the sigcam-table2 preset, projected to 50,000 photos."""
     n = int(opts.get("projection_images", 2))
     photos = photo_set(max(n, 6))[:n]
     la = load()
@@ -295,12 +291,12 @@ def projection(opts: dict, work: str) -> dict:
 
 
 @bench("evaluate")
-def bench_evaluate(args) -> int:
+def bench_evaluate(options: Options) -> int:
     """Throughput of faithmap evaluate (one-image, batched, Ray), the Parquet store at scale, a projection."""
-    opts = parse_params(args.param)
+    opts = dict(options.params)
     parts = str(opts.get("part", "throughput,store,projection")).split(",")
-    if opts.get("batch_size") is None and args.batch_size:
-        opts["batch_size"] = args.batch_size
+    if opts.get("batch_size") is None and options.batch_size:
+        opts["batch_size"] = options.batch_size
     keep = opts.get("keep")
     work = str(keep) if keep else tempfile.mkdtemp(prefix="faithmap-bench-")
     os.makedirs(work, exist_ok=True)
@@ -362,5 +358,5 @@ def bench_evaluate(args) -> int:
             shutil.rmtree(work, ignore_errors=True)
     result["load_end"] = load()
     print(f"machine: {result['machine']}; load average {result['load_start']} at start, {result['load_end']} at end")
-    dump(args.json, result)
+    dump(options.json, result)
     return 0

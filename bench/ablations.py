@@ -1,19 +1,19 @@
-"""``faithmap bench igospp-table7``: iGOS++ against the naive objective at Table 7's lambda pairs.
+"""``python -m bench igospp-table7``: iGOS++ against the naive objective at Table 7's lambda pairs.
 
-``igos_plus_plus.txt`` Table 7 compares "the optimization objective" reached by iGOS++ and by the
-naive extension of I-GOS (one mask, an insertion term added to eq. 1) at four (lambda1, lambda2)
-pairs at 28 x 28, "for the same objective". We read the common objective as the naive one, eq. 1
-plus the insertion loss, evaluated at each method's final mask (iGOS++'s final solution is
-``M = Md * Mi``, eq. 4)::
+iGOS++ (Khorram, Lawson & Li, ACM CHIL 2021) Table 7 compares "the optimization objective" reached by
+iGOS++ and by the naive extension of I-GOS (one mask, an insertion term added to eq. 1) at four
+(lambda1, lambda2) pairs at 28 x 28, "for the same objective". We read the common objective as the
+naive one, eq. 1 plus the insertion loss, evaluated at each method's final mask (iGOS++'s final
+solution is ``M = Md * Mi``, eq. 4)::
 
     L(M) = f(phi(I, B, M)) - f(phi(B, I, M)) + l1 * mean|1 - M| + l2 * BTV(I, M)
 
 with the same lambdas the run used, probability scores, the blur baseline, no noise, at the mask
-itself (not averaged over path points). It is computed by the mask engine's own line-search objective
-(:meth:`faithmap.methods.mask.MaskOptimizer.objective` of the naive configuration with one path
-point), two model images per photo. Per photo and pair: L for both methods, their deletion and
-insertion AUCs, seconds and model images; per pair: the mean L and on how many photos iGOS++'s is
-lower (the paper's claim).
+itself (not averaged over path points): :func:`faithmap.methods.igospp_objective.naive_objective`,
+the mask engine's own line-search objective of the naive configuration with one path point, two
+model images per photo. Per photo and pair: L for both methods, their deletion and insertion AUCs,
+seconds and model images; per pair: the mean L and on how many photos iGOS++'s is lower (the
+paper's claim).
 
 ``--param lambdas=1:2,1:20`` picks other pairs; other ``--param`` keys go to both runs.
 """
@@ -22,32 +22,14 @@ from __future__ import annotations
 
 import sys
 
-import torch
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.methods.igospp_objective import naive_objective
+from faithmap.metrics import deletion_insertion
 
-from ..cli import gather_images, load_model, parse_params
-from ..core.batching import model_guard, per_image_generators, resolve_batch_size
-from ..core.perturb import make_baseline
-from ..core.scores import score_of
-from ..errors import FaithmapError
-from ..evaluation.presets import TABLE7_LAMBDAS
-from . import bench
-from .common import dump, machine, table
+from faithmap.evaluation.presets import TABLE7_LAMBDAS
 
-
-def naive_objective(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, l1: float, l2: float,
-                    batch_size: int | None = None) -> torch.Tensor:
-    """``L(M)`` of the module docstring for maps ``saliency`` (B, h, w) = ``1 - M``: (B,)."""
-    from ..methods.igospp import igospp_optimizer
-    from ..methods.mask import MaskState
-
-    b, h, w = saliency.shape
-    opt = igospp_optimizer((h, w), l1=l1, l2=l2, ablation="naive", ls_points=1, noise_std=0.0)
-    base = make_baseline("blur", x, getattr(model, "mean", None), getattr(model, "std", None))
-    st = MaskState(model, x, base, target, score_of("prob"), resolve_batch_size(batch_size, x.device),
-                   per_image_generators(0, b, x.device), 0.0)
-    masks = (1 - saliency).to(x).view(b, 1, 1, h, w)
-    with model_guard(model), torch.no_grad():
-        return opt.objective(st, masks, torch.arange(b, device=x.device))[:, 0]
+from .common import Options, bench, dump, gather_images, load_model, machine, resolutions, table
 
 
 def _lambdas(text) -> list[tuple[float, float]]:
@@ -61,25 +43,20 @@ def _lambdas(text) -> list[tuple[float, float]]:
 
 
 @bench("igospp-table7")
-def bench_table7(args) -> int:
+def bench_table7(opts: Options) -> int:
     """iGOS++ and naive I-GOS + insertion at Table 7's (lambda1, lambda2): the objective both reach."""
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
-    extra = parse_params(args.param)
+    extra = dict(opts.params)
     pairs = _lambdas(extra.pop("lambdas")) if "lambdas" in extra else list(TABLE7_LAMBDAS)
     for key in ("l1", "l2", "ablation", "resolution", "final_mask"):
         if key in extra:
             raise FaithmapError(f"bench igospp-table7 sets {key} itself; use lambdas=L1:L2,... for the pairs")
-    res = int(args.resolution or 28)
-    if res < 2:
-        raise FaithmapError("--resolution must be at least 2")
-    if args.iterations is not None:
-        extra["iterations"] = args.iterations
-    if args.batch_size is not None:
-        extra["batch_size"] = args.batch_size
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
+    res = resolutions(opts)[0]
+    if opts.iterations is not None:
+        extra["iterations"] = opts.iterations
+    if opts.batch_size is not None:
+        extra["batch_size"] = opts.batch_size
+    model = load_model(opts)
+    images = gather_images(opts)
     rows = []
     for l1, l2 in pairs:
         for stem, arr in images:
@@ -113,5 +90,5 @@ def bench_table7(args) -> int:
     print(table(summary, [("pair", "l1 / l2", ""), ("naive:L", "I-GOS + Ins (naive)", ".3f"),
                           ("igospp:L", "iGOS++", ".3f"), ("lower", "photos where iGOS++ is lower", "")]))
     print(f"\nmachine: {machine()}")
-    dump(args.json, {"machine": machine(), "resolution": res, "rows": rows, "summary": summary})
+    dump(opts.json, {"machine": machine(), "resolution": res, "rows": rows, "summary": summary})
     return 0

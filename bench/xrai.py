@@ -1,5 +1,5 @@
-"""``faithmap bench xrai``: XRAI against the authors' package (PAIR ``saliency``) and beside the
-methods of ``aop_sigcam.txt`` Table 2.
+"""``python -m bench xrai``: XRAI against the authors' package (PAIR ``saliency``) and beside the
+methods of SIGCAM's Table 2 (Zhang, Rao & Yang, AAAI 2021; ``bench/data/sigcam_paper_table2.json``).
 
 ``--param part=pair`` (per photo, EfficientNet-Lite0's IG attribution from a black and a white
 baseline, computed once and given to both libraries as float64, and the same segments):
@@ -30,10 +30,12 @@ import time
 import numpy as np
 import torch
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.methods.xrai import Regions, base_attribution, felzenszwalb_regions, rank_regions
+from faithmap.metrics import deletion_insertion
+
+from .common import Options, bench, dump, gather_images, load_model, machine, reference, table
 
 ENTRIES: dict[str, tuple[str, str, dict]] = {  # key: (label, method, params)
     "gradcam": ("GradCAM", "gradcam", {}),
@@ -44,13 +46,8 @@ ENTRIES: dict[str, tuple[str, str, dict]] = {  # key: (label, method, params)
     "xrai-fast": ("XRAI (fast)", "xrai", {"variant": "fast"}),
 }
 DEFAULT_METHODS = ("gradcam", "gradcam++", "igos", "xrai", "sigcam")
-PAPER_TABLE2 = {  # aop_sigcam.txt Table 2: deletion / insertion (%) on DenseNet201, Inception v3, VGG19
-    "gradcam": ((16.72, 58.65), (16.95, 56.14), (13.33, 53.50)),
-    "gradcam++": ((17.35, 57.55), (16.24, 53.83), (14.81, 50.04)),
-    "igos": ((10.63, 44.67), (9.32, 49.28), (7.38, 38.47)),
-    "xrai": ((24.97, 45.22), (16.66, 54.98), (15.78, 43.08)),
-    "sigcam": ((10.97, 54.61), (10.22, 57.94), (7.80, 42.54)),
-}
+PAPER_TABLE2 = reference("sigcam_paper_table2")
+"""SIGCAM's Table 2: deletion / insertion (%) on DenseNet201, Inception v3, VGG19."""
 
 
 def _best(fn, repeats: int):
@@ -63,39 +60,37 @@ def _best(fn, repeats: int):
 
 
 @bench("xrai")
-def bench_xrai(args) -> int:
+def bench_xrai(options: Options) -> int:
     """XRAI against PAIR saliency (segments, greedy selection, whole call) and beside Table 2's methods."""
-    opts = parse_params(args.param)
+    opts = dict(options.params)
     part = str(opts.pop("part", "pair,table"))
     parts = {p.strip() for p in part.split(",") if p.strip()}
     if not parts <= {"pair", "table"}:
         raise FaithmapError(f"bench xrai: part must be pair, table or pair,table; got {part!r}")
-    if args.resolution or args.iterations:
+    if options.resolution or options.iterations:
         raise FaithmapError("bench xrai runs every method with its registered defaults (no --resolution/--iterations)")
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
+    model = load_model(options)
+    images = gather_images(options)
     out: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": os.getloadavg()[0]}
     if "pair" in parts:
-        out["pair"] = _pair(model, images, args, opts, out)
+        out["pair"] = _pair(model, images, options, opts, out)
     if "table" in parts:
-        out["table"] = _table(model, images, args, opts, out)
+        out["table"] = _table(model, images, options, opts, out)
     out["load_end"] = os.getloadavg()[0]
     print(f"\nmachine: {machine()}; load average {out['load_start']:.1f} at start, {out['load_end']:.1f} at end")
-    dump(args.json, out)
+    dump(options.json, out)
     return 0
 
 
-def _pair(model, images, args, opts, out) -> list[dict]:
+def _pair(model, images, options: Options, opts: dict, out: dict) -> list[dict]:
     try:
         from saliency.core import xrai as pair_xrai
         from saliency.core import XRAI, XRAIParameters
     except ImportError:
         raise FaithmapError("bench xrai part=pair needs the PAIR saliency package "
                             "(pip install saliency==0.2.*)") from None
-    from ..methods.xrai import Regions, base_attribution, felzenszwalb_regions, rank_regions
-
     variants = [v.strip() for v in str(opts.get("variants", "full,fast")).split(",") if v.strip()]
-    reps = args.repeats
+    reps = options.repeats
     rows: list[dict] = []
     out["pair_rows"] = rows
     for stem, arr in images:
@@ -104,7 +99,7 @@ def _pair(model, images, args, opts, out) -> list[dict]:
             t = model(x).argmax(1)
         snap = model.counter.snapshot()
         start = time.perf_counter()
-        attr, _ = base_attribution(model, x, t, batch_size=args.batch_size)
+        attr, _ = base_attribution(model, x, t, batch_size=options.batch_size)
         ig_seconds, ig_images = time.perf_counter() - start, model.counter.since(snap)["images"]
         pixels_t = model.to_pixels(x)
         pixels = pixels_t[0].permute(1, 2, 0).cpu().numpy()
@@ -160,7 +155,7 @@ def _pair(model, images, args, opts, out) -> list[dict]:
             print(f"{stem} {variant}: greedy {t_pair:.3f} s PAIR / {t_masks:.3f} s ours ({row['greedy_ratio']:.1f}x), "
                   f"whole call {t_call_pair:.2f} / {t_call_ours:.2f} s ({row['call_ratio']:.1f}x), identical "
                   f"{row['identical']} (max diff {row['max_diff']:.1e})", file=sys.stderr, flush=True)
-        dump(args.json, out)
+        dump(options.json, out)
     cols = [("image", "photo", ""), ("variant", "variant", ""), ("regions", "regions", ""),
             ("selected", "selected", ""), ("greedy_pair", "greedy PAIR s", ".3f"),
             ("greedy_ours", "greedy ours s (from masks)", ".3f"), ("greedy_ratio", "ratio", ".1f"),
@@ -185,10 +180,7 @@ def _pair(model, images, args, opts, out) -> list[dict]:
     return rows
 
 
-def _table(model, images, args, opts, out) -> list[dict]:
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
+def _table(model, images, options: Options, opts: dict, out: dict) -> list[dict]:
     keys = [k.strip() for k in str(opts.get("methods", ",".join(DEFAULT_METHODS))).split(",") if k.strip()]
     for k in keys:
         if k not in ENTRIES:
@@ -200,10 +192,10 @@ def _table(model, images, args, opts, out) -> list[dict]:
         for k in keys:
             label, method, params = ENTRIES[k]
             p = dict(params)
-            if args.batch_size is not None:
-                p["batch_size"] = args.batch_size
+            if options.batch_size is not None:
+                p["batch_size"] = options.batch_size
             e = faithmap.explain(model, x, method, **p)
-            c = deletion_insertion(model, x, e.saliency, e.target, batch_size=args.batch_size)
+            c = deletion_insertion(model, x, e.saliency, e.target, batch_size=options.batch_size)
             r = {"image": stem, "key": k, "method": label, "grid": "x".join(map(str, e.saliency.shape[-2:])),
                  "deletion": float(c.deletion_auc[0]), "insertion": float(c.insertion_auc[0]),
                  "overall": float(c.overall[0]), "seconds": e.seconds, "images": e.counts["images"],
@@ -211,7 +203,7 @@ def _table(model, images, args, opts, out) -> list[dict]:
             rows.append(r)
             print(f"{stem}: {label}: deletion {r['deletion']:.3f}, insertion {r['insertion']:.3f}, "
                   f"{r['seconds']:.1f} s, {r['images']} images", file=sys.stderr, flush=True)
-        dump(args.json, out)
+        dump(options.json, out)
     cols = [("image", "photo", ""), ("method", "method", ""), ("grid", "map grid", ""),
             ("deletion", "deletion ↓", ".3f"), ("insertion", "insertion ↑", ".3f"),
             ("overall", "over-all ↑", ".3f"),

@@ -1,6 +1,6 @@
-"""``faithmap bench igos``: I-GOS on the sample photos against the authors' code.
+"""``python -m bench igos``: I-GOS on the sample photos against the authors' code.
 
-Reference figures: the authors' I-GOS (``khorrams/IGOS_pp`` at b0820a2, ``methods.IGOS``, run on CPU
+Reference figures (``bench/data/igos_authors.json``, with their source): the authors' I-GOS (``khorrams/IGOS_pp`` at b0820a2, ``methods.IGOS``, run on CPU
 with two one-line fixes for current torch: masks created on the CPU, and the line search's in-place
 boolean indexing rewritten through a copy) on this 2-core CPU with EfficientNet-Lite0, 28 x 28,
 15 iterations, 20 IG steps, L1 = 1, L2 = 20, alpha 1000, on the photos as our model preprocesses
@@ -26,10 +26,20 @@ import os
 import sys
 import time
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, mean_row, table
+import numpy as np
+import torch
+
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.metrics import deletion_insertion
+
+from faithmap.evaluation.stats import t_interval
+
+from .common import (Options, bench, dump, gather_images, load_model, machine, mean_row, reference,
+                     resolutions, table)
+
+TIES = ("interpolate", "index")
+"""The evaluator's tie rules (``--param ties=...``)."""
 
 BENCH_KEYS = ("ties", "reference", "reference_config")
 """``--param`` keys of the bench itself (the others go to the method)."""
@@ -43,8 +53,6 @@ def reference_config(method: str, resolution: int) -> str:
 def load_reference(path: str) -> dict[tuple[str, str], dict]:
     """The authors' runs of a harness file: (config, photo) -> row, with the saliency ``1 - M``
     (numpy, the mask's grid) under ``"saliency"``. Rows with a ``tag`` are trial runs and skipped."""
-    import numpy as np
-
     if not os.path.isfile(path):
         raise FaithmapError(f"reference file {path} does not exist")
     out = {}
@@ -70,8 +78,6 @@ def load_reference(path: str) -> dict[tuple[str, str], dict]:
 def paired_summary(rows: list[dict]) -> dict:
     """Mean paired differences (ours - authors) of deletion and insertion with 95% t-intervals,
     and the per-photo ratios of model images and seconds, over the rows that carry ``ref_*``."""
-    from ..evaluation.stats import t_interval
-
     both = [r for r in rows if "ref_deletion" in r]
     out: dict = {"photos": len(both)}
     for k in ("deletion", "insertion"):
@@ -105,54 +111,43 @@ def print_paired(summary: dict, label: str) -> None:
             print(f"  {what}: authors / ours {d['ratio_of_means']:.1f}x over the set "
                   f"({d['min']:.1f}x-{d['max']:.1f}x per photo)")
 
-REFERENCE_IGOS = {  # image: (seconds, model images, deletion AUC, insertion AUC)
-    "coffee": (106.5, 2160, 0.125, 0.682),
-    "chelsea": (121.0, 2340, 0.164, 0.358),
-    "astronaut": (106.5, 1960, 0.015, 0.305),
-    "rocket": (106.5, 2300, 0.196, 0.371),
-    "china": (106.5, 2360, 0.050, 0.269),
-    "flower": (106.5, 2260, 0.021, 0.067),
-}
+REFERENCE_IGOS = reference("igos_authors")
+"""image: (seconds, model images, deletion AUC, insertion AUC) of the authors' I-GOS at 28 x 28."""
 
 
-def run_mask_bench(args, method: str, reference: dict, extra: dict | None = None) -> list[dict]:
+def run_mask_bench(opts: Options, method: str, fixed: dict, extra: dict | None = None, model=None,
+                   images: list | None = None) -> list[dict]:
     """Explain each image with ``method`` at each resolution; rows of seconds, counts and AUCs.
 
     Bench keys of ``--param`` (:data:`BENCH_KEYS`): ``ties`` (the evaluator's tie rule, for both
     codes), ``reference`` (a harness file of the authors' runs: their maps are scored beside ours,
     :func:`load_reference`), ``reference_config`` (its configuration, default
-    :func:`reference_config`). Without a reference file, ``reference`` (the dict argument) holds
-    fixed figures (seconds, images, deletion, insertion) per photo at 28 x 28.
+    :func:`reference_config`). Without a reference file, ``fixed`` holds fixed figures (seconds,
+    images, deletion, insertion) per photo at 28 x 28. ``model`` and ``images``: loaded from ``opts``
+    when not given.
     """
-    import numpy as np
-    import torch
-
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
-    from faithmap.metrics._common import check_ties
-
     params = dict(extra or {})
-    if args.iterations is not None:
-        params["iterations"] = args.iterations
-    if args.batch_size is not None:
-        params["batch_size"] = args.batch_size
-    params.update(parse_params(args.param))
-    opts = {k: params.pop(k) for k in BENCH_KEYS if k in params}
-    ties = check_ties("deletion", str(opts.get("ties", "interpolate")))
-    ref_file = load_reference(str(opts["reference"])) if "reference" in opts else None
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
-    resolutions = [int(r) for r in str(args.resolution or "28").split(",")]
+    if opts.iterations is not None:
+        params["iterations"] = opts.iterations
+    if opts.batch_size is not None:
+        params["batch_size"] = opts.batch_size
+    params.update(opts.params)
+    own = {k: params.pop(k) for k in BENCH_KEYS if k in params}
+    ties = str(own.get("ties", "interpolate"))
+    if ties not in TIES:
+        raise FaithmapError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
+    ref_file = load_reference(str(own["reference"])) if "reference" in own else None
+    model = model if model is not None else load_model(opts)
+    images = images if images is not None else gather_images(opts)
     bs = params.get("batch_size")
     rows = []
-    for res in resolutions:
-        cfg = str(opts.get("reference_config", reference_config(method, res)))
+    for res in resolutions(opts):
+        cfg = str(own.get("reference_config", reference_config(method, res)))
         for stem, arr in images:
             x = model.preprocess(arr)
             best, best_cpu = None, None
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-            for _ in range(max(1, args.repeats)):
+            for _ in range(opts.repeats):
                 c0 = time.process_time()
                 e = faithmap.explain(model, x, method, resolution=res, **params)
                 cpu = time.process_time() - c0
@@ -177,7 +172,7 @@ def run_mask_bench(args, method: str, reference: dict, extra: dict | None = None
                                ref_insertion=float(rc.insertion_auc[0]),
                                speedup=ref["seconds"] / best.seconds, image_ratio=ref["images"] / best.counts["images"])
             else:
-                ref = reference.get(stem) if res == 28 else None
+                ref = fixed.get(stem) if res == 28 else None
                 if ref:
                     row.update(ref_seconds=ref[0], ref_images=ref[1], ref_deletion=ref[2], ref_insertion=ref[3],
                                speedup=ref[0] / best.seconds, image_ratio=ref[1] / best.counts["images"])
@@ -202,11 +197,10 @@ COLUMNS = [("image", "image", ""), ("resolution", "res", ""), ("seconds", "secon
 
 
 @bench("igos")
-def bench_igos(args) -> int:
+def bench_igos(opts: Options) -> int:
     """I-GOS per photo and on average: seconds, model images (with/without gradient), AUCs."""
-    if args.resolution and any(int(r) < 2 for r in str(args.resolution).split(",")):
-        raise FaithmapError("--resolution must be at least 2")
-    rows = run_mask_bench(args, "igos", REFERENCE_IGOS)
+    resolutions(opts)  # a bad --resolution fails before the model loads
+    rows = run_mask_bench(opts, "igos", REFERENCE_IGOS)
     paired: dict = {}
     for res in sorted({r["resolution"] for r in rows}):
         sub = [r for r in rows if r["resolution"] == res]
@@ -226,5 +220,5 @@ def bench_igos(args) -> int:
                   f"deletion {m['deletion']:.3f} vs {m['ref_deletion']:.3f}, insertion {m['insertion']:.3f} vs "
                   f"{m['ref_insertion']:.3f}")
     print(f"\nmachine: {machine()}")
-    dump(args.json, {"machine": machine(), "rows": rows, "paired": paired})
+    dump(opts.json, {"machine": machine(), "rows": rows, "paired": paired})
     return 0

@@ -1,4 +1,4 @@
-"""``faithmap bench gather``: seconds to list and label a dataset of many files (nothing is decoded).
+"""``python -m bench gather``: seconds to list and label a dataset of many files (nothing is decoded).
 
 Without folders it builds an ImageNet-validation-like dataset of empty files in a temporary folder
 (``--param files=50000``, ``--param classes=1000``): a class-folder tree named by WordNet ids, the
@@ -17,17 +17,17 @@ import sys
 import tempfile
 import time
 
-from ..core.io import write_text
-from . import bench
-from .common import dump, machine, table
+from faithmap.core.io import write_text
+from faithmap.data import devkit_to_wnid, gather, imagenet_wnids
+from faithmap.models import imagenet_classes
+
+from .common import Options, bench, dump, machine, table
 
 COLUMNS = [("case", "case", ""), ("files", "files", ".0f"), ("records", "records", ".0f"),
            ("seconds", "seconds (best)", ".2f"), ("us_per_file", "µs per file", ".1f")]
 
 
 def _build(root: str, files: int, classes: int) -> dict[str, str]:
-    from ..data import devkit_to_wnid, imagenet_wnids
-
     wnids = imagenet_wnids()[:classes]
     number = {w: k for k, w in devkit_to_wnid().items()}
     tree, flat = os.path.join(root, "tree"), os.path.join(root, "flat")
@@ -50,16 +50,11 @@ def _build(root: str, files: int, classes: int) -> dict[str, str]:
 
 
 @bench("gather")
-def bench_gather(args) -> int:
+def bench_gather(opts: Options) -> int:
     """Seconds to list, label and sample many files (synthetic ImageNet validation, or the folders given)."""
-    from ..cli import parse_params
-    from ..data import gather
-    from ..models import imagenet_classes
-
-    opts = parse_params(args.param)
-    files, classes = int(opts.get("files", 50_000)), int(opts.get("classes", 1000))
+    files, classes = int(opts.params.get("files", 50_000)), int(opts.params.get("classes", 1000))
     names = imagenet_classes()
-    repeats = max(1, args.repeats)
+    repeats = opts.repeats
     load_start = os.getloadavg()
     rows = []
 
@@ -73,8 +68,8 @@ def bench_gather(args) -> int:
         print(f"{case}: {got} records in {best:.2f} s", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="faithmap-bench-gather-") as root:
-        if args.images:
-            for p in args.images:
+        if opts.images:
+            for p in opts.images:
                 n = len(gather(p))
                 run(f"list {p}", n, lambda p=p: gather(p))
         else:
@@ -92,5 +87,5 @@ def bench_gather(args) -> int:
                 lambda: gather(paths["flat"], labels=paths["loc"], class_names=names))
     print(f"machine: {machine()}; load average {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     print(table(rows, COLUMNS))
-    dump(args.json, {"machine": machine(), "load_average": [load_start[0], os.getloadavg()[0]], "rows": rows})
+    dump(opts.json, {"machine": machine(), "load_average": [load_start[0], os.getloadavg()[0]], "rows": rows})
     return 0

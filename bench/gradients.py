@@ -1,4 +1,4 @@
-"""``faithmap bench gradients``: IG and SmoothGrad against captum, in the same run.
+"""``python -m bench gradients``: IG and SmoothGrad against captum, in the same run.
 
 For one photo and for a batch of 16 (the photos repeated; ``--param batches=1,16``), Integrated Gradients (20 Gauss-Legendre
 steps, black baseline) and SmoothGrad (20 noise samples) are timed with faithmap (its default
@@ -19,10 +19,11 @@ import warnings
 
 import torch
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.methods.gradient import baselines_for, noise_sigma
+
+from .common import Options, bench, dump, gather_images, load_model, machine, table
 
 ROWS_CANDIDATES = (8, 16, 20, 32, 64)
 """Images per forward pass tried for captum (converted to its own batch parameters)."""
@@ -87,23 +88,20 @@ def _names(v) -> tuple[str, ...]:
 
 
 @bench("gradients")
-def bench_gradients(args) -> int:
+def bench_gradients(opts: Options) -> int:
     """IG (20 steps) and SmoothGrad (20 samples) on EfficientNet-Lite0: faithmap vs captum's best batch."""
-    import faithmap
-    from faithmap.methods.gradient import baselines_for, noise_sigma
-
     warnings.filterwarnings("ignore", module="captum")
-    model = load_model(args)
+    model = load_model(opts)
     ig_fn, sg_fn = faithmap.METHODS.get("ig").fn, faithmap.METHODS.get("smoothgrad").fn
-    photos = gather_images(args.images, args.convert)
-    extra = parse_params(args.param)
+    photos = gather_images(opts)
+    extra = dict(opts.params)
     unknown = set(extra) - {"batches", "methods"}
     if unknown:
         raise FaithmapError(f"bench gradients takes --param batches=1,16 and methods=ig,smoothgrad; not {sorted(unknown)[0]}")
     batches = _ints(extra.get("batches", (1, 16)))
     methods = _names(extra.get("methods", ("ig", "smoothgrad")))
     steps = 20
-    repeats = max(1, args.repeats)
+    repeats = opts.repeats
     rows = []
     for n in batches:
         arrs = [photos[i % len(photos)][1] for i in range(n)]
@@ -115,11 +113,11 @@ def bench_gradients(args) -> int:
         for method in methods:
             if method == "ig":
                 ours_fn = lambda: ig_fn(model, x, t, steps=steps, baseline="black",  # noqa: E731
-                                        quadrature="gausslegendre", batch_size=args.batch_size).attribution
+                                        quadrature="gausslegendre", batch_size=opts.batch_size).attribution
                 peer = lambda v: _captum_ig(model, x, t, base, steps, v)  # noqa: E731
             else:
                 ours_fn = lambda: sg_fn(model, x, t, samples=steps, sigma=sigma,  # noqa: E731
-                                        batch_size=args.batch_size).attribution
+                                        batch_size=opts.batch_size).attribution
                 peer = lambda v: _captum_sg(model, x, t, steps, sigma, v)  # noqa: E731
             settings = captum_settings(method, n, steps)
             best_ours, ours_images, ref = float("inf"), 0, None
@@ -149,8 +147,8 @@ def bench_gradients(args) -> int:
                        ("ours_images", "faithmap model images", ".0f"), ("captum_s", "captum best s", ".2f"),
                        ("captum_images", "captum model images", ".0f"), ("captum_setting", "captum's best setting", ""),
                        ("ratio", "captum s / faithmap s", ".2f"), ("agree", "max rel. diff", "")]))
-    print(f"\nfaithmap batch_size: {args.batch_size or 'default'}; best of {repeats} run(s) each; captum settings "
+    print(f"\nfaithmap batch_size: {opts.batch_size or 'default'}; best of {repeats} run(s) each; captum settings "
           f"tried per row: rows per pass {', '.join(map(str, ROWS_CANDIDATES))} (as captum's parameter)")
     print(f"machine: {machine()}")
-    dump(args.json, {"machine": machine(), "rows": rows})
+    dump(opts.json, {"machine": machine(), "rows": rows})
     return 0

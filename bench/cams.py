@@ -1,4 +1,4 @@
-"""``faithmap bench cams``: the CAM engine against pytorch-grad-cam, in the same run.
+"""``python -m bench cams``: the CAM engine against pytorch-grad-cam, in the same run.
 
 On the default model (EfficientNet-Lite0, layer ``features.17``) and the sample photos: each
 method of the Grad-CAM family on one photo and on a batch of 16 (the photos repeated), ours and
@@ -23,10 +23,11 @@ import time
 import numpy as np
 import torch
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.models import get_layer
+
+from .common import Options, bench, dump, gather_images, load_model, machine, table
 
 GRAD_FAMILY = {  # our method: (pytorch-grad-cam class, our parameters for the peer's variant)
     "gradcam": ("GradCAM", {}),
@@ -79,8 +80,6 @@ def run_peer(cls_name: str, net, layer, x: torch.Tensor, target: torch.Tensor) -
 
 def run_ours(model, method: str, x: torch.Tensor, target: torch.Tensor, params: dict) -> tuple[float, dict, object]:
     """Seconds and model images of one ``faithmap.explain`` call, and its explanation."""
-    import faithmap
-
     with counting(model.net) as counts:
         start = time.perf_counter()
         e = faithmap.explain(model, x, method, target=target, **params)
@@ -134,33 +133,31 @@ COLUMNS = [("method", "method", ""), ("setting", "setting", ""), ("ours_s", "our
 
 
 @bench("cams")
-def bench_cams(args) -> int:
+def bench_cams(opts: Options) -> int:
     """The CAM engine vs pytorch-grad-cam: seconds, model images, agreement of the maps."""
     try:
         import pytorch_grad_cam  # noqa: F401
     except ImportError:
-        raise FaithmapError("faithmap bench cams needs the grad-cam package (pip install 'faithmap[test]')") from None
-    from faithmap.models import get_layer
-
+        raise FaithmapError("bench cams needs the grad-cam package (pip install 'faithmap[test]')") from None
     load_start = os.getloadavg()[0]
-    opts = parse_params(args.param)
-    wanted = str(opts.pop("methods", ",".join([*GRAD_FAMILY, *SCORING]))).split(",")
-    n_batch = int(opts.pop("batch", 16))
+    extra_opts = dict(opts.params)
+    wanted = str(extra_opts.pop("methods", ",".join([*GRAD_FAMILY, *SCORING]))).split(",")
+    n_batch = int(extra_opts.pop("batch", 16))
     unknown = [m for m in wanted if m not in GRAD_FAMILY and m not in SCORING]
-    if unknown or opts:
-        raise FaithmapError(f"bench cams: unknown method or option {(unknown or list(opts))[0]!r}")
-    model = load_model(args)
+    if unknown or extra_opts:
+        raise FaithmapError(f"bench cams: unknown method or option {(unknown or list(extra_opts))[0]!r}")
+    model = load_model(opts)
     net = model.net
     layer_name = model.cam_layer
     layer = get_layer(net, layer_name)
-    images = gather_images(args.images, args.convert)
+    images = gather_images(opts)
     photos = model.preprocess([arr for _, arr in images])
     reps = -(-n_batch // photos.shape[0])
     batch = photos.repeat(reps, 1, 1, 1)[:n_batch].contiguous(memory_format=torch.channels_last)
     one = batch[:1]
     with torch.no_grad():
         targets = model(batch).argmax(1)
-    extra = {"batch_size": args.batch_size} if args.batch_size else {}
+    extra = {"batch_size": opts.batch_size} if opts.batch_size else {}
     size = tuple(batch.shape[-2:])
     rows = []
 
@@ -171,8 +168,8 @@ def bench_cams(args) -> int:
         peer_cls, variant = GRAD_FAMILY[method]
         params = {**variant, **extra}
         checked = method != "wgradcam"
-        for label, x, t, reps in (("1 photo", one, targets[:1], 3 * args.repeats),
-                                  (f"batch of {n_batch}", batch, targets, args.repeats)):
+        for label, x, t, reps in (("1 photo", one, targets[:1], 3 * opts.repeats),
+                                  (f"batch of {n_batch}", batch, targets, opts.repeats)):
             ours, peer = None, None
             for _ in range(max(1, reps)):  # alternate, so that both meet the same machine load
                 r = run_ours(model, method, x, t, params)
@@ -193,7 +190,7 @@ def bench_cams(args) -> int:
                 imgs += c["images"]
             return total, imgs
 
-        s16, imgs16 = best(singles, args.repeats)
+        s16, imgs16 = best(singles, opts.repeats)
         batch_row = rows[-1]
         batch_row["singles_s"] = s16
         batch_row["throughput_gain"] = s16 / batch_row["ours_s"]
@@ -215,7 +212,7 @@ def bench_cams(args) -> int:
     load = os.getloadavg()
     print(f"1-minute load average of the machine: {load_start:.1f} at the start, {load[0]:.1f} at the end")
     print(f"model {model.name}, layer {layer_name}, photos: {', '.join(s for s, _ in images)} "
-          f"(batch of {n_batch}: repeated), best of {args.repeats} alternating runs ({3 * args.repeats} for one "
+          f"(batch of {n_batch}: repeated), best of {opts.repeats} alternating runs ({3 * opts.repeats} for one "
           f"photo; Score-CAM and Ablation-CAM: one run)\n")
     print(table(rows, COLUMNS))
     gains = [r for r in rows if "throughput_gain" in r]
@@ -224,10 +221,10 @@ def bench_cams(args) -> int:
         print(f"\nbatch of {n_batch} vs {n_batch} single calls (ours): " + ", ".join(
             f"{r['method'].split()[0]} {r['throughput_gain']:.1f}x ({r['singles_s']:.2f} s vs {r['ours_s']:.2f} s)"
             for r in gains))
-        together, apart = network_batch_gain(net, batch, max(3, args.repeats))
+        together, apart = network_batch_gain(net, batch, max(3, opts.repeats))
         ceiling = {"batch_s": together, "singles_s": apart, "gain": apart / together}
         print(f"the network alone (no-grad forward, no method): {n_batch} images at once {together:.3f} s, "
               f"one at a time {apart:.3f} s: {apart / together:.2f}x, the ceiling of any batch gain above")
     print(f"\nmachine: {machine()}")
-    dump(args.json, {"machine": machine(), "rows": rows, "network_batch_gain": ceiling})
+    dump(opts.json, {"machine": machine(), "rows": rows, "network_batch_gain": ceiling})
     return 0

@@ -1,4 +1,4 @@
-"""``faithmap bench metrics``: the explanation-quality metrics against Quantus 0.6, same run, same inputs.
+"""``python -m bench metrics``: the explanation-quality metrics against Quantus 0.6, same run, same inputs.
 
 Each metric scores one batch of ``images`` (16) maps on three models: ``tiny``, one strided
 convolution and a linear head at 48 x 48 (the model costs almost nothing, so what is timed is the
@@ -34,10 +34,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+from faithmap import models
+from faithmap.core.batching import model_guard
+from faithmap.core.perturb import upsample
+from faithmap.data import load_sample, sample_names
+from faithmap.errors import FaithmapError
+from faithmap.metrics import complexity as C
+from faithmap.metrics import faithfulness as F
+from faithmap.metrics import localisation as L
+from faithmap.metrics import robustness as R
+
+from .common import Options, bench, dump, machine, table
+
+
+def to_input_size(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) maps upsampled to ``size`` as the metrics do it (bilinear, corners aligned): (B, H, W)."""
+    return upsample(saliency.unsqueeze(1), tuple(size))[:, 0]
 
 
 class BenchCNN(nn.Module):
@@ -91,11 +103,9 @@ def gradient_map(model, grid: int) -> Callable:
     return explain
 
 
-def _setup(kind: str, n: int, args) -> dict[str, Any]:
-    from .. import models
-    from ..core.batching import model_guard
-    from ..metrics._common import to_input_size
-
+def _setup(kind: str, n: int, batch_size: int | None = None) -> dict[str, Any]:
+    """The model, inputs, maps and masks of one bench model (``tiny``, ``small``, ``lite0``), ``n`` images;
+    ``batch_size``: faithmap's (default 256 on tiny/small, 20 on lite0)."""
     if kind in ("tiny", "small"):
         net = TinyCNN() if kind == "tiny" else BenchCNN()
         clf = models.wrap(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=48, name=f"bench_{kind}")
@@ -103,10 +113,8 @@ def _setup(kind: str, n: int, args) -> dict[str, Any]:
         low = torch.rand(n, 3, 6, 6, generator=g)
         x = nn.functional.interpolate(low, size=48, mode="bilinear", align_corners=False)
         x = (x + 0.1 * torch.rand(n, 3, 48, 48, generator=g) - 0.5) / 0.5
-        grid, pixels, features, bs = 6, 24, 72, args.batch_size or 256
+        grid, pixels, features, bs = 6, 24, 72, batch_size or 256
     elif kind == "lite0":
-        from ..data import load_sample, sample_names
-
         clf = models.load()
         photos = [clf.preprocess(load_sample(s))[0] for s in sample_names()]
         g = torch.Generator().manual_seed(0)
@@ -114,7 +122,7 @@ def _setup(kind: str, n: int, args) -> dict[str, Any]:
         x = x + 0.05 * torch.randn(x.shape, generator=g) * (torch.arange(n) >= len(photos)).view(-1, 1, 1, 1)
         flip = ((torch.arange(n) // len(photos)) % 2 == 1).view(-1, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
-        grid, pixels, features, bs = 7, 523, 1568, args.batch_size or 20
+        grid, pixels, features, bs = 7, 523, 1568, batch_size or 20
     else:
         raise FaithmapError(f"unknown bench model {kind!r}; choose tiny, small or lite0")
     clf.eval()  # Quantus refuses a module in training mode
@@ -133,8 +141,6 @@ def _setup(kind: str, n: int, args) -> dict[str, Any]:
 
 
 def _quantus_explain(explain: Callable) -> Callable:
-    from ..metrics._common import to_input_size
-
     def fn(model, inputs, targets, **kw):
         x = torch.as_tensor(inputs).float()
         sal = explain(x, torch.as_tensor(targets).long())
@@ -157,11 +163,6 @@ def _replay(noise: torch.Tensor) -> Callable:
 def _entries(ctx: dict, samples: int) -> list[tuple[str, str, Callable, Callable | None, str]]:
     """(metric, settings, ours(), peer() or None, peer name)."""
     import quantus
-
-    from ..metrics import complexity as C
-    from ..metrics import faithfulness as F
-    from ..metrics import localisation as L
-    from ..metrics import robustness as R
 
     m, x, t, sal, ex, bs = ctx["model"], ctx["x"], ctx["t"], ctx["sal"], ctx["explain"], ctx["bs"]
     xn, tn, a, s = x.numpy(), t.numpy(), ctx["a"], ctx["masks"].numpy()[:, None].astype(float)
@@ -273,9 +274,6 @@ def _captum_infidelity(ctx: dict) -> Callable:
     maps, as a captum user has to, so both sides pay for the same draws."""
     from captum.metrics import infidelity
 
-    from ..metrics import faithfulness as F
-    from ..metrics._common import to_input_size
-
     m, x, t, sal = ctx["model"], ctx["x"], ctx["t"], ctx["sal"]
 
     def run():
@@ -326,33 +324,33 @@ COLUMNS = [("model", "model", ""), ("metric", "metric", ""), ("settings", "setti
 
 
 @bench("metrics")
-def bench_metrics(args) -> int:
+def bench_metrics(opts: Options) -> int:
     """Seconds and model images of every Table-2 metric against Quantus 0.6 (captum for infidelity)."""
-    opts = parse_params(args.param)
-    kinds = [k.strip() for k in str(opts.get("models", "tiny,small,lite0")).split(",") if k.strip()]
-    wanted = [k.strip() for k in str(opts.get("metrics", "")).split(",") if k.strip()]
-    n = int(opts.get("images", 16))
+    p = opts.params
+    kinds = [k.strip() for k in str(p.get("models", "tiny,small,lite0")).split(",") if k.strip()]
+    wanted = [k.strip() for k in str(p.get("metrics", "")).split(",") if k.strip()]
+    n = int(p.get("images", 16))
     if n < 2:
         raise FaithmapError("--param images must be at least 2")
-    threads = int(opts.get("threads", torch.get_num_threads()))
+    threads = int(p.get("threads", torch.get_num_threads()))
     if threads < 1:
         raise FaithmapError("--param threads must be at least 1")
     torch.set_num_threads(threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
     for kind in kinds:
-        ctx = _setup(kind, n, args)
-        samples = int(opts.get("samples_lite0", 5)) if kind == "lite0" else int(opts.get("samples", 50))
+        ctx = _setup(kind, n, opts.batch_size)
+        samples = int(p.get("samples_lite0", 5)) if kind == "lite0" else int(p.get("samples", 50))
         for name, settings, ours, peer, peer_name in _entries(ctx, samples):
             if wanted and name not in wanted:
                 continue
             if peer == "captum":
                 peer = _captum_infidelity(ctx)
-            sec, val, images = _timed(ours, ctx["model"], args.repeats)
+            sec, val, images = _timed(ours, ctx["model"], opts.repeats)
             row = {"model": f"{kind} {ctx['x'].shape[-1]}px", "metric": name, "settings": settings, "seconds": sec,
                    "images": images, "peer": peer_name}
             if peer is not None:
-                psec, pval, pimages = _timed(peer, ctx["model"], args.repeats)
+                psec, pval, pimages = _timed(peer, ctx["model"], opts.repeats)
                 a, b = _scores(val), _scores(pval)
                 scale = np.maximum(np.abs(b), 1e-12)
                 row.update(peer_seconds=psec, peer_images=pimages, speedup=psec / sec,
@@ -362,7 +360,7 @@ def bench_metrics(args) -> int:
                   file=sys.stderr, flush=True)
     print(table(rows, COLUMNS))
     end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{n} images per batch, best of {max(1, args.repeats)} run(s); load average {load:.1f} at the start, "
+    print(f"\n{n} images per batch, best of {opts.repeats} run(s); load average {load:.1f} at the start, "
           f"{end_load:.1f} at the end; machine: {machine()}")
-    dump(args.json, {"machine": machine(), "threads": threads, "load": [load, end_load], "rows": rows})
+    dump(opts.json, {"machine": machine(), "threads": threads, "load": [load, end_load], "rows": rows})
     return 0

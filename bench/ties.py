@@ -1,4 +1,4 @@
-"""``faithmap bench ties``: how far each method's deletion and insertion AUCs move with the tie rule.
+"""``python -m bench ties``: how far each method's deletion and insertion AUCs move with the tie rule.
 
 Every registered method (or ``--param methods=a,b``) explains the photos (default: the six
 samples) once; the same map is scored with ``ties="index"`` (tied cells by lower index, the rule
@@ -13,36 +13,34 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import torch
+
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.metrics import deletion_insertion
+
+from .common import Options, bench, dump, gather_images, load_model, machine, table
 
 
-def tied_share(saliency) -> float:
+def tied_share(saliency: torch.Tensor) -> float:
     """Fraction of the map's cells whose value equals another cell's."""
-    import torch
-
     flat = saliency.flatten()
     _, counts = torch.unique(flat, return_counts=True)
     return float(counts[counts > 1].sum()) / flat.numel()
 
 
 @bench("ties")
-def bench_ties(args) -> int:
+def bench_ties(opts: Options) -> int:
     """Deletion/insertion AUCs of every method's map under both tie rules, per photo and on average."""
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
-    extra = parse_params(args.param)
+    extra = dict(opts.params)
     names = [m.strip() for m in str(extra.pop("methods", ",".join(faithmap.METHODS.names()))).split(",") if m.strip()]
     fast = bool(extra.pop("fast", False))
     for m in names:
         if m not in faithmap.METHODS:
             raise FaithmapError(f"unknown method {m!r}; choose from: {', '.join(faithmap.METHODS.names())}")
-    res = int(args.resolution or 28)
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
+    res = int(opts.resolution or 28)
+    model = load_model(opts)
+    images = gather_images(opts)
     rows = []
     for m in names:
         spec = faithmap.METHODS.get(m)
@@ -50,15 +48,15 @@ def bench_ties(args) -> int:
         params.update({k: v for k, v in extra.items() if k in spec.params})
         if spec.resolution == "mask":
             params["resolution"] = res
-        if args.batch_size is not None and "batch_size" in spec.params:
-            params["batch_size"] = args.batch_size
+        if opts.batch_size is not None and "batch_size" in spec.params:
+            params["batch_size"] = opts.batch_size
         for stem, arr in images:
             x = model.preprocess(arr)
             e = faithmap.explain(model, x, m, **params)
             row = {"method": m, "image": stem, "grid": "x".join(map(str, e.saliency.shape[-2:])),
                    "tied": tied_share(e.saliency[0]), "explain_images": e.counts["images"]}
             for rule in ("index", "interpolate"):
-                c = deletion_insertion(model, x, e.saliency, e.target, ties=rule, batch_size=args.batch_size)
+                c = deletion_insertion(model, x, e.saliency, e.target, ties=rule, batch_size=opts.batch_size)
                 row[f"deletion_{rule}"] = float(c.deletion_auc[0])
                 row[f"insertion_{rule}"] = float(c.insertion_auc[0])
                 row[f"images_{rule}"] = c.images
@@ -92,5 +90,5 @@ def bench_ties(args) -> int:
             ("img_index", "eval images (index)", ".0f"), ("img_interp", "eval images (interpolate)", ".1f")]
     print(table(summary, cols))
     print(f"\nmeans over {len(images)} photos; machine: {machine()}")
-    dump(args.json, {"machine": machine(), "rows": rows, "summary": summary, "fast": fast, "resolution": res})
+    dump(opts.json, {"machine": machine(), "rows": rows, "summary": summary, "fast": fast, "resolution": res})
     return 0

@@ -1,8 +1,8 @@
-"""``faithmap bench igos++``: iGOS++ beside I-GOS, Mask (Fong & Vedaldi) and RISE on the photos.
+"""``python -m bench igos++``: iGOS++ beside I-GOS, Mask (Fong & Vedaldi) and RISE on the photos.
 
 Per photo and resolution: seconds, model images and deletion/insertion AUCs of every method, whether
-iGOS++'s insertion beats I-GOS's (the claim of ``igos_plus_plus.txt`` Table 1), iGOS++ against the
-authors' code (``shared/notes/reference-implementations.md``: 556 s, 8,240 model images, deletion
+iGOS++'s insertion beats I-GOS's (the claim of iGOS++'s Table 1, Khorram et al., ACM CHIL 2021), iGOS++
+against the authors' code (``bench/data/igospp_authors.json``: 556 s, 8,240 model images, deletion
 0.112, insertion 0.742 on ``coffee``; 380-400 s and 7,800-9,100 images on the other photos), and
 RISE batched against a loop of one masked image per forward, timed in the same run.
 
@@ -14,40 +14,36 @@ keys go to every method that takes them. ``--iterations`` applies to iGOS++ and 
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import sys
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import torch
+
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.metrics import deletion_insertion
+
+from .common import Options, bench, dump, gather_images, load_model, machine, reference, resolutions, table
 from .igos import BENCH_KEYS, REFERENCE_IGOS, paired_summary, print_paired, run_mask_bench
 
-REFERENCE_IGOSPP = {"coffee": (556.0, 8240, 0.112, 0.742)}  # seconds, model images, deletion, insertion
-"""The authors' iGOS++ on this 2-core CPU (28 x 28, 15 iterations, 20 IG steps, squashed photo)."""
-AUTHORS_FASTEST = (380.0, 7800)
+_AUTHORS = reference("igospp_authors")
+REFERENCE_IGOSPP = _AUTHORS["photos"]
+"""The authors' iGOS++ (28 x 28, 15 iterations, 20 IG steps, squashed photo): seconds, model images, deletion, insertion."""
+AUTHORS_FASTEST = tuple(_AUTHORS["fastest"])
 """The authors' cheapest iGOS++ photo here: the bound for the other photos (seconds, images)."""
 
 LABELS = {"igos++": "iGOS++", "igos": "I-GOS", "mask": "Mask", "rise": "RISE"}
 
 
-def _method_args(args, method: str, bench_keys: set[str]):
-    """``args`` with only the ``--param`` keys that ``method`` takes (and --iterations where it fits)."""
-    from ..registry import METHODS
-
-    known = set(METHODS.get(method).params) | set(BENCH_KEYS)  # the mask bench's own keys pass through
-    out = copy.copy(args)
-    out.param = [p for p in (args.param or []) if p.split("=", 1)[0].strip().replace("-", "_") in known
-                 and p.split("=", 1)[0].strip() not in bench_keys]
-    if method not in ("igos", "igos++"):
-        out.iterations = None
-    return out
+def _method_opts(opts: Options, method: str, bench_keys: set[str]) -> Options:
+    """``opts`` with only the ``--param`` keys that ``method`` takes (and --iterations where it fits)."""
+    known = set(faithmap.METHODS.get(method).params) | set(BENCH_KEYS)  # the mask bench's own keys pass through
+    params = {k: v for k, v in opts.params.items() if k in known and k not in bench_keys}
+    iterations = opts.iterations if method in ("igos", "igos++") else None
+    return dataclasses.replace(opts, params=params, iterations=iterations)
 
 
-def _rise_rows(args, model, images, params: dict, ties: str = "interpolate") -> list[dict]:
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
+def _rise_rows(model, images, params: dict, ties: str = "interpolate") -> list[dict]:
     rows = []
     for stem, arr in images:
         x = model.preprocess(arr)
@@ -62,25 +58,18 @@ def _rise_rows(args, model, images, params: dict, ties: str = "interpolate") -> 
 
 
 @bench("igos++")
-def bench_igospp(args) -> int:
+def bench_igospp(opts: Options) -> int:
     """iGOS++, I-GOS, Mask and RISE per photo: seconds, model images, AUCs, claims and speed checks."""
-    import faithmap
-
-    extra = parse_params(args.param)
+    extra = dict(opts.params)
     bench_keys = {"methods", "rise_loop"}
     methods = [m.strip() for m in str(extra.get("methods", "igos++,igos,mask,rise")).split(",") if m.strip()]
     for m in methods:
         if m not in LABELS:
             raise FaithmapError(f"bench igos++ compares {', '.join(LABELS)}; got {m!r}")
-    if args.resolution and any(int(r) < 2 for r in str(args.resolution).split(",")):
-        raise FaithmapError("--resolution must be at least 2")
-    if not args.resolution:
-        args.resolution = "28,224"
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
+    opts = dataclasses.replace(opts, resolution=",".join(map(str, resolutions(opts, "28,224"))))
+    model = load_model(opts)
+    images = gather_images(opts)
     probs = {}
-    import torch
-
     for stem, arr in images:
         with torch.no_grad():
             probs[stem] = float(torch.softmax(model(model.preprocess(arr)), 1).max())
@@ -89,20 +78,19 @@ def bench_igospp(args) -> int:
     for m in [m for m in methods if m != "rise"]:
         ref = REFERENCE_IGOSPP if m == "igos++" else REFERENCE_IGOS if m == "igos" else {}
         print(f"-- {m}", file=sys.stderr, flush=True)
-        rows[m] = run_mask_bench(_method_args(args, m, bench_keys), m, ref)
+        rows[m] = run_mask_bench(_method_opts(opts, m, bench_keys), m, ref, model=model, images=images)
     rise_params = {}
     if "rise" in methods:
         print("-- rise", file=sys.stderr, flush=True)
-        rise_params = parse_params(_method_args(args, "rise", bench_keys).param)
+        rise_params = dict(_method_opts(opts, "rise", bench_keys).params)
         for k in BENCH_KEYS:
             rise_params.pop(k, None)
-        if args.batch_size is not None:
-            rise_params["batch_size"] = args.batch_size
-        rows["rise"] = _rise_rows(args, model, images, rise_params, str(extra.get("ties", "interpolate")))
+        if opts.batch_size is not None:
+            rise_params["batch_size"] = opts.batch_size
+        rows["rise"] = _rise_rows(model, images, rise_params, str(extra.get("ties", "interpolate")))
 
     out = {"machine": machine(), "resize": model.resize, "methods": methods, "rows": rows, "probs": probs}
-    resolutions = [int(r) for r in str(args.resolution).split(",")]
-    for res in resolutions:
+    for res in resolutions(opts):
         print(f"\n### {res} x {res} masks" + (" (RISE: its 224 x 224 map)" if "rise" in methods else "") + "\n")
         cols = [("image", "photo", ""), ("p", "p(top-1)", ".3f")]
         table_rows = []
@@ -174,5 +162,5 @@ def bench_igospp(args) -> int:
         out["rise_loop"] = {"image": loop_stem, "batched_seconds": batched.seconds, "loop_seconds": loop.seconds,
                             "images": batched.counts["images"], "same_map": same}
     print(f"\nmachine: {machine()}; photos resized: {model.resize}")
-    dump(args.json, out)
+    dump(opts.json, out)
     return 0

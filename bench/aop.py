@@ -1,4 +1,4 @@
-"""``faithmap bench aop``: the ablation of ``aop_sigcam.txt`` Table 1 on the sample photos.
+"""``python -m bench aop``: the ablation of AOP/SIGCAM's Table 1 (Zhang, Rao & Yang, AAAI 2021) on the sample photos.
 
 GradCAM, WGradCAM, EMP (Fong-Vedaldi ``mask``), I-GOS, GradCAM + EMP, GradCAM + I-GOS and SIGCAM,
 each with its registered defaults, on EfficientNet-Lite0: deletion, insertion and over-all
@@ -17,10 +17,11 @@ from __future__ import annotations
 import sys
 import time
 
-from ..cli import gather_images, load_model, parse_params
-from ..errors import FaithmapError
-from . import bench
-from .common import dump, machine, table
+import faithmap
+from faithmap.errors import FaithmapError
+from faithmap.metrics import deletion_insertion
+
+from .common import Options, bench, dump, gather_images, load_model, machine, reference, table
 
 ENTRIES: dict[str, tuple[str, str, dict]] = {  # key: (label, method, params)
     "gradcam": ("GradCAM", "gradcam", {}),
@@ -31,11 +32,8 @@ ENTRIES: dict[str, tuple[str, str, dict]] = {  # key: (label, method, params)
     "gradcam+igos": ("GradCAM + I-GOS", "aop", {"base": "gradcam", "refine": "igos"}),
     "sigcam": ("SIGCAM", "sigcam", {}),
 }
-PAPER_TABLE1 = {  # aop_sigcam.txt Table 1 (Inception v3, 5,000 ImageNet images): deletion, insertion, over-all (%)
-    "gradcam": (17.92, 66.04, 48.12), "wgradcam": (17.23, 66.83, 49.60), "emp": (12.70, 49.21, 36.51),
-    "igos": (8.76, 57.25, 48.49), "gradcam+emp": (11.90, 62.58, 50.68), "gradcam+igos": (8.97, 65.47, 56.50),
-    "sigcam": (9.91, 67.57, 57.66),
-}
+PAPER_TABLE1 = reference("aop_paper_table1")
+"""The paper's Table 1 (Inception v3, 5,000 ImageNet images): deletion, insertion, over-all (%)."""
 
 
 def reach(loss: list[float], images: list[int], goal: float, warmup: int) -> tuple[int | None, int | None]:
@@ -48,20 +46,17 @@ def reach(loss: list[float], images: list[int], goal: float, warmup: int) -> tup
 
 
 @bench("aop")
-def bench_aop(args) -> int:
+def bench_aop(opts: Options) -> int:
     """AOP / SIGCAM ablation per photo: deletion, insertion, over-all, seconds, model images."""
-    import faithmap
-    from faithmap.metrics import deletion_insertion
-
-    extra = parse_params(args.param)
+    extra = dict(opts.params)
     keys = [k.strip() for k in str(extra.pop("methods", ",".join(ENTRIES))).split(",") if k.strip()]
     for k in keys:
         if k not in ENTRIES:
             raise FaithmapError(f"bench aop runs {', '.join(ENTRIES)}; got {k!r}")
-    if args.resolution or args.iterations:
+    if opts.resolution or opts.iterations:
         raise FaithmapError("bench aop runs every method with its registered defaults (no --resolution/--iterations)")
-    model = load_model(args)
-    images = gather_images(args.images, args.convert)
+    model = load_model(opts)
+    images = gather_images(opts)
     rows: list[dict] = []
     out = {"machine": machine(), "methods": keys, "rows": rows, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for stem, arr in images:
@@ -70,10 +65,10 @@ def bench_aop(args) -> int:
         for k in keys:
             label, method, params = ENTRIES[k]
             p = dict(params)
-            if args.batch_size is not None:
-                p["batch_size"] = args.batch_size
+            if opts.batch_size is not None:
+                p["batch_size"] = opts.batch_size
             e = faithmap.explain(model, x, method, **p)
-            c = deletion_insertion(model, x, e.saliency, e.target, batch_size=args.batch_size)
+            c = deletion_insertion(model, x, e.saliency, e.target, batch_size=opts.batch_size)
             r = {"image": stem, "key": k, "method": label, "deletion": float(c.deletion_auc[0]),
                  "insertion": float(c.insertion_auc[0]), "overall": float(c.overall[0]), "seconds": e.seconds,
                  "images": e.counts["images"], "grad_images": e.counts["grad_images"]}
@@ -94,10 +89,10 @@ def bench_aop(args) -> int:
                     r.update(reach_iteration=it, reach_images=n,
                              reach_ratio=(per["igos"]["images"] / n) if n else None,
                              final_loss=r["loss"][-1], igos_final_loss=goal)
-        dump(args.json, out)  # after every photo, so a long run keeps what it measured
+        dump(opts.json, out)  # after every photo, so a long run keeps what it measured
     _report(rows, keys, [s for s, _ in images])
     print(f"\nmachine: {machine()}")
-    dump(args.json, out)
+    dump(opts.json, out)
     return 0
 
 
