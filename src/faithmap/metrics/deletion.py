@@ -130,21 +130,21 @@ def deletion_insertion(model, x: torch.Tensor, saliency: torch.Tensor, target: t
                   ties=ties)
 
 
-@register_metric("deletion", higher_is_better=False, category="faithfulness", paper="igos.txt",
+@register_metric("deletion", higher_is_better=False, category="faithfulness", paper="Qi, Khorram & Li, AAAI 2020",
                  summary="area under the probability curve as the most salient cells are blurred")
 def deletion_auc(model, x, saliency, target, **kw) -> torch.Tensor:
     """Deletion AUC per image (lower is better)."""
     return deletion_insertion(model, x, saliency, target, **kw).deletion_auc
 
 
-@register_metric("insertion", higher_is_better=True, category="faithfulness", paper="igos.txt",
+@register_metric("insertion", higher_is_better=True, category="faithfulness", paper="Qi, Khorram & Li, AAAI 2020",
                  summary="area under the probability curve as the most salient cells are revealed on the blur")
 def insertion_auc(model, x, saliency, target, **kw) -> torch.Tensor:
     """Insertion AUC per image (higher is better)."""
     return deletion_insertion(model, x, saliency, target, **kw).insertion_auc
 
 
-@register_metric("overall", higher_is_better=True, category="faithfulness", paper="aop_sigcam.txt",
+@register_metric("overall", higher_is_better=True, category="faithfulness", paper="Zhang, Rao & Yang, AAAI 2021",
                  summary="insertion AUC minus deletion AUC (the over-all score of AOP/SIGCAM)")
 def overall_score(model, x, saliency, target, **kw) -> torch.Tensor:
     """Insertion AUC minus deletion AUC per image (higher is better)."""
