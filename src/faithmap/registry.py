@@ -200,7 +200,7 @@ def register_method(name: str, *, family: str, summary: str, paper: str = "", re
 def _taking_settings(impl: Callable[..., Any], cls: type, owner: str) -> Callable[..., Any]:
     """``method(model, x, target, config=None, **params)`` around ``impl(model, x, target, settings)``."""
 
-    @functools.wraps(impl, updated=())
+    @functools.wraps(impl, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
     def method(model, x, target, config=None, /, **params: Any):
         return impl(model, x, target, build(cls, owner, config, params))
 
