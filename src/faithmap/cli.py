@@ -277,17 +277,23 @@ def _jsonable(v):
 # ----------------------------------------------------------------------------------------------
 # faithmap methods / metrics / models
 # ----------------------------------------------------------------------------------------------
+def _print_once(text: str) -> None:
+    """``text`` and a newline in one write: a reader that stops early (``| head -1``) cannot close the
+    pipe between two writes of one listing (stdout may be unbuffered, PYTHONUNBUFFERED)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def run_methods(args: argparse.Namespace) -> int:
     from .docs import method_page
     from .registry import METHODS
 
     if args.name:
-        print(method_page(METHODS[args.name]))
+        _print_once(method_page(METHODS[args.name]))
         return 0
     width = max(len(s.name) for s in METHODS)
-    for s in METHODS:
-        alias = f" (also {', '.join(s.aliases)})" if s.aliases else ""
-        print(f"{s.name:<{width}}  [{s.family}] {s.summary}{alias}")
+    _print_once("\n".join(f"{s.name:<{width}}  [{s.family}] {s.summary}"
+                           + (f" (also {', '.join(s.aliases)})" if s.aliases else "") for s in METHODS))
     return 0
 
 
@@ -301,11 +307,10 @@ def run_metrics(args: argparse.Namespace) -> int:
     from .registry import METRICS
 
     if args.name:
-        print(metric_page(METRICS[args.name]))
+        _print_once(metric_page(METRICS[args.name]))
         return 0
     width = max(len(s.name) for s in METRICS)
-    for s in METRICS:
-        print(f"{s.name:<{width}}  {s.arrow} [{s.category}] {s.summary}")
+    _print_once("\n".join(f"{s.name:<{width}}  {s.arrow} [{s.category}] {s.summary}" for s in METRICS))
     return 0
 
 
