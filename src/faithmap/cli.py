@@ -335,29 +335,46 @@ def _jsonable(v):
 # ----------------------------------------------------------------------------------------------
 # faithmap methods / metrics / models
 # ----------------------------------------------------------------------------------------------
+def _print_once(text: str) -> None:
+    """``text`` and a newline in one write: a reader that stops early (``| head -1``) cannot close the
+    pipe between two writes of one listing (stdout may be unbuffered, PYTHONUNBUFFERED)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def run_methods(args: argparse.Namespace) -> int:
+    from .docs import method_page
     from .registry import METHODS
 
+    if args.name:
+        _print_once(method_page(METHODS[args.name]))
+        return 0
     width = max(len(s.name) for s in METHODS)
-    for s in METHODS:
-        alias = f" (also {', '.join(s.aliases)})" if s.aliases else ""
-        print(f"{s.name:<{width}}  [{s.family}] {s.summary}{alias}")
+    _print_once("\n".join(f"{s.name:<{width}}  [{s.family}] {s.summary}"
+                           + (f" (also {', '.join(s.aliases)})" if s.aliases else "") for s in METHODS))
     return 0
 
 
-command("methods", "list the registered explanation methods")(run_methods)
+run_methods.add_arguments = lambda p: p.add_argument(  # type: ignore[attr-defined]
+    "name", nargs="?", help="a method (or alias): its page of parameters, ranges, defaults and an example")
+command("methods", "list the registered explanation methods, or describe one")(run_methods)
 
 
 def run_metrics(args: argparse.Namespace) -> int:
+    from .docs import metric_page
     from .registry import METRICS
 
+    if args.name:
+        _print_once(metric_page(METRICS[args.name]))
+        return 0
     width = max(len(s.name) for s in METRICS)
-    for s in METRICS:
-        print(f"{s.name:<{width}}  {s.arrow} [{s.category}] {s.summary}")
+    _print_once("\n".join(f"{s.name:<{width}}  {s.arrow} [{s.category}] {s.summary}" for s in METRICS))
     return 0
 
 
-command("metrics", "list the registered metrics with their direction")(run_metrics)
+run_metrics.add_arguments = lambda p: p.add_argument(  # type: ignore[attr-defined]
+    "name", nargs="?", help="a metric (or alias): its direction, needs and options")
+command("metrics", "list the registered metrics with their direction, or describe one")(run_metrics)
 
 
 def run_models(args: argparse.Namespace) -> int:

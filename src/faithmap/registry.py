@@ -6,13 +6,14 @@ Adding a method means decorating one function with :func:`register_method`.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import FaithmapError
+from .params import Param, build, describe, describe_fields, field_bounds, interval
 from .params import check as check_params
-from .params import interval
 
 T = TypeVar("T")
 
@@ -48,6 +49,11 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         return self._specs[self.canonical(name)]
 
+    def __getitem__(self, name: str) -> T:
+        """``METHODS["igos"]``: the spec of a name or alias (case-insensitive); an unknown name is one
+        :class:`FaithmapError` line."""
+        return self.get(name)
+
     def __contains__(self, name: str) -> bool:
         try:
             self.canonical(name)
@@ -73,6 +79,8 @@ class MethodSpec:
     normalised images ``x`` of shape (B, 3, H, W) and integer targets of shape (B,).
     ``resolution`` is ``"mask"`` when the map's grid is a parameter (``resolution=``), ``"input"``
     when maps are at input size, ``"layer"`` when they live on a layer's grid.
+    ``settings`` is the frozen dataclass that declares the parameters (their types, defaults, ranges
+    and help; see :mod:`faithmap.params`), or None when the function's keyword parameters do.
     """
 
     name: str
@@ -85,11 +93,14 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
     fast: dict[str, Any] = field(default_factory=dict)
     bounds: dict[str, Any] = field(default_factory=dict)
+    settings: type | None = None
     default: bool = False  # one of the small set ``faithmap evaluate`` runs when no methods are named
 
     @property
     def params(self) -> dict[str, Any]:
-        """Keyword parameters and their defaults, read from the function signature."""
+        """Parameters and their defaults, read from the settings dataclass or the function signature."""
+        if self.settings is not None:
+            return {f.name: f.default for f in fields(self.settings)}
         sig = inspect.signature(self.fn)
         return {
             p.name: p.default
@@ -97,9 +108,21 @@ class MethodSpec:
             if p.kind == p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
         }
 
+    @property
+    def parameters(self) -> list[Param]:
+        """Every parameter as a :class:`faithmap.params.Param` (name, type, default, range, help)."""
+        if self.settings is not None:
+            return describe_fields(self.settings)
+        return describe(self.fn, self.bounds)
+
     def check(self, params: dict[str, Any]) -> None:
-        """Refuse values of the wrong type (the signature's annotation) or out of range (:mod:`faithmap.params`)."""
-        check_params(f"method {self.name}", self.fn, params, self.bounds)
+        """Refuse values of the wrong type or out of range (:mod:`faithmap.params`), and, for settings
+        dataclasses, combinations their own checks refuse."""
+        if self.settings is None:
+            check_params(f"method {self.name}", self.fn, params, self.bounds)
+            return
+        known = {f.name for f in fields(self.settings)}
+        build(self.settings, f"method {self.name}", None, {k: v for k, v in params.items() if k in known})
 
 
 METRIC_NEEDS = ("explain", "boxes", "masks")
@@ -187,24 +210,48 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 def register_method(name: str, *, family: str, summary: str, paper: str = "", resolution: str = "input",
                     min_resolution: int = 1, aliases: tuple[str, ...] = (), fast: dict | None = None,
-                    bounds: dict[str, Any] | None = None, default: bool = False):
+                    bounds: dict[str, Any] | None = None, params: type | None = None, default: bool = False):
     """Decorator that registers an explanation method (see :class:`MethodSpec`).
 
     ``fast`` holds parameter overrides for quick runs (tests, demos, ``--fast`` evaluations).
-    ``bounds`` gives numeric parameters their range, ``(low, high)`` inclusive (``None``: open) or
-    interval notation (``"(0, 1)"``), over :data:`faithmap.params.COMMON_BOUNDS`; each parameter's
-    type is its annotation in the signature. Both are checked once, at the boundary (:meth:`MethodSpec.check`).
+    Parameters are declared one of two ways (:mod:`faithmap.params`):
+
+    * ``params``, a frozen dataclass: the decorated function is ``fn(model, x, target, settings)``;
+      what is registered (and returned) is ``method(model, x, target, config=None, **params)``,
+      which builds the settings from ``config`` and the keyword arguments (:func:`faithmap.params.build`);
+    * otherwise the function's keyword parameters, their types the annotations; ``bounds`` gives
+      numeric parameters their range, ``(low, high)`` inclusive (``None``: open) or interval notation
+      (``"(0, 1)"``), over :data:`faithmap.params.COMMON_BOUNDS`.
+
+    Both are checked once, at the boundary (:meth:`MethodSpec.check`).
     ``default``: one of the small, cheap set ``faithmap evaluate`` runs when no methods are named.
     """
     for spec in (bounds or {}).values():
         interval(spec)  # a malformed range fails at import, not at the first call
+    if params is not None and bounds:
+        raise ValueError(f"method {name!r}: give ranges in the fields of {params.__name__}, not bounds=")
 
     def deco(fn):
+        if params is not None:
+            field_bounds(params)  # a settings class that is not a dataclass fails at import
+            fn = _taking_settings(fn, params, f"method {name}")
         METHODS.add(name, MethodSpec(name, fn, family, summary, paper, resolution, min_resolution,
-                                     aliases, dict(fast or {}), dict(bounds or {}), bool(default)), aliases)
+                                     aliases, dict(fast or {}), dict(bounds or {}), params, bool(default)), aliases)
         return fn
 
     return deco
+
+
+def _taking_settings(impl: Callable[..., Any], cls: type, owner: str) -> Callable[..., Any]:
+    """``method(model, x, target, config=None, **params)`` around ``impl(model, x, target, settings)``."""
+
+    @functools.wraps(impl, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
+    def method(model, x, target, config=None, /, **params: Any):
+        return impl(model, x, target, build(cls, owner, config, params))
+
+    del method.__wrapped__  # its signature is its own: (model, x, target, config=None, /, **params)
+    method.settings = cls  # type: ignore[attr-defined]
+    return method
 
 
 def register_metric(name: str, *, higher_is_better: bool, category: str, summary: str, paper: str = "",

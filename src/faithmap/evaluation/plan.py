@@ -170,6 +170,7 @@ def method_params(methods: Sequence[str], params: dict | None, fast: bool, extra
         if taken:
             raise FaithmapError(f"give {taken[0]} with --{taken[0].replace('_', '-')}, not as a method parameter")
         p.update(given)
+        spec.check(p)  # types, ranges and the method's own checks, before anything runs
         out[m] = p
     return out
 
@@ -201,6 +202,7 @@ def metric_options(metrics: Sequence[str], metric_params: dict | None, tolerance
             raise FaithmapError(f"tolerance must be a number of pixels >= 0, got {o['tolerance']!r}")
         if "min_score" in o and o["min_score"] is not None and not 0 <= float(o["min_score"]) < 1:
             raise FaithmapError(f"min_score must be a probability in [0, 1), got {o['min_score']!r}")
+        METRICS.get(m).check(o)  # types and ranges, before anything runs
     return opts
 
 

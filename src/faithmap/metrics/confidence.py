@@ -55,7 +55,7 @@ def explanation_map_scores(model, x: torch.Tensor, saliency: torch.Tensor, targe
     return s[:b].double(), s[b:].double()
 
 
-@register_metric("average_drop", higher_is_better=False, category="faithfulness", paper="Grad-CAM++ (Chattopadhyay et al. 2018)",
+@register_metric("average_drop", higher_is_better=False, category="faithfulness", paper="Chattopadhyay et al., WACV 2018",
                  aliases=("avg_drop", "drop"), default=True,
                  summary="average drop (%): relative fall of the target probability on the image times its map")
 def average_drop(model, x, saliency, target, *, score: str = "prob", batch_size=None, seed=0) -> torch.Tensor:
@@ -64,8 +64,9 @@ def average_drop(model, x, saliency, target, *, score: str = "prob", batch_size=
     return 100.0 * torch.clamp(y - o, min=0) / y.clamp_min(1e-12)
 
 
-@register_metric("increase_confidence", higher_is_better=True, category="faithfulness", default=True,
-                 paper="Grad-CAM++ (Chattopadhyay et al. 2018)", aliases=("increase", "increase_in_confidence"),
+@register_metric("increase_confidence", higher_is_better=True, category="faithfulness",
+                 paper="Chattopadhyay et al., WACV 2018", aliases=("increase", "increase_in_confidence"),
+                 default=True,
                  summary="increase in confidence (%): share of images whose target probability rises on the image times its map")
 def increase_confidence(model, x, saliency, target, *, score: str = "prob", batch_size=None, seed=0) -> torch.Tensor:
     """``100 * [Y < O]`` per image (higher is better; its mean is the paper's percentage)."""

@@ -139,7 +139,7 @@ class CurveScores:
     curves: Curves
 
 
-@register_metric("deletion", higher_is_better=False, category="faithfulness", paper="igos.txt", default=True,
+@register_metric("deletion", higher_is_better=False, category="faithfulness", default=True, paper="Qi, Khorram & Li, AAAI 2020",
                  summary="area under the probability curve as the most salient cells are blurred")
 def deletion_auc(model, x, saliency, target, **kw) -> CurveScores:
     """Deletion AUC per image (lower is better), with its curves."""
@@ -147,7 +147,7 @@ def deletion_auc(model, x, saliency, target, **kw) -> CurveScores:
     return CurveScores(c.deletion_auc, c)
 
 
-@register_metric("insertion", higher_is_better=True, category="faithfulness", paper="igos.txt", default=True,
+@register_metric("insertion", higher_is_better=True, category="faithfulness", default=True, paper="Qi, Khorram & Li, AAAI 2020",
                  summary="area under the probability curve as the most salient cells are revealed on the blur")
 def insertion_auc(model, x, saliency, target, **kw) -> CurveScores:
     """Insertion AUC per image (higher is better), with its curves."""
@@ -155,7 +155,7 @@ def insertion_auc(model, x, saliency, target, **kw) -> CurveScores:
     return CurveScores(c.insertion_auc, c)
 
 
-@register_metric("overall", higher_is_better=True, category="faithfulness", paper="aop_sigcam.txt", default=True,
+@register_metric("overall", higher_is_better=True, category="faithfulness", default=True, paper="Zhang, Rao & Yang, AAAI 2021",
                  summary="insertion AUC minus deletion AUC (the over-all score of AOP/SIGCAM)")
 def overall_score(model, x, saliency, target, **kw) -> CurveScores:
     """Insertion AUC minus deletion AUC per image (higher is better), with its curves."""
