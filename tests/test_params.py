@@ -217,3 +217,18 @@ def test_no_paper_is_a_file_name():
     for spec in (*faithmap.METHODS, *faithmap.METRICS):
         assert not re.search(r"\.txt\b", spec.paper), (spec.name, spec.paper)
         assert re.search(r"\b(19|20)\d\d\b", spec.paper), (spec.name, spec.paper)  # a reference has a year
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--param", "igos++.ig_steps=0"], "method igos++: ig_steps must be in [1, 100000], got 0"),
+    (["--param", "igos++.ablation=nonsense"], "unknown ablation"),
+    (["--metrics", "sufficiency", "--metric-param", "sufficiency.threshold=abc"], "metric sufficiency: threshold must be"),
+])
+def test_evaluate_checks_parameters_before_anything_runs(tmp_path, capsys, argv, needle):
+    """A bad value for the second method (or a metric option) is refused by the plan: one line, exit 2,
+    and no output folder — the first method never ran."""
+    out = tmp_path / "run"
+    rc, _, err = run_cli(["evaluate", "--images", "sample:coffee", "--methods", "gradcam,igos++", "--model", "resnet18",
+                          "--weights", "random", "--no-progress", "--out", str(out), *argv], capsys)
+    one_line(rc, err, needle)
+    assert not out.exists()
