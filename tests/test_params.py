@@ -114,7 +114,7 @@ def test_in_range_but_wrong_type_fails(patch_model, method, params, needle):
 
 
 def test_in_range_but_wrong_type_fails_at_the_cli(tmp_path, capsys):
-    rc, _, err = run_cli(["explain", "sample:coffee", "--param", "iterations=5.0", "--out", str(tmp_path / "o")], capsys)
+    rc, _, err = run_cli(["explain", "sample:coffee", "--method", "igos", "--param", "iterations=5.0", "--out", str(tmp_path / "o")], capsys)
     one_line(rc, err, "method igos: iterations must be an integer, got float 5.0")
 
 

@@ -163,6 +163,8 @@ class TqdmProgress:
             self.close()
             self.bar = tqdm(total=total, desc=self.desc, unit=unit, file=sys.stderr, **self.kwargs)
         self.bar.update(done - self.bar.n)
+        if done >= total:  # the last step is always drawn, however fast the steps came (tqdm's mininterval)
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
