@@ -55,14 +55,17 @@ def _metrics_help() -> str:
     return f"comma-separated or 'all' (default: {', '.join(plain)}{where}): {', '.join(METRICS.names())}"
 
 
-def _opt(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = dataclasses.MISSING,
-         flag: str | None = None, shared: bool = False, api: str = "", **argparse_kw: Any):
-    """A field of :class:`RunConfig`: its default, its help (a string, or a function for text that reads
-    a registry), its flag when not ``--name-with-dashes``, extra ``argparse`` keywords (``metavar``,
-    ``nargs``, ``action``), ``shared``: the flag is one of the model options every command shares, and
-    ``api``: what the help adds for Python callers (the docstring)."""
+def option_field(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = dataclasses.MISSING,
+                 flag: str | None = None, shared: bool = False, api: str = "", **argparse_kw: Any):
+    """A field of a run's config (:class:`RunConfig`, the audit's ``AuditConfig``): its default, its help (a
+    string, or a function for text that reads a registry), its flag when not ``--name-with-dashes``, extra
+    ``argparse`` keywords (``metavar``, ``nargs``, ``action``), ``shared``: the flag is one of the model
+    options every command shares, and ``api``: what the help adds for Python callers (the docstring)."""
     meta = {"help": help, "flag": flag, "argparse": argparse_kw, "shared": shared, "api": api}
     return field(default=default, default_factory=factory, metadata=meta)
+
+
+_opt = option_field
 
 
 @dataclass(frozen=True)
@@ -133,15 +136,7 @@ class RunConfig:
     def make(cls, base: "RunConfig | None" = None, /, **overrides: Any) -> "RunConfig":
         """``base`` (default: all defaults) with ``overrides``: any name of :data:`OPTION_NAMES`, the engine's
         options flat (``engine="ray", workers=4``); an unknown name is one line listing the valid ones."""
-        if base is not None and not isinstance(base, cls):
-            raise FaithmapError("faithmap.evaluate takes a RunConfig or keywords only (methods=..., images=..., "
-                                "out=...), not settings by position")
-        unknown = [k for k in overrides if k not in OPTION_NAMES]
-        if unknown:
-            raise FaithmapError(f"evaluate has no option {unknown[0]!r}; the options are: {', '.join(OPTION_NAMES)}")
-        engine = _engine(base.engine if base is not None else EngineConfig(), overrides)
-        return dataclasses.replace(base, engine=engine, **overrides) if base is not None else cls(engine=engine,
-                                                                                                   **overrides)
+        return make_config(cls, base, overrides, OPTION_NAMES, "evaluate", " (methods=..., images=..., out=...)")
 
     def for_workers(self) -> "RunConfig":
         """This config without what a worker must not receive pickled: the inputs (images, labels,
@@ -164,6 +159,22 @@ def _engine(current: EngineConfig | Engine, overrides: dict) -> EngineConfig | E
     if flat:
         raise FaithmapError(f"{', '.join(flat)} apply to an engine named by engine=, not to an engine object")
     return engine
+
+
+def make_config(cls, base, overrides: dict, names: Sequence[str], what: str, example: str = ""):
+    """``base`` (an instance of the frozen config class ``cls``, or None: all defaults) with ``overrides``,
+    the engine's options flat: what ``RunConfig.make`` and ``AuditConfig.make`` do (``what`` names the
+    function in the messages, ``example`` shows a few of its keywords)."""
+    if base is not None and not isinstance(base, cls):
+        raise FaithmapError(f"faithmap.{what} takes a {cls.__name__} or keywords only{example}, not settings by "
+                            f"position")
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        raise FaithmapError(f"{what} has no option {unknown[0]!r}; the options are: {', '.join(names)}")
+    overrides = dict(overrides)
+    engine = _engine(base.engine if base is not None else EngineConfig(), overrides)
+    return dataclasses.replace(base, engine=engine, **overrides) if base is not None else cls(engine=engine,
+                                                                                               **overrides)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,10 +318,12 @@ class Option:
         return kinds.pop() if len(kinds) == 1 and kinds <= {bool, int, float} else None
 
 
-def _options() -> tuple[Option, ...]:
-    hints = {**get_type_hints(RunConfig), **{f"engine.{k}": v for k, v in get_type_hints(EngineConfig).items()}}
+def config_options(cls) -> tuple[Option, ...]:
+    """Every option of the config class ``cls``, flat, in field order: its ``engine`` field (an
+    :class:`EngineConfig`) becomes the engine's options (``engine``, ``workers``, ...)."""
+    hints = {**get_type_hints(cls), **{f"engine.{k}": v for k, v in get_type_hints(EngineConfig).items()}}
     out = []
-    for f in dataclasses.fields(RunConfig):
+    for f in dataclasses.fields(cls):
         if f.name != "engine":
             out.append(Option(f.name, f, hints[f.name]))
             continue
@@ -320,25 +333,25 @@ def _options() -> tuple[Option, ...]:
     return tuple(out)
 
 
-OPTIONS: tuple[Option, ...] = _options()
+OPTIONS: tuple[Option, ...] = config_options(RunConfig)
 """Every option, flat, in order: the keywords of :func:`faithmap.evaluate` and the flags of ``faithmap evaluate``."""
 OPTION_NAMES: tuple[str, ...] = tuple(o.name for o in OPTIONS)
 _ENGINE_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "name")
 
 
-def signature(returns: Any) -> inspect.Signature:
+def signature(returns: Any, options: Sequence[Option] = OPTIONS, config: str = "RunConfig") -> inspect.Signature:
     """``(config=None, /, *, <every option with its default>) -> returns``."""
     params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_ONLY, default=None,
-                                annotation="RunConfig | None")]
+                                annotation=f"{config} | None")]
     params += [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=o.hint)
-               for o in OPTIONS]
+               for o in options]
     return inspect.Signature(params, return_annotation=returns)
 
 
-def options_doc() -> str:
+def options_doc(options: Sequence[Option] = OPTIONS) -> str:
     """The options as docstring lines: ``name`` (default): help."""
     def line(o: Option) -> str:
         api = o.field.metadata.get("api")
         return f"``{o.name}`` (default {o.default!r}): {o.help}{'; ' + api if api else ''}."
 
-    return "\n".join(line(o) for o in OPTIONS)
+    return "\n".join(line(o) for o in options)

@@ -275,7 +275,9 @@ class Plan:
             config=self.config.for_workers())
 
 
-def _resolve_target(target, clf, ann, items) -> Any:
+def resolve_target(target, clf, ann, items) -> Any:
+    """The target mode of a run: "label" (every image labelled, within the model's classes), "annotated",
+    "top1", or a class index or name checked against the model."""
     if isinstance(target, str) and target.strip().lower() in ("annotated", "label"):
         mode = target.strip().lower()
         if mode == "label":
@@ -465,7 +467,7 @@ def build(config: RunConfig) -> Plan:
         metrics = _drop_sample_boxes(clf, metrics, named=choice.metrics is not None)
         mopts = {m: o for m, o in mopts.items() if m in metrics}
     items = select_inputs(items, clf, limit=cfg.limit, sample=cfg.sample, seed=cfg.seed)
-    target_mode = _resolve_target(cfg.target, clf, ann, items)
+    target_mode = resolve_target(cfg.target, clf, ann, items)
     _note_labels(cfg, items)
     matched = _matched(ann, items, clf, given=bool(cfg.annotations))
     explained = _explained(target_mode, items, matched, clf)
