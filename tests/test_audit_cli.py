@@ -4,10 +4,6 @@ status 2 and nothing written, and a run killed between its parts finishes with t
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,10 +20,9 @@ from faithmap.evaluation.store import Store
 from faithmap.models import wrap
 
 import auditkit
+from conftest import kill_after_parts
 from conftest import run as cli
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(HERE), "src")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,8 +93,6 @@ def test_a_method_that_gives_no_map_for_the_model_is_refused_before_writing(tmp_
 
 
 DRIVER = """
-import sys
-sys.path.insert(0, {here!r})
 import torch
 torch.set_num_threads(1)
 import auditkit, faithmap
@@ -125,25 +118,7 @@ def test_a_killed_run_resumes_with_the_same_command_and_the_same_audit(slow_meth
     with torch_threads(1):
         clean = faithmap.audit(out=str(tmp_path / "clean"), **kw)
     out = str(tmp_path / "killed")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, HERE, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(here=HERE, n=n, out=out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    parts = os.path.join(out, "parts")
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            if os.path.isdir(parts) and len([f for f in os.listdir(parts) if f.startswith("part-")]) >= 2:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-800:]}")
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run wrote nothing in time")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_parts(DRIVER.format(n=n, out=out), out)
     assert not os.path.exists(os.path.join(out, "audit.json"))
     with torch_threads(1):
         res = faithmap.audit(out=out, **kw)

@@ -3,8 +3,6 @@ names (the audit's), so two Ray actors give the local engine's per-image rows an
 The local reference runs with one torch thread, as each actor does (float sums depend on the thread
 count)."""
 
-import os
-
 import pytest
 
 ray = pytest.importorskip("ray")  # Ray is an optional extra of faithmap (faithmap[ray])
@@ -16,26 +14,16 @@ from faithmap.evaluation.ray_engine import RayEngine  # noqa: E402
 from faithmap.evaluation.store import Store, comparable, rows_close  # noqa: E402
 
 import auditkit  # noqa: E402
+from conftest import local_ray_cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(HERE), "src")
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """One local cluster for the module; its workers import faithmap and the test helpers from here."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, HERE] + ([old] if old else []))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    with local_ray_cluster() as address:
+        yield address
 
 
 def _rows(out: str) -> list[dict]:

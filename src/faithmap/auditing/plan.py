@@ -29,7 +29,6 @@ from ..evaluation.plan import (EvalNote, gather_inputs, load_model, method_param
 from ..evaluation.tasks import NATIVE, ModelSpec, Task, image_seed, task_key
 from ..evaluation.worker import Context
 from ..methods.cam import capture, resolve_layer, tapped
-from ..models import DEFAULT_MODEL
 from ..registry import METHODS
 from .config import AuditConfig
 from .worker import AuditWorker
@@ -58,10 +57,7 @@ class AuditPlan:
     @property
     def model_spec(self) -> ModelSpec | None:
         """How workers load the model themselves (None: the model was given as an object: ship it)."""
-        m = self.config.model
-        if not (isinstance(m, str) or m is None):
-            return None
-        return ModelSpec(m or DEFAULT_MODEL, self.config.weights, self.config.device, self.config.resize)
+        return ModelSpec.of(self.config)
 
     def keys(self, task: Task) -> list[str]:
         return [task_key(self.images[i].name, task.method, task.resolution) for i in task.images]

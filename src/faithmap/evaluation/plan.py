@@ -250,10 +250,7 @@ class Plan:
     @property
     def model_spec(self) -> ModelSpec | None:
         """How workers load the model themselves (None: the model was given as an object: ship it)."""
-        m = self.config.model
-        if not (isinstance(m, str) or m is None):
-            return None
-        return ModelSpec(m or DEFAULT_MODEL, self.config.weights, self.config.device, self.config.resize)
+        return ModelSpec.of(self.config)
 
     def keys(self, task: Task) -> list[str]:
         return [task_key(self.images[i].name, task.method, task.resolution) for i in task.images]

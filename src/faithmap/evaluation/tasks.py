@@ -17,6 +17,7 @@ import torch
 from ..core.device import resolve_device
 from ..data import ImageRecord
 from ..errors import FaithmapError
+from ..models import DEFAULT_MODEL
 from ..models import load as load_named_model
 
 NATIVE = "native"
@@ -57,6 +58,15 @@ class ModelSpec:
     weights: str | None
     device: str | None
     resize: str | None
+
+    @classmethod
+    def of(cls, config) -> "ModelSpec | None":
+        """How workers load a run's model themselves (``config``: its ``model``, ``weights``, ``device`` and
+        ``resize``); None when the model was given as an object (it is shipped)."""
+        m = config.model
+        if not (isinstance(m, str) or m is None):
+            return None
+        return cls(m or DEFAULT_MODEL, config.weights, config.device, config.resize)
 
     def load(self, device: str | None = None):
         clf = load_named_model(self.name, weights=self.weights, device=resolve_device(device or self.device))
