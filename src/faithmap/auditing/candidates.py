@@ -17,9 +17,10 @@ when it holds at least ``min_share`` of the group and at least twice the share a
 holds when the patches fall anywhere; and, compared with where the objects are: for a class, at
 least twice the share of the other classes' patches at that place (maps that follow objects go
 where every class's objects are; a tag drawn for one class is that class's place), and over all
-classes, not at the image's centre (where the objects of most datasets are; a tag, a border or a
-text band of every class lies off it). Its region is the box spanned by the patches counted. Up to
-``places`` places per group, each found after removing the patches of the ones before.
+classes, not centred on the image's middle (within half a patch of it: where the objects of most
+datasets are; a tag, a border or a text band of every class lies off it). Its region is where the group's mean map is hot within the
+patches counted (:func:`hot_region`). Up to ``places`` places per group, each found after removing
+the patches of the ones before.
 
 *Content* candidates (:func:`fit_clusters`): the sampled embeddings (L2-normalised) clustered by
 scikit-learn's k-means, as many clusters (2 to ``clusters``) as give the largest silhouette; every
@@ -204,6 +205,36 @@ def _box_counts(h: np.ndarray, reach: int) -> np.ndarray:
     return c[r1][:, c1] - c[r0][:, c1] - c[r1][:, c0] + c[r0][:, c0]
 
 
+def _component(mask: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """The 4-connected component of ``mask`` that holds ``start``."""
+    out = np.zeros_like(mask)
+    stack = [start]
+    while stack:
+        r, c = stack.pop()
+        if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and not out[r, c]:
+            out[r, c] = True
+            stack += [(r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)]
+    return out
+
+
+def hot_region(mean: np.ndarray, span: tuple[int, int, int, int]) -> list[float]:
+    """The box (fractions) of where the group's mean map is hot inside ``span`` (cells: row0, col0, row1,
+    col1 exclusive, the windows counted at a place): the cells at half the span's largest mean or more,
+    connected to it, and one cell around them. The mean over the group's images localises the place
+    better than any one window."""
+    r0, c0, r1, c1 = span
+    sub = mean[r0:r1, c0:c1]
+    top = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    rows, cols = np.nonzero(_component(sub >= 0.5 * sub[top], top))
+    box = (c0 + cols.min() - 1, r0 + rows.min() - 1, c0 + cols.max() + 2, r0 + rows.max() + 2)  # a cell's margin
+    return [round(float(np.clip(v, 0, STAT_GRID)) / STAT_GRID, 4) for v in box]
+
+
+def _central(box: list[float], side: float) -> bool:
+    """Whether a box's centre lies in the middle of the image: within half a patch ``side`` of its centre."""
+    return abs((box[0] + box[2]) / 2 - 0.5) < side / 2 and abs((box[1] + box[3]) / 2 - 0.5) < side / 2
+
+
 def places(group: Group, g: int, rest: Group | None, cells: int, limit: int, min_share: float,
            min_images: int) -> list[Candidate]:
     """The fixed-place candidates of one group: a class (``rest``: the other classes' images) or all
@@ -224,13 +255,12 @@ def places(group: Group, g: int, rest: Group | None, cells: int, limit: int, min
         near = np.zeros_like(H, dtype=bool)
         near[max(0, i - reach):i + reach + 1, max(0, j - reach):j + reach + 1] = True
         rows, cols = np.nonzero(near & (H > 0))
-        region = [round(float(v), 4) for v in (cols.min() / STAT_GRID, rows.min() / STAT_GRID,
-                                               (cols.max() + cells) / STAT_GRID, (rows.max() + cells) / STAT_GRID)]
+        region = hot_region(group.mean_map(), (rows.min(), cols.min(), rows.max() + cells, cols.max() + cells))
         rest_share = float(others[i, j]) if others is not None else None
         H[max(0, i - 2 * reach):i + 2 * reach + 1, max(0, j - 2 * reach):j + 2 * reach + 1] = 0
         if rest_share is not None and share < 2 * rest_share:
             continue  # the other classes' maps go there too: where the objects are, not this class's place
-        if g == ALL and region[0] < 0.5 < region[2] and region[1] < 0.5 < region[3]:
+        if g == ALL and _central(region, cells / STAT_GRID):
             continue  # over all classes, the centre is where objects are in most datasets
         out.append(Candidate("fixed-place", g, region=region, share=share, expected=expected,
                              rest_share=rest_share, mode=(int(i), int(j)), reach=reach))

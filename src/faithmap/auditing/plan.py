@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..api import explain
+from ..api import check_params, explain
 from ..core.batching import model_guard, resolve_batch_size
 from ..data import ImageRecord
 from ..errors import FaithmapError
@@ -126,6 +126,7 @@ def _trial(cfg: AuditConfig, clf, first: ImageRecord, target: str, params: dict,
     if "seed" in spec.params:
         kw["seed"] = image_seed(cfg.seed, first.name, cfg.method, resolution)
     t = int(first.label) if target == "label" else None
+    check_params(spec, kw)  # a bad parameter is said as such, not as a method that gives no map
     try:
         sal = explain(clf, x, cfg.method, target=t, **kw).saliency
     except FaithmapError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from ..core.batching import model_guard
+from ..core.batching import chunks, model_guard
 from ..evaluation.store import Column
 from ..evaluation.tasks import task_key
 from ..evaluation.worker import Output, Rows, Worker
@@ -64,8 +64,7 @@ class AuditWorker(Worker):
         with model_guard(clf):
             if self.layer is None:
                 with torch.no_grad():
-                    logits = torch.cat([clf(x[s:s + self.ctx.batch_size])
-                                        for s in range(0, x.shape[0], self.ctx.batch_size)])
+                    logits = torch.cat([clf(x[s]) for s in chunks(x.shape[0], self.ctx.batch_size)])
                 feats = None
             else:
                 with tapped(self.layer, x.shape[-2:]) as tap:
