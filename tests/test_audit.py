@@ -66,9 +66,10 @@ def test_re_running_reuses_the_explained_images(corner_run):
     again = faithmap.audit(images=auditkit.corner_images(40), model=auditkit.corner_model(), out=corner_run.out,
                            min_share=0.9, **QUIET)
     assert again.explained_before == 40 and again.explained_now == 0 and again.model_images["explain"] == 0
-    with pytest.raises(faithmap.FaithmapError, match="other settings"):
-        faithmap.audit(images=auditkit.corner_images(40), model=auditkit.corner_model(), out=corner_run.out,
-                       patch=0.5, **QUIET)
+    for other in ({"patch": 0.5}, {"params": {"score": "prob"}}):  # what the explained images depend on
+        with pytest.raises(faithmap.FaithmapError, match="other settings"):
+            faithmap.audit(images=auditkit.corner_images(40), model=auditkit.corner_model(), out=corner_run.out,
+                           **other, **QUIET)
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ class AuditConfig:
     def bound(self) -> dict[str, Any]:
         """The settings the explained images depend on: a resume with others is refused (the thresholds of
         the later steps are not among them: changing them re-reads the same explained images)."""
-        return {"method": self.method, "params": self.params or {}, "resolution": self.resolution,
+        return {"method": self.method, "method_params": self.params or {}, "resolution": self.resolution,
                 "fast": self.fast, "target": self.target, "layer": self.layer, "seed": self.seed,
                 "patch": self.patch, "batch_size": self.batch_size, "batch_images": self.batch_images}
 

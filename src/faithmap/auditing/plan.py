@@ -141,8 +141,8 @@ def _settings(cfg: AuditConfig, clf, target: str, params: dict, resolution: str,
     """What the explained images depend on: a resume with other settings is refused."""
     return {**cfg.bound, "model": clf.name, "model_fingerprint": model_fingerprint(clf), "weights": cfg.weights,
             "input_size": clf.input_size, "resize": getattr(clf, "resize", "crop"), "target": target,
-            "params": {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-                       for k, v in params.items()},
+            "method_params": {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                              for k, v in params.items()},
             "resolution": resolution, "batch_size": bs, "batch_images": bi}
 
 

@@ -160,23 +160,25 @@ def _score(clf, x: torch.Tensor, base: torch.Tensor, jobs: list[tuple], batch_si
 
 
 def _record(tallies: list[_Tally], jobs: list[tuple], probs: list, preds: list, x, idx, clf, keep: int) -> None:
-    """Add one batch's values to each candidate's tally; keep the thumbnails of the top exemplars."""
+    """Add one batch's values to each candidate's tally, each image's removal beside the mean of its random
+    regions; keep the thumbnails of the top exemplars."""
+    removed: dict[tuple[int, int], list] = {}
     draws: dict[tuple[int, int], list] = {}
     for (k, ci, d, pb, m), p, q in zip(jobs, probs, preds):
         vals = _values(m, p, q)
         if d >= 0:
             draws.setdefault((k, ci), []).append(vals)
             continue
-        tallies[ci].removed.append(vals)
+        removed[k, ci] = vals
         top = tallies[ci].top
-        item = (vals[0], -idx[k], None)
-        if keep and (len(top) < keep or item[:2] > top[0][:2]):
-            ex = Exemplar(m.image, idx[k], [], _thumbnail(clf, x[k]), m.prob, p)
-            ex.box = [pb[0] / x.shape[-1], pb[1] / x.shape[-2], pb[2] / x.shape[-1], pb[3] / x.shape[-2]]
-            item = (vals[0], -idx[k], ex)
-            (heapq.heappush if len(top) < keep else heapq.heapreplace)(top, item)
-    for (k, ci), vals in draws.items():
-        tallies[ci].random.append(np.mean(vals, 0).tolist())
+        if keep and (len(top) < keep or (vals[0], -idx[k]) > top[0][:2]):
+            h, w = x.shape[-2:]
+            ex = Exemplar(m.image, idx[k], [pb[0] / w, pb[1] / h, pb[2] / w, pb[3] / h], _thumbnail(clf, x[k]),
+                          m.prob, p)
+            (heapq.heappush if len(top) < keep else heapq.heapreplace)(top, (vals[0], -idx[k], ex))
+    for (k, ci), vals in removed.items():
+        tallies[ci].removed.append(vals)
+        tallies[ci].random.append(np.mean(draws[k, ci], 0).tolist())
 
 
 def bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
