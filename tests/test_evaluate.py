@@ -8,10 +8,8 @@ agree within float rounding, checked with :func:`faithmap.evaluation.store.rows_
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -26,6 +24,7 @@ from faithmap.evaluation.stats import t_interval
 from faithmap.registry import METRICS, register_metric
 
 import evalkit
+from conftest import finished_parts, kill_when
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS_ALL = "deletion,insertion,overall,average_drop,increase_confidence,pointing"
@@ -208,6 +207,7 @@ import os, sys, time, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(min(2, os.cpu_count() or 1))  # as conftest.py: the same float reductions as the test
 import evalkit
+from conftest import finished_parts, kill_when
 import faithmap.core.io as io_mod
 import faithmap.evaluation.store as store_mod
 evalkit.register()
@@ -257,30 +257,11 @@ def test_resume_after_sigkill(tmp_path, boxes, kill_reference, point, n):
     out = str(tmp_path / "killed")
     flag = str(tmp_path / "flag")
     kw = dict(KILL_KW, annotations=boxes, images=evalkit.photos(4))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src"),
-                                                       os.environ.get("PYTHONPATH", "")]))
     script = KILL_SCRIPT.format(here=HERE, out=out, boxes=boxes, point=point, n=n, flag=flag,
                                 kw={k: v for k, v in kw.items() if k != "images"} | {"images": "PHOTOS"})
     script = script.replace("'PHOTOS'", "evalkit.photos(4)")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    kill_when(script, lambda: os.path.exists(flag) if point == "mid-write" else finished_parts(out) >= n, 240)
     parts = os.path.join(out, "parts")
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            done = len([f for f in os.listdir(parts) if f.startswith("part-")]) if os.path.isdir(parts) else 0
-            if (point == "mid-write" and os.path.exists(flag)) or (point == "computing" and done >= n):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-800:]}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("the run did not get there in time")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     finished = [f for f in os.listdir(parts) if f.startswith("part-")]
     assert len(finished) == n - 1 if point == "mid-write" else n <= len(finished) < 4
     if point == "mid-write":

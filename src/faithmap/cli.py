@@ -7,8 +7,10 @@ are checked before any file is written, and every file is written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 from .core.io import output_dir, save_npy, write_json
@@ -107,8 +109,6 @@ def load_model(args: argparse.Namespace):
     """The model of ``--model``/``--weights``/``--device``/``--resize`` and the description flags
     (``--classes``, ``--mean``, ``--std``, ``--input-size``); what the loader approximated or fell back
     to (e.g. a model folder without a preprocessor config) is printed as ``faithmap: note:``."""
-    import warnings
-
     from . import models
 
     desc = model_description(args)  # bad values fail before any weights are read
@@ -150,6 +150,66 @@ def add_model_args(p: argparse.ArgumentParser, classes_flags: tuple[str, ...] = 
     p.add_argument("--std", default=None, metavar="R,G,B", help="the model's input normalisation std, three positive numbers")
     p.add_argument("--input-size", type=int, default=None, metavar="N",
                    help="the model's input side in pixels (at least 32; default: the model's own, 224 for most)")
+
+
+def add_option(p: argparse.ArgumentParser, o) -> None:
+    """The flag of one option of a run's config (:class:`faithmap.evaluation.config.Option`), from its field:
+    the type and action from its type and default, the help and extra argparse keywords from its metadata.
+    Unset options are left out of the namespace (the config's defaults apply)."""
+    kw: dict[str, Any] = {"dest": o.name, "default": argparse.SUPPRESS, "help": o.help}
+    kw.update(o.field.metadata.get("argparse") or {})
+    choices = o.field.metadata.get("choices")
+    if choices is not None:
+        kw["choices"] = choices()
+    if o.scalar is bool and o.default is None:
+        kw["action"] = argparse.BooleanOptionalAction
+    elif o.scalar is bool:
+        kw["action"] = "store_false" if o.default else "store_true"
+    elif o.scalar is not None and "action" not in kw:
+        kw["type"] = o.scalar
+    p.add_argument(o.flag, **kw)
+
+
+def add_config_options(p: argparse.ArgumentParser, options) -> None:
+    """The flags of a command that is a thin shell over a run's config (``evaluate``, ``audit``): one per
+    option, in order; the model options (``shared`` fields) are the flags every command shares
+    (:func:`add_model_args`)."""
+    shared = False
+    for o in options:
+        if not o.field.metadata.get("shared"):
+            add_option(p, o)
+        elif not shared:  # --model, --weights, --device, --resize: the flags every command shares
+            add_model_args(p)
+            shared = True
+
+
+def given_options(args: argparse.Namespace, options, convert: dict[str, Callable] | None = None) -> dict[str, Any]:
+    """The options given on the command line, as keywords of the library function; ``convert`` maps an
+    option to the parser of its command-line text (repeated ``KEY=VALUE`` -> a dict)."""
+    given = {o.name: getattr(args, o.name) for o in options if hasattr(args, o.name)}
+    model_text = {"mean": lambda t: parse_triple(t, "--mean"), "std": lambda t: parse_triple(t, "--std")}
+    for name, fn in {**model_text, **(convert or {})}.items():  # the shared model flags' text, then the command's
+        if name in given:
+            given[name] = fn(given[name])
+    return given
+
+
+@contextlib.contextmanager
+def notes_as_lines(category: type[Warning]):
+    """Inside the block, warnings of ``category`` (a run's notes, e.g. ``EvalNote``) are printed as one
+    ``faithmap: note:`` line each, when they happen; other warnings are shown as usual."""
+    show = warnings.showwarning
+
+    def note(message, cat, *args, **kwargs):
+        if issubclass(cat, category):
+            print(f"faithmap: note: {message}", file=sys.stderr)
+        else:
+            show(message, cat, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        warnings.showwarning = note  # restored when the block ends
+        yield
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """``faithmap evaluate``: benchmark many methods on many images, with a report a person can read.
 
 A thin shell over :func:`faithmap.evaluation.evaluate`: its options are generated from the fields of
-:class:`faithmap.evaluation.RunConfig` (flag, help, type; the model options shared with every command),
-and the options given are passed on as they are. ``--merge``, ``--report-only`` and ``--list-presets``
+:class:`faithmap.evaluation.RunConfig` (flag, help, type; the model options shared with every command;
+:func:`faithmap.cli.add_config_options`), and the options given are passed on as they are. ``--merge``, ``--report-only`` and ``--list-presets``
 are actions of the command, not settings of a run.
 """
 
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Any
 
-from .cli import add_model_args, command, parse_triple, parse_value
+from .cli import add_config_options, command, given_options, notes_as_lines, parse_value
 from .errors import FaithmapError
 from .evaluation import RunConfig, merge, runner, write_report
-from .evaluation.config import OPTIONS, Option
+from .evaluation.config import OPTIONS
 from .evaluation.plan import EvalNote
 from .evaluation.presets import PRESETS, resolve, run_name
 from .evaluation.report import md_table, summary_table
@@ -53,27 +52,8 @@ def _metric_params(items: list[str] | None) -> dict:
     return mparams
 
 
-CONVERT = {"params": lambda items: _params(items, METHODS, "param"), "metric_params": _metric_params,
-           "mean": lambda text: parse_triple(text, "--mean"), "std": lambda text: parse_triple(text, "--std")}
+CONVERT = {"params": lambda items: _params(items, METHODS, "param"), "metric_params": _metric_params}
 """Options whose command-line text becomes another value (repeated KEY=VALUE -> a dict)."""
-
-
-def add_option(p: argparse.ArgumentParser, o: Option) -> None:
-    """The flag of one option, from its field: the type and action from its type and default, the help and
-    extra argparse keywords from its metadata. Unset options are left out of the namespace (the config's
-    defaults apply)."""
-    kw: dict[str, Any] = {"dest": o.name, "default": argparse.SUPPRESS, "help": o.help}
-    kw.update(o.field.metadata.get("argparse") or {})
-    choices = o.field.metadata.get("choices")
-    if choices is not None:
-        kw["choices"] = choices()
-    if o.scalar is bool and o.default is None:
-        kw["action"] = argparse.BooleanOptionalAction
-    elif o.scalar is bool:
-        kw["action"] = "store_false" if o.default else "store_true"
-    elif o.scalar is not None and "action" not in kw:
-        kw["type"] = o.scalar
-    p.add_argument(o.flag, **kw)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -87,22 +67,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     act.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="join the output directories of shards "
                                                                             "into --out")
     act.add_argument("--report-only", action="store_true", help="rebuild the report of --out from its files")
-    shared = False
-    for o in OPTIONS:
-        if not o.field.metadata.get("shared"):
-            add_option(p, o)
-        elif not shared:  # --model, --weights, --device, --resize: the flags every command shares
-            add_model_args(p)
-            shared = True
+    add_config_options(p, OPTIONS)
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, as keywords of :func:`faithmap.evaluate`."""
-    given = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
-    for name, convert in CONVERT.items():
-        if name in given:
-            given[name] = convert(given[name])
-    return given
+    return given_options(args, OPTIONS, CONVERT)
 
 
 def _list_presets() -> int:
@@ -131,17 +101,7 @@ def _print_summary(res) -> None:
 def _evaluate(opts: dict):
     """:func:`faithmap.evaluate` with the notes of the run (:class:`EvalNote`) printed as one ``faithmap: note:``
     line each, when they happen (other warnings are shown as usual)."""
-    show = warnings.showwarning
-
-    def note(message, category, *args, **kwargs):
-        if issubclass(category, EvalNote):
-            print(f"faithmap: note: {message}", file=sys.stderr)
-        else:
-            show(message, category, *args, **kwargs)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", EvalNote)
-        warnings.showwarning = note  # restored when the block ends
+    with notes_as_lines(EvalNote):
         return runner.evaluate(**opts)
 
 

@@ -56,18 +56,51 @@ def _metrics_help() -> str:
     return f"comma-separated or 'all' (default: {', '.join(plain)}{where}): {', '.join(METRICS.names())}"
 
 
-def _opt(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = dataclasses.MISSING,
-         flag: str | None = None, shared: bool = False, api: str = "", **argparse_kw: Any):
-    """A field of :class:`RunConfig`: its default, its help (a string, or a function for text that reads
-    a registry), its flag when not ``--name-with-dashes``, extra ``argparse`` keywords (``metavar``,
-    ``nargs``, ``action``), ``shared``: the flag is one of the model options every command shares, and
-    ``api``: what the help adds for Python callers (the docstring)."""
+def option_field(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = dataclasses.MISSING,
+                 flag: str | None = None, shared: bool = False, api: str = "", **argparse_kw: Any):
+    """A field of a run's config (:class:`RunConfig`, the audit's ``AuditConfig``): its default, its help (a
+    string, or a function for text that reads a registry), its flag when not ``--name-with-dashes``, extra
+    ``argparse`` keywords (``metavar``, ``nargs``, ``action``), ``shared``: the flag is one of the model
+    options every command shares, and ``api``: what the help adds for Python callers (the docstring)."""
     meta = {"help": help, "flag": flag, "argparse": argparse_kw, "shared": shared, "api": api}
     return field(default=default, default_factory=factory, metadata=meta)
 
 
+_opt = option_field
+
+
 @dataclass(frozen=True)
-class RunConfig:
+class ModelOptions:
+    """The model of a run and what describes it: the options every command that loads a model shares (the
+    command line's flags for them come from :func:`faithmap.cli.add_model_args`). Run configs inherit them."""
+
+    model: Any = _opt("efficientnet_lite0", "a model name (see `faithmap models`), a faithmap Classifier or a "
+                      "torch.nn.Module", shared=True)
+    weights: str | None = _opt(None, "local weights for a named model (a state dict or .safetensors file)", shared=True)
+    device: str | None = _opt("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps", shared=True)
+    resize: str | None = _opt(None, "crop or squash (default: the model's own)", shared=True)
+    class_names: Any = _opt(None, "class names of a named model: a file (one per line, or JSON) or a list",
+                            shared=True)
+    mean: tuple[float, ...] | None = _opt(None, "the named model's input normalisation mean", shared=True)
+    std: tuple[float, ...] | None = _opt(None, "the named model's input normalisation std", shared=True)
+    input_size: int | None = _opt(None, "the named model's input size in pixels", shared=True)
+
+
+def check_model_options(c: ModelOptions) -> None:
+    """Refuse a bad ``resize``, a description (class names, mean, std, input size) of a model object, and
+    out-of-range normalisation or input size: one line each."""
+    if c.resize and c.resize not in ("crop", "squash"):
+        raise FaithmapError(f"resize must be crop or squash, got {c.resize!r}")
+    described = [n for n in ("class_names", "mean", "std", "input_size") if getattr(c, n) is not None]
+    if described and not (isinstance(c.model, str) or c.model is None):
+        raise FaithmapError(f"{described[0]} describes a named model; describe a model object with "
+                            f"faithmap.models.wrap(net, {described[0]}=...)")
+    check_stats(c.mean, c.std)
+    check_input_size(c.input_size)
+
+
+@dataclass(frozen=True)
+class RunConfig(ModelOptions):
     """Every setting of an evaluation run (see the module docstring). Construct it with keywords, or
     :meth:`make` from keyword overrides; values are checked (and normalised) on construction."""
 
@@ -85,16 +118,6 @@ class RunConfig:
                               "on any machine)", metavar="N")
     preset: str | None = _opt(None, lambda: f"a table of the papers: {', '.join(_presets.PRESETS)} "
                                             f"(see --list-presets)")
-    model: Any = _opt("efficientnet_lite0", "a model name (see `faithmap models`), a faithmap Classifier or a "
-                      "torch.nn.Module", shared=True)
-    weights: str | None = _opt(None, "local weights for a named model (a state dict or .safetensors file)", shared=True)
-    device: str | None = _opt("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps", shared=True)
-    resize: str | None = _opt(None, "crop or squash (default: the model's own)", shared=True)
-    class_names: Any = _opt(None, "class names of a named model: a file (one per line, or JSON) or a list",
-                            shared=True)
-    mean: tuple[float, ...] | None = _opt(None, "the named model's input normalisation mean", shared=True)
-    std: tuple[float, ...] | None = _opt(None, "the named model's input normalisation std", shared=True)
-    input_size: int | None = _opt(None, "the named model's input size in pixels", shared=True)
     resolutions: str | int | Sequence[int] | None = _opt(
         None, f"mask resolutions of mask methods, comma-separated (default {DEFAULT_RESOLUTION})", flag="--resolution",
         metavar="RESOLUTION", api="or a list of ints")
@@ -139,15 +162,7 @@ class RunConfig:
     def make(cls, base: "RunConfig | None" = None, /, **overrides: Any) -> "RunConfig":
         """``base`` (default: all defaults) with ``overrides``: any name of :data:`OPTION_NAMES`, the engine's
         options flat (``engine="ray", workers=4``); an unknown name is one line listing the valid ones."""
-        if base is not None and not isinstance(base, cls):
-            raise FaithmapError("faithmap.evaluate takes a RunConfig or keywords only (methods=..., images=..., "
-                                "out=...), not settings by position")
-        unknown = [k for k in overrides if k not in OPTION_NAMES]
-        if unknown:
-            raise FaithmapError(f"evaluate has no option {unknown[0]!r}; the options are: {', '.join(OPTION_NAMES)}")
-        engine = _engine(base.engine if base is not None else EngineConfig(), overrides)
-        return dataclasses.replace(base, engine=engine, **overrides) if base is not None else cls(engine=engine,
-                                                                                                   **overrides)
+        return make_config(cls, base, overrides, OPTION_NAMES, "evaluate", " (methods=..., images=..., out=...)")
 
     def for_workers(self) -> "RunConfig":
         """This config without what a worker must not receive pickled: the inputs (images, labels,
@@ -170,6 +185,22 @@ def _engine(current: EngineConfig | Engine, overrides: dict) -> EngineConfig | E
     if flat:
         raise FaithmapError(f"{', '.join(flat)} apply to an engine named by engine=, not to an engine object")
     return engine
+
+
+def make_config(cls, base, overrides: dict, names: Sequence[str], what: str, example: str = ""):
+    """``base`` (an instance of the frozen config class ``cls``, or None: all defaults) with ``overrides``,
+    the engine's options flat: what ``RunConfig.make`` and ``AuditConfig.make`` do (``what`` names the
+    function in the messages, ``example`` shows a few of its keywords)."""
+    if base is not None and not isinstance(base, cls):
+        raise FaithmapError(f"faithmap.{what} takes a {cls.__name__} or keywords only{example}, not settings by "
+                            f"position")
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        raise FaithmapError(f"{what} has no option {unknown[0]!r}; the options are: {', '.join(names)}")
+    overrides = dict(overrides)
+    engine = _engine(base.engine if base is not None else EngineConfig(), overrides)
+    return dataclasses.replace(base, engine=engine, **overrides) if base is not None else cls(engine=engine,
+                                                                                               **overrides)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,14 +286,7 @@ def _check_target(target) -> Any:
 def _check_flags(c: RunConfig) -> None:
     if isinstance(c.save_maps, bool) or not isinstance(c.save_maps, (int, np.integer)) or c.save_maps < -1:
         raise FaithmapError("save_maps must be -1 (all), 0 (none) or a number of images")
-    if c.resize and c.resize not in ("crop", "squash"):
-        raise FaithmapError(f"resize must be crop or squash, got {c.resize!r}")
-    described = [n for n in ("class_names", "mean", "std", "input_size") if getattr(c, n) is not None]
-    if described and not (isinstance(c.model, str) or c.model is None):
-        raise FaithmapError(f"{described[0]} describes a named model; describe a model object with "
-                            f"faithmap.models.wrap(net, {described[0]}=...)")
-    check_stats(c.mean, c.std)
-    check_input_size(c.input_size)
+    check_model_options(c)
     for name in ("params", "metric_params"):
         if getattr(c, name) is not None and not isinstance(getattr(c, name), dict):
             raise FaithmapError(f"{name} must be a dict, got {type(getattr(c, name)).__name__}")
@@ -319,10 +343,24 @@ class Option:
         return kinds.pop() if len(kinds) == 1 and kinds <= {bool, int, float} else None
 
 
-def _options() -> tuple[Option, ...]:
-    hints = {**get_type_hints(RunConfig), **{f"engine.{k}": v for k, v in get_type_hints(EngineConfig).items()}}
+INPUT_FIELDS = ("images", "labels", "limit", "sample", "preset")
+"""The inputs of a run: the options listed before the model's (:class:`ModelOptions`)."""
+
+
+def _field_order(cls) -> list[dataclasses.Field]:
+    """``cls``'s own fields in order, with the inherited model options after its first field and the inputs."""
+    model = {f.name for f in dataclasses.fields(ModelOptions)}
+    own = [f for f in dataclasses.fields(cls) if f.name not in model]
+    at = next((i for i, f in enumerate(own) if i > 0 and f.name not in INPUT_FIELDS), len(own))
+    return own[:at] + [f for f in dataclasses.fields(cls) if f.name in model] + own[at:]
+
+
+def config_options(cls) -> tuple[Option, ...]:
+    """Every option of the config class ``cls``, flat, in order (:func:`_field_order`): its ``engine`` field
+    (an :class:`EngineConfig`) becomes the engine's options (``engine``, ``workers``, ...)."""
+    hints = {**get_type_hints(cls), **{f"engine.{k}": v for k, v in get_type_hints(EngineConfig).items()}}
     out = []
-    for f in dataclasses.fields(RunConfig):
+    for f in _field_order(cls):
         if f.name != "engine":
             out.append(Option(f.name, f, hints[f.name]))
             continue
@@ -332,25 +370,25 @@ def _options() -> tuple[Option, ...]:
     return tuple(out)
 
 
-OPTIONS: tuple[Option, ...] = _options()
+OPTIONS: tuple[Option, ...] = config_options(RunConfig)
 """Every option, flat, in order: the keywords of :func:`faithmap.evaluate` and the flags of ``faithmap evaluate``."""
 OPTION_NAMES: tuple[str, ...] = tuple(o.name for o in OPTIONS)
 _ENGINE_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "name")
 
 
-def signature(returns: Any) -> inspect.Signature:
+def signature(returns: Any, options: Sequence[Option] = OPTIONS, config: str = "RunConfig") -> inspect.Signature:
     """``(config=None, /, *, <every option with its default>) -> returns``."""
     params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_ONLY, default=None,
-                                annotation="RunConfig | None")]
+                                annotation=f"{config} | None")]
     params += [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=o.hint)
-               for o in OPTIONS]
+               for o in options]
     return inspect.Signature(params, return_annotation=returns)
 
 
-def options_doc() -> str:
+def options_doc(options: Sequence[Option] = OPTIONS) -> str:
     """The options as docstring lines: ``name`` (default): help."""
     def line(o: Option) -> str:
         api = o.field.metadata.get("api")
         return f"``{o.name}`` (default {o.default!r}): {o.help}{'; ' + api if api else ''}."
 
-    return "\n".join(line(o) for o in OPTIONS)
+    return "\n".join(line(o) for o in options)

@@ -6,7 +6,11 @@ order (``jobs`` is consumed lazily). :data:`ENGINES` is the one registry of engi
 factory from an :class:`EngineConfig`, a help line, a check of the options): the command line's
 ``--engine`` choices and the runner read it. Two are registered:
 
-* ``local`` (the default): one :class:`~.worker.Worker` in this process; the next jobs' photos are
+Engines make their job handler with :meth:`Context.make_worker <.worker.Context.make_worker>` (the
+evaluation's :class:`~.worker.Worker`, or the class a run's context names: the audit's), so one
+engine runs any run's jobs.
+
+* ``local`` (the default): one worker in this process; the next jobs' photos are
   decoded while the current job computes, by a background thread or by ``workers`` DataLoader
   processes. Never imports Ray.
 * ``ray`` (``pip install faithmap[ray]``): a pool of Ray actors, each loading the model once, pulling
@@ -151,7 +155,7 @@ class LocalEngine:
         self.workers = int(workers)
 
     def run(self, ctx: Context, jobs: Iterable[Job], on_output: Callable[[Output], None]) -> None:
-        worker = Worker(ctx)
+        worker = ctx.make_worker()
         if self.workers > 0:
             self._run_loader(worker, list(jobs), on_output)
         elif self.prefetch:

@@ -41,7 +41,7 @@ from ..models import load as load_named_model
 from ..registry import METHODS, METRICS
 from . import presets as _presets
 from .config import DEFAULT_RESOLUTION, RunConfig, default_methods, default_metrics
-from .tasks import NATIVE, ModelSpec, Task, image_seed, photo_digest, record_stat, task_key
+from .tasks import NATIVE, ModelSpec, Task, model_description, image_seed, photo_digest, record_stat, task_key
 from .worker import Context
 
 __all__ = ["EvalNote", "Plan", "Task", "build", "image_seed", "photo_digest", "record_stat", "task_key"]
@@ -100,12 +100,6 @@ def select_inputs(records: list[ImageRecord], clf, *, limit=None, sample=None, s
 # ----------------------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------------------
-def model_description(cfg: RunConfig) -> dict[str, Any]:
-    """The description of a named model given in the run (class names, mean, std, input size), as keywords
-    of :func:`faithmap.models.load`."""
-    return {n: getattr(cfg, n) for n in ("class_names", "mean", "std", "input_size") if getattr(cfg, n) is not None}
-
-
 def load_model(cfg: RunConfig):
     """The Classifier of ``cfg.model`` (a name, a Classifier or a torch module) on ``cfg.device``."""
     model, device = cfg.model, cfg.device
@@ -262,11 +256,7 @@ class Plan:
     @property
     def model_spec(self) -> ModelSpec | None:
         """How workers load the model themselves (None: the model was given as an object: ship it)."""
-        m = self.config.model
-        if not (isinstance(m, str) or m is None):
-            return None
-        return ModelSpec(m or DEFAULT_MODEL, self.config.weights, self.config.device, self.config.resize,
-                         model_description(self.config))
+        return ModelSpec.of(self.config)
 
     def keys(self, task: Task) -> list[str]:
         return [task_key(self.images[i].name, task.method, task.resolution) for i in task.images]
@@ -288,7 +278,9 @@ class Plan:
             config=self.config.for_workers())
 
 
-def _resolve_target(target, clf, ann, items) -> Any:
+def resolve_target(target, clf, ann, items) -> Any:
+    """The target mode of a run: "label" (every image labelled, within the model's classes), "annotated",
+    "top1", or a class index or name checked against the model."""
     if isinstance(target, str) and target.strip().lower() in ("annotated", "label"):
         mode = target.strip().lower()
         if mode == "label":
@@ -478,7 +470,7 @@ def build(config: RunConfig) -> Plan:
         metrics = _drop_sample_boxes(clf, metrics, named=choice.metrics is not None)
         mopts = {m: o for m, o in mopts.items() if m in metrics}
     items = select_inputs(items, clf, limit=cfg.limit, sample=cfg.sample, seed=cfg.seed)
-    target_mode = _resolve_target(cfg.target, clf, ann, items)
+    target_mode = resolve_target(cfg.target, clf, ann, items)
     _note_labels(cfg, items)
     matched = _matched(ann, items, clf, given=bool(cfg.annotations))
     explained = _explained(target_mode, items, matched, clf)

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import FaithmapError
-from .worker import Context, Job, Output, Worker
+from .worker import Context, Job, Output
 
 try:
     import ray
@@ -38,11 +38,11 @@ _LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.ex
 
 
 class _Actor:
-    """One Ray actor: a :class:`Worker` with the model loaded once."""
+    """One Ray actor: the run's worker (:meth:`Context.make_worker`) with the model loaded once."""
 
     def __init__(self, ctx: Context, device: str | None, threads: int):
         torch.set_num_threads(max(1, threads))
-        self.worker = Worker(ctx, device)
+        self.worker = ctx.make_worker(device)
 
     def run(self, job: Job) -> Output:
         return self.worker.run(job)

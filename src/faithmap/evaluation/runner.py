@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .._version import __version__
-from ..core.io import atomic_open, os_error, output_dir, save_npy, write_atomic
+from ..core.io import atomic_open, os_error, save_npy, write_atomic
 from ..data import safe_name
 from ..errors import FaithmapError
 from ..registry import METRICS
@@ -36,8 +36,8 @@ from .engines import Engine, make_engine
 from .legacy import is_legacy, open_results
 from .plan import NATIVE, Plan, build, photo_digest, record_stat, settings_diff
 from .report import write_report
-from .store import (CURVE_COLUMNS, ROW_COLUMNS, STORE_FORMAT, OutputLock, Scan, Store, comparable, export_csv,
-                    load_images_info, load_run, order_table)
+from .store import (CURVE_COLUMNS, ROW_COLUMNS, STORE_FORMAT, Scan, Store, comparable, export_csv, load_images_info,
+                    load_run, order_table, run_locked)
 from .worker import Job, Output
 
 __all__ = ["EvalResult", "comparable", "evaluate"]
@@ -113,28 +113,8 @@ def evaluate(config: RunConfig | None = None, /, *positional: Any, **overrides: 
         config = (config, *positional)
     plan = build(RunConfig.make(config, **overrides))
     eng = make_engine(plan.config.engine)
-    out = plan.config.out
-    _refuse_legacy(out, plan.config.overwrite)
-    pending: BaseException | None = None
-    result = None
-    with output_dir(out):
-        try:
-            lock = OutputLock(out).acquire()
-        except FaithmapError as exc:  # another process owns this folder: leave it (and its folder) alone
-            pending = exc
-        else:
-            try:
-                result = _run(plan, eng)
-            except BaseException as exc:
-                if Store(out).scan().keys:  # finished tasks stay for the next run; the folder stays
-                    pending = exc
-                else:
-                    raise
-            finally:
-                lock.release()
-    if pending is not None:
-        raise pending
-    return result
+    _refuse_legacy(plan.config.out, plan.config.overwrite)
+    return run_locked(plan.config.out, lambda: _run(plan, eng))
 
 
 evaluate.__signature__ = _config.signature(EvalResult)  # type: ignore[attr-defined]
@@ -205,8 +185,8 @@ def _clear(out: str) -> None:
             os.remove(p)
 
 
-def _check_images(plan: Plan, seen: dict[str, list]) -> None:
-    """Refuse an image that differs from the one an earlier part was computed on (cheaply: a file's size
+def check_images(plan, seen: dict[str, list]) -> None:
+    """Refuse an image of ``plan.images`` that differs from the one an earlier part was computed on (cheaply: a file's size
     and time first, its pixels only when those changed)."""
     for it in plan.images:
         old = seen.get(it.name)
@@ -244,7 +224,7 @@ def _open(plan: Plan, out: str) -> tuple[Store, Scan, dict]:
         if diff:
             raise FaithmapError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                                 f"use another --out, or --overwrite to start afresh")
-        _check_images(plan, sc.images)
+        check_images(plan, sc.images)
     elif os.path.isdir(os.path.join(out, "parts")) or os.path.exists(os.path.join(out, "images.json")):
         _clear(out)  # left by a run that finished nothing: it binds nothing
         store = Store(out)
@@ -256,8 +236,9 @@ def _open(plan: Plan, out: str) -> tuple[Store, Scan, dict]:
     return store, sc, run
 
 
-def _jobs(plan: Plan, sc: Scan) -> tuple[list[Job], int, int]:
-    """The jobs still to run (each task's unfinished images), the items in all and those done before."""
+def pending_jobs(plan, sc: Scan) -> tuple[list[Job], int, int]:
+    """The jobs still to run (each task's unfinished images), the items in all and those done before: of any
+    plan with ``tasks``, ``keys(task)``, ``images`` and ``saves(i)`` (an evaluation's, an audit's)."""
     jobs: list[Job] = []
     total = before = 0
     for t in plan.tasks:
@@ -274,18 +255,17 @@ def _jobs(plan: Plan, sc: Scan) -> tuple[list[Job], int, int]:
 def _run(plan: Plan, eng: Engine) -> EvalResult:
     out, cfg = plan.config.out, plan.config
     store, sc, run = _open(plan, out)
-    jobs, total, before = _jobs(plan, sc)
+    jobs, total, before = pending_jobs(plan, sc)
     images_info = load_images_info(out) if any(any(j.save) for j in jobs) else {}
     bar = tqdm(total=total, initial=before, desc="evaluate", unit="task", file=sys.stderr, disable=not cfg.progress,
                dynamic_ncols=True)
     counts = {"ran": 0, "images": 0}
 
     def on_output(o: Output) -> None:
-        if any(k in store.scan_result.keys for k in o.keys):  # never written twice (a late duplicate result)
+        if store.holds(o.keys):  # never written twice (a late duplicate result)
             return
         _write_extras(out, o, images_info)
-        meta = {n: [v["digest"], *(v["stat"] or [None, None])] for n, v in o.images.items()}
-        store.write(o.columns, o.keys, meta, o.task.index)
+        store.write_output(o)
         counts["ran"] += len(o.keys)
         counts["images"] += o.model_images
         bar.update(len(o.keys))

@@ -40,7 +40,7 @@ import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..core.io import atomic_open, os_error
+from ..core.io import atomic_open, os_error, output_dir
 from ..errors import FaithmapError
 
 STORE_FORMAT = "parquet-1"
@@ -56,6 +56,7 @@ PARTS = "parts"
 LOCK = ".lock"
 META_KEY = b"faithmap"
 READ_THREADS = 4
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,16 +104,18 @@ FLOAT_COLUMNS = tuple(c.name for c in COLUMNS if c.type == _F64)
 _SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
 
 
-def schema() -> pa.Schema:
-    """The Arrow schema of a results part (:data:`COLUMNS`)."""
-    return _SCHEMA
+def schema(columns: Sequence[Column] = COLUMNS) -> pa.Schema:
+    """The Arrow schema of a part with ``columns`` (default: a results part, :data:`COLUMNS`)."""
+    return _SCHEMA if columns is COLUMNS else pa.schema([(c.name, c.type) for c in columns])
 
 
-def columns_table(columns: dict[str, list]) -> pa.Table:
-    """A table with the schema's columns, in order, from lists of Python values (``{}``: no rows)."""
+def columns_table(columns: dict[str, list], spec: Sequence[Column] = COLUMNS) -> pa.Table:
+    """A table with the columns of ``spec`` (default :data:`COLUMNS`), in order, from lists of Python values
+    (``{}``: no rows)."""
+    sch = schema(spec)
     if not columns or not columns.get("key"):
-        return _SCHEMA.empty_table()
-    return pa.table({c.name: pa.array(columns[c.name], type=c.type) for c in COLUMNS}, schema=_SCHEMA)
+        return sch.empty_table()
+    return pa.table({c.name: pa.array(columns[c.name], type=c.type) for c in spec}, schema=sch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,11 +233,15 @@ def part_meta(path: str, with_rows: bool = False):
 
 
 class Store:
-    """The parts of one output directory (``writable`` stores also clean up after killed writers)."""
+    """The parts of one output directory (``writable`` stores also clean up after killed writers).
 
-    def __init__(self, out: str):
+    ``columns``: the parts' columns, each with a ``key`` column (default :data:`COLUMNS`, an evaluation's
+    rows; the audit stores its per-image rows in parts of its own columns through the same code)."""
+
+    def __init__(self, out: str, columns: Sequence[Column] = COLUMNS):
         self.out = out
         self.dir = os.path.join(out, PARTS)
+        self.columns = tuple(columns)
         self.scan_result: Scan | None = None
 
     # -- reading ------------------------------------------------------------------------------
@@ -319,7 +326,7 @@ class Store:
                 t = pq.read_table(p)
                 if t.num_rows:
                     tables.append(t.replace_schema_metadata(None))
-            table = pa.concat_tables(tables) if tables else schema().empty_table()
+            table = pa.concat_tables(tables) if tables else schema(self.columns).empty_table()
             meta = {"format": STORE_FORMAT, "keys": keys, "images": images, "task": None,
                     "replaces": [os.path.basename(p) for p in g]}
             table = table.replace_schema_metadata({META_KEY: json.dumps(meta, separators=(",", ":")).encode("utf-8")})
@@ -389,10 +396,10 @@ class Store:
     def table(self, columns: Sequence[str] | None = None, filter=None, images: Iterable[str] | None = None):
         """All rows (of ``images`` only, if given) as one table."""
 
-        cols = list(columns) if columns else list(COLUMN_NAMES)
+        cols = list(columns) if columns else [c.name for c in self.columns]
         parts = self.parts_of(images) if images is not None else None
         chunks = list(self.batches(cols, filter, parts=parts))
-        return pa.concat_tables(chunks) if chunks else schema().empty_table().select(cols)
+        return pa.concat_tables(chunks) if chunks else schema(self.columns).empty_table().select(cols)
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, columns: dict[str, list], keys: Sequence[str], images: dict[str, list], task: int | None = None) -> str:
@@ -402,7 +409,7 @@ class Store:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as exc:
             raise os_error("create", self.dir, exc) from None
-        table = columns_table(columns)
+        table = columns_table(columns, self.columns)
         meta = {"format": STORE_FORMAT, "keys": list(keys), "images": images, "task": task}
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta, separators=(",", ":")).encode("utf-8")})
         path = os.path.join(self.dir, f"part-{uuid.uuid4().hex}.parquet")
@@ -417,9 +424,20 @@ class Store:
                 self.scan_result.images.setdefault(img, v)
         return path
 
+    def holds(self, keys: Iterable[str]) -> bool:
+        """Whether a finished part already holds any of ``keys`` (a late duplicate result is never written)."""
+        known = (self.scan_result or self.scan()).keys
+        return any(k in known for k in keys)
+
+    def write_output(self, output) -> str:
+        """A finished job's :class:`~faithmap.evaluation.worker.Output` as one part: its columns, keys, the
+        fingerprints of its images and its task's index."""
+        meta = {n: [v["digest"], *(v["stat"] or [None, None])] for n, v in output.images.items()}
+        return self.write(output.columns, output.keys, meta, output.task.index)
+
     def write_table(self, table, keys: Sequence[str], images: dict[str, list]) -> str:
         """A part from an Arrow table with the store's columns (merge, migration)."""
-        cols = {n: table.column(n).to_pylist() for n in COLUMN_NAMES} if table.num_rows else {}
+        cols = {c.name: table.column(c.name).to_pylist() for c in self.columns} if table.num_rows else {}
         return self.write(cols, keys, images)
 
     def _drop_keys(self, path: str, keys: set[str]) -> None:
@@ -437,6 +455,33 @@ class Store:
         if os.path.isdir(self.dir):
             shutil.rmtree(self.dir)
         self.scan_result = Scan()
+
+
+def run_locked(out: str, run: Callable[[], T], columns: Sequence[Column] = COLUMNS) -> T:
+    """``run()`` with the folder ``out`` made (:func:`faithmap.core.io.output_dir`) and locked
+    (:class:`OutputLock`). When ``run`` fails, the finished parts stay for the next run (and so does the
+    folder); a folder it made and left without a part is removed again. A folder that another process
+    holds is left alone (one line)."""
+    pending: BaseException | None = None
+    result = None
+    with output_dir(out):
+        try:
+            lock = OutputLock(out).acquire()
+        except FaithmapError as exc:  # another process owns this folder: leave it (and its folder) alone
+            pending = exc
+        else:
+            try:
+                result = run()
+            except BaseException as exc:
+                if Store(out, columns).scan().keys:  # finished tasks stay for the next run; the folder stays
+                    pending = exc
+                else:
+                    raise
+            finally:
+                lock.release()
+    if pending is not None:
+        raise pending
+    return result
 
 
 def _remove(path: str) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from ..core.device import resolve_device
 from ..data import ImageRecord
 from ..errors import FaithmapError
+from ..models import DEFAULT_MODEL
 from ..models import load as load_named_model
 
 NATIVE = "native"
@@ -49,6 +51,13 @@ def image_seed(seed: int, image: str, method: str, resolution: str, salt: str = 
     return int.from_bytes(h.digest(), "little") & (2**63 - 1)
 
 
+def model_description(config) -> dict[str, Any]:
+    """The description of a named model a run's config gives (``class_names``, ``mean``, ``std``,
+    ``input_size``; those it has and sets), as keywords of :func:`faithmap.models.load`."""
+    names = ("class_names", "mean", "std", "input_size")
+    return {n: getattr(config, n) for n in names if getattr(config, n, None) is not None}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How a worker loads the model itself (a name, weights, device, resize), instead of receiving it pickled."""
@@ -58,6 +67,15 @@ class ModelSpec:
     device: str | None
     resize: str | None
     description: dict = field(default_factory=dict)  # class_names, mean, std, input_size given in the run
+
+    @classmethod
+    def of(cls, config) -> "ModelSpec | None":
+        """How workers load a run's model themselves (``config``: its ``model``, ``weights``, ``device`` and
+        ``resize``); None when the model was given as an object (it is shipped)."""
+        m = config.model
+        if not (isinstance(m, str) or m is None):
+            return None
+        return cls(m or DEFAULT_MODEL, config.weights, config.device, config.resize, model_description(config))
 
     def load(self, device: str | None = None):
         clf = load_named_model(self.name, weights=self.weights, device=resolve_device(device or self.device),

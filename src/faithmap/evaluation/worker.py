@@ -43,7 +43,8 @@ from .tasks import NATIVE, ModelSpec, Task, image_seed, photo_digest, photo_hw, 
 @dataclass
 class Context:
     """What every worker needs once: the model (or how to load it), the specs, what the plan resolved,
-    and the run's settings (derived from the plan: :meth:`faithmap.evaluation.plan.Plan.context`)."""
+    the run's settings (derived from the plan: :meth:`faithmap.evaluation.plan.Plan.context`) and which
+    class handles the jobs (engines call :meth:`make_worker`, so they run any run's jobs unchanged)."""
 
     model: Any  # a Classifier, or a ModelSpec that the worker loads itself
     methods: dict  # name -> MethodSpec of the methods of the run (registered in workers that lack them)
@@ -54,10 +55,15 @@ class Context:
     target: Any  # "top1", a class index or name, "annotated", "label"
     annotations: dict  # image name -> ImageAnnotation (photo pixels), for the images that have one
     config: Any  # the run's RunConfig without its inputs (RunConfig.for_workers): seed, fast, convert, ...
+    worker_class: Any = None  # the job handler engines make (None: :class:`Worker`); the audit names its own
 
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    def make_worker(self, device: str | None = None) -> "Worker":
+        """The handler of this run's jobs, as every engine makes it: ``worker_class(self, device)``."""
+        return (self.worker_class or Worker)(self, device)
 
 
 @dataclass
