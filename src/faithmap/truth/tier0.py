@@ -42,8 +42,8 @@ CELL = {"cnn": 32, "lite0": 64}
 """Cell side in pixels per trunk (inputs are 2 cells wide): Lite0 at 64 px cells gives a 2 x 2 map per
 cell (4 x 4 tiled), small enough for every method on two CPU cores."""
 CNN_CLASSES = 10
-HEAD_GAIN = 64.0
-"""Scale of the random CNN's head (see :class:`SmallCNN`)."""
+LOGIT_SPREAD = 4.0
+"""Standard deviation of the random CNN's logits over the classes (see :class:`SmallCNN`)."""
 INVARIANCE_TOL = 1e-4
 """Gate: the largest change of the target's log-probability or probability (x 100, in percent points)
 when everything the model cannot see is replaced."""
@@ -112,10 +112,14 @@ class MaskedModel(nn.Module):
 
 class SmallCNN(nn.Module):
     """Three 3x3 convolutions with ReLUs and two max-pools (32 px -> an 8 x 8 map), global average
-    pooling and a linear head; He-normal random weights drawn from ``seed`` (no global RNG). The
-    head's weights are multiplied by :data:`HEAD_GAIN` so that the softmax is as confident as a trained
-    model's (a cell's top class about 0.6-0.8 rather than 0.2; blurring the cell then drops it to about 0.01, where an unscaled head hardly moves): methods that read probabilities
-    (I-GOS, RISE, occlusion) would otherwise see an almost flat score and return empty maps."""
+    pooling and a linear head; He-normal random weights drawn from ``seed`` (no global RNG), the
+    first layer's filters made zero-mean (they respond to local contrast, not to flat colour).
+
+    The head is then scaled so that its logits spread over the classes with a standard deviation of
+    :data:`LOGIT_SPREAD` on 16 photo crops drawn from the seed: a softmax as confident as a trained
+    model's, whose top class falls when the cell is blurred. Unscaled, the top class has about 0.2
+    and blurring hardly moves it, and I-GOS returns empty maps; scaled much further, the softmax
+    saturates in float32 and gradients of the log-probability vanish."""
 
     def __init__(self, seed: int, classes: int = CNN_CLASSES, width: int = 16):
         super().__init__()
@@ -132,8 +136,12 @@ class SmallCNN(nn.Module):
                     m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
             first = self.features[0]
-            first.weight.sub_(first.weight.mean((1, 2, 3), keepdim=True))  # zero-mean: local contrast, not colour
-            self.fc.weight.mul_(HEAD_GAIN)
+            first.weight.sub_(first.weight.mean((1, 2, 3), keepdim=True))
+            rng = np.random.default_rng([int(seed), 99])
+            probe = torch.stack([photo_crop(rng, CELL["cnn"]) for _ in range(16)]) * 2 - 1
+            spread = self(probe).std(1).mean().clamp_min(1e-6)
+            self.fc.weight.mul_(LOGIT_SPREAD / spread)
+            self.fc.bias.mul_(LOGIT_SPREAD / spread)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.fc(self.pool(self.features(x)).flatten(1))
