@@ -158,3 +158,22 @@ def test_random_and_centre_baselines(tiny):
     assert c.shape == (3, 32, 32) and c[0, 15, 15] == c[0, 16, 16] == c[0].max()
     assert torch.allclose(c[0], c[0].flip(0)) and torch.allclose(c[0], c[0].t())
     assert faithmap.METHODS.get("center").family == "baseline"
+
+
+def test_a_proxy_that_refuses_gives_nan_and_its_reason(tiny, monkeypatch):
+    """A proxy that refuses the maps (IROF on an image SLIC cuts into one superpixel, as seen on a
+    Lite0 grid image) leaves NaN scores and its one-line reason; the other proxies still score."""
+    import dataclasses
+
+    from faithmap.registry import METRICS
+    from faithmap.truth.proxies import proxy_scores
+
+    def refuse(*a, **k):
+        raise faithmap.FaithmapError("metric irof: every image needs at least 2 superpixels")
+
+    monkeypatch.setitem(METRICS._specs, "irof", dataclasses.replace(METRICS.get("irof"), fn=refuse))
+    x = torch.zeros(2, 3, 32, 32)
+    sal = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(0))
+    scores, errors = proxy_scores(tiny, x, sal, torch.tensor([0, 1]), seeds=[0, 1], names=("irof", "deletion"))
+    assert errors == {"irof": "metric irof: every image needs at least 2 superpixels"}
+    assert np.isnan(scores["irof"]).all() and np.isfinite(scores["deletion"]).all()

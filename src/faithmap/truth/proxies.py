@@ -3,7 +3,7 @@
 The proxies are faithmap's registered metrics (:data:`faithmap.registry.METRICS`), called as
 ``faithmap evaluate`` calls them: deletion, insertion and over-all (one set of curves, shared inside a
 :func:`faithmap.core.memo.sharing` scope), pixel flipping, IROF, faithfulness estimate and the RISE
-deletion/insertion curves. ``quick`` runs coarser curves (about 8 steps each, 8 IROF superpixels):
+deletion/insertion curves. ``quick`` runs coarser curves (about 8 steps each, 16 IROF superpixels asked):
 a CI-sized run, not a measurement.
 
 Agreement: for each scenario, each method's mean proxy score and mean truth score over the same
@@ -24,6 +24,7 @@ import torch
 from scipy.stats import rankdata, spearmanr
 
 from ..core.memo import sharing
+from ..errors import FaithmapError
 from ..registry import METRICS
 
 PROXIES = ("deletion", "insertion", "overall", "pixel_flipping", "irof", "faithfulness_estimate", "rise_deletion",
@@ -40,19 +41,22 @@ def _quick_options(name: str, saliency: torch.Tensor, x: torch.Tensor) -> dict:
     if name in ("pixel_flipping", "faithfulness_estimate"):
         return {"pixels_in_step": max(1, pixels // QUICK_STEPS)}
     if name == "irof":
-        return {"n_segments": QUICK_STEPS}
+        return {"n_segments": 2 * QUICK_STEPS}  # SLIC makes fewer segments than asked; 8 can end as 1
     if name in ("rise_deletion", "rise_insertion"):
         return {"step": max(1, pixels // QUICK_STEPS)}
     return {}
 
 
 def proxy_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, *, seeds, names=PROXIES,
-                 batch_size: int | None = None, quick: bool = False) -> dict[str, np.ndarray]:
-    """Each proxy's per-image scores (B,) of maps ``saliency`` (B, h, w, native grid).
+                 batch_size: int | None = None, quick: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each proxy's per-image scores (B,) of maps ``saliency`` (B, h, w, native grid), and the proxies
+    that refused these images (name -> their one-line reason; their scores are NaN), e.g. IROF on an
+    image that SLIC cuts into fewer than 2 superpixels.
 
     ``seeds``: one int per image for the metrics that draw random numbers (each metric gets its own
     stream: ``seed + 1 + its index in names``)."""
     out: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
     sal = saliency.detach().float()
     with sharing():
         for j, name in enumerate(names):
@@ -63,10 +67,15 @@ def proxy_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.T
                 call["batch_size"] = batch_size
             if "seed" in params:
                 call["seed"] = [int(s) + 1 + j for s in seeds]
-            res = spec.fn(model, x, sal, target, **call)
+            try:
+                res = spec.fn(model, x, sal, target, **call)
+            except FaithmapError as exc:
+                errors[name] = str(exc)
+                out[name] = np.full(x.shape[0], np.nan)
+                continue
             scores = res.scores if hasattr(res, "scores") else res
             out[name] = torch.as_tensor(scores).detach().double().cpu().reshape(-1).numpy()
-    return out
+    return out, errors
 
 
 def _ranks_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:

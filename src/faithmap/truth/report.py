@@ -171,6 +171,10 @@ def _tier_section(result, tier: int) -> list[str]:
         if skipped:
             parts.append("<p class='note'>skipped: " + "; ".join(f"{html.escape(m)} ({html.escape(w)})"
                                                                for m, w in skipped.items()) + "</p>")
+        refused = {k: why for r in mine for k, why in r.proxy_errors.items()}
+        if refused:
+            parts.append("<p class='note'>proxies that refused some maps (their scores are left out): " + "; ".join(
+                f"{html.escape(k)} ({html.escape(w)})" for k, w in list(refused.items())[:10]) + "</p>")
         failed = [r for r in mine if not r.passed]
         for r in failed:
             parts.append(f"<p class='note'>{html.escape(r.failed_line())}</p>")

@@ -211,6 +211,8 @@ class ScenarioRecord:
     """method -> metric -> (images,) values (truth scores, proxies, cost)."""
     targets: list[int] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    proxy_errors: dict[str, str] = field(default_factory=dict)
+    """``method/proxy`` -> why that proxy refused this scenario's maps (its scores are NaN)."""
     examples: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -330,7 +332,11 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
         vals = dict(truth_scores(sal, evidence, tier=sc.tier, tolerance=cfg.tolerance))
         if cfg.proxies:
             seeds = [image_seed(sc.model_seed, f"{sc.name}/{i}", name, "proxy") for i in range(n)]
-            vals.update(proxy_scores(sc.model, x, sal, target, seeds=seeds, batch_size=cfg.batch_size, quick=cfg.quick))
+            proxies, errors = proxy_scores(sc.model, x, sal, target, seeds=seeds, batch_size=cfg.batch_size,
+                                           quick=cfg.quick)
+            vals.update(proxies)
+            for p, why in errors.items():
+                rec.proxy_errors[f"{name}/{p}"] = why
         vals["seconds"] = np.full(n, e.seconds / n)
         vals["model_images"] = np.full(n, e.counts.get("images", 0) / n)
         rec.scores[name] = vals
@@ -411,7 +417,8 @@ def summarise(records: list[ScenarioRecord], unavailable: dict[int, str], cfg: T
         summary["scenarios"].append({
             "tier": r.tier, "scenario": r.name, "model_seed": r.model_seed, "passed": r.passed,
             "build_seconds": r.build_seconds, "images": len(r.targets),
-            "gates": [dataclasses.asdict(g) for g in r.gates], "info": _jsonable(r.info), "skipped": r.skipped})
+            "gates": [dataclasses.asdict(g) for g in r.gates], "info": _jsonable(r.info), "skipped": r.skipped,
+            "proxy_errors": r.proxy_errors})
     for tier in sorted({r.tier for r in scored}):
         recs = [r for r in scored if r.tier == tier]
         methods = [m for m in cfg.method_names if any(m in r.scores for r in recs)]
