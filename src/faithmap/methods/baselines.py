@@ -33,7 +33,7 @@ _SOBEL = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]]) / 
 
 
 @register_method(
-    "random", family="baseline", paper="model-blind baseline",
+    "random", family="baseline", paper="Hooker et al., NeurIPS 2019 (random-ranking control of ROAR)",
     summary="model-blind: uniform noise at input size from each image's own seeded generator (the floor)",
 )
 def random_map(model, x: torch.Tensor, target: torch.Tensor, *, batch_size: int | None = None,
@@ -72,7 +72,7 @@ def edge(model, x: torch.Tensor, target: torch.Tensor, *, sigma: float = 0.0, ba
 
 
 @register_method(
-    "centre", family="baseline", paper="model-blind baseline", aliases=("center", "centre-prior"),
+    "centre", family="baseline", paper="Judd et al., ICCV 2009 (centre-bias baseline)", aliases=("center", "centre-prior"),
     summary="model-blind: a centred Gaussian bump (standard deviation sigma x the image side), the centre prior",
     bounds={"sigma": "(0, 1000]"},
 )
