@@ -1,10 +1,10 @@
-# `make demo` and `make test` each create .venv when it is missing and install what they need.
+# `make demo`, `make test` and `make bench` each create .venv when it is missing and install what they need.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: demo test test-fast clean chromium
+.PHONY: demo test test-fast bench clean chromium
 
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ chromium:
 	  echo "note: chromium not installed; the browser test will be skipped"
 
 demo: $(VENV)/.core
-	$(VENV)/bin/faithmap explain --out demo_out
+	$(VENV)/bin/faithmap explain --method igos --out demo_out
 
 test: $(VENV)/.test chromium
 	$(PY) -m pytest -q
@@ -30,6 +30,12 @@ test: $(VENV)/.test chromium
 # The quick loop while developing: everything but the end-to-end tests on the real default model.
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q -m "not slow"
+
+# The benchmarks (bench/, not in the package): `make bench` lists them; `make bench BENCH="deletion --repeats 2"`
+# runs one (the same as `python -m bench deletion --repeats 2` in .venv). The peers they compare with are test extras.
+BENCH ?=
+bench: $(VENV)/.test
+	$(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) demo_out

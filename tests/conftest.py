@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -125,3 +130,60 @@ def run(argv, capsys):
     rc = main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(TESTS), "src")
+
+
+@contextlib.contextmanager
+def local_ray_cluster(num_cpus: int = 2):
+    """A local Ray cluster whose workers import faithmap and the test helpers from this tree; yields its
+    address."""
+    import ray
+
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, TESTS] + ([old] if old else []))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def finished_parts(out: str) -> int:
+    """How many finished parts ``out/parts`` holds."""
+    folder = os.path.join(out, "parts")
+    return len([f for f in os.listdir(folder) if f.startswith("part-")]) if os.path.isdir(folder) else 0
+
+
+def kill_when(script: str, ready, timeout: float = 300) -> None:
+    """Run ``script`` (Python source, with this tree's ``src`` and tests importable) in a child process and
+    SIGKILL it as soon as ``ready()`` is true."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if ready():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-800:]}")
+            time.sleep(0.02)
+        else:
+            pytest.fail("the run did not get there in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def kill_after_parts(script: str, out: str, parts: int = 2) -> None:
+    """:func:`kill_when` the run of ``script`` has finished ``parts`` parts in ``out``: killed between parts."""
+    kill_when(script, lambda: finished_parts(out) >= parts)

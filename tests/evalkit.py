@@ -15,7 +15,7 @@ from torch import nn
 
 import faithmap
 from faithmap.core.batching import model_guard, per_image_generators
-from faithmap.core.explanation import Explanation
+from faithmap.explanation import Explanation
 from faithmap.models import wrap
 from faithmap.registry import METHODS, register_method
 

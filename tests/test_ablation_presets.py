@@ -14,7 +14,7 @@ from faithmap.api import check_params
 from faithmap.cli import main
 from faithmap.cli_evaluate import _params
 from faithmap.errors import FaithmapError
-from faithmap.evaluate.presets import TABLE7_LAMBDAS, base_method, resolve, run_name, split_run_name
+from faithmap.evaluation.presets import TABLE7_LAMBDAS, base_method, resolve, run_name, split_run_name
 from faithmap.registry import METHODS
 
 import evalkit
@@ -133,9 +133,9 @@ def test_cli_lists_the_ablation_presets(capsys):
 
 
 def test_table7_objective_is_the_naive_objective_at_the_map(patch_model, patch_input):
-    """``bench igospp-table7``'s L(M) = f(phi(I, B, M)) - f(phi(B, I, M)) + l1 mean|1 - M| + l2 BTV(I, M):
+    """``python -m bench igospp-table7``'s L(M) = f(phi(I, B, M)) - f(phi(B, I, M)) + l1 mean|1 - M| + l2 BTV(I, M):
     at M = 1 (saliency 0) it is f(I) - f(B); at M = 0 it is f(B) - f(I) + l1 (both masks constant)."""
-    from faithmap.benchmarks.ablations import naive_objective
+    from faithmap.methods.igospp_objective import naive_objective
     from faithmap.core.perturb import blur_baseline
 
     x = patch_input

@@ -1,4 +1,4 @@
-"""The paired comparison of `faithmap bench igos` with an authors' harness file."""
+"""The paired comparison of `python -m bench igos` with an authors' harness file."""
 
 import json
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from faithmap.benchmarks.igos import load_reference, paired_summary
-from faithmap.cli import main
+from bench import main
+from bench.igos import load_reference, paired_summary
 from faithmap.errors import FaithmapError
 
 
@@ -60,7 +60,7 @@ def test_paired_summary_t_interval():
 
 
 def test_bench_refuses_a_missing_reference_file(tmp_path, capsys):
-    rc = main(["bench", "igos", "sample:coffee", "--param", f"reference={tmp_path / 'none.jsonl'}"])
+    rc = main(["igos", "sample:coffee", "--param", f"reference={tmp_path / 'none.jsonl'}"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -87,7 +87,7 @@ def test_bench_scores_both_codes_with_one_evaluator(tmp_path, capsys):
     rows[0]["target"] = top
     open(ref, "w").write(json.dumps(rows[0]) + "\n")
     torch.manual_seed(0)
-    rc = main(["bench", "igos", "sample:coffee", "--weights", "random", "--resolution", "4", "--iterations", "1",
+    rc = main(["igos", "sample:coffee", "--weights", "random", "--resolution", "4", "--iterations", "1",
                "--param", "ig_steps=2", "--param", f"reference={ref}", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())

@@ -105,7 +105,7 @@ def test_methods_and_unknown_command(capsys):
 @pytest.mark.slow
 def test_explain_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
-    rc, stdout, err = run(["explain", "sample:coffee", "--out", str(out), "--param", "iterations=3",
+    rc, stdout, err = run(["explain", "sample:coffee", "--method", "igos", "--out", str(out), "--param", "iterations=3",
                            "--param", "ig_steps=5", "--resolution", "14"], capsys)
     assert rc == 0, err
     files = sorted(os.listdir(out))

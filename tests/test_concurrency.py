@@ -20,7 +20,7 @@ CHILD = """
 import os, sys, time, torch
 sys.path.insert(0, {here!r})
 import evalkit
-from faithmap.core.explanation import Explanation
+from faithmap.explanation import Explanation
 from faithmap.registry import register_method
 
 @register_method("test-wait", family="test", resolution="mask", summary="test: waits for a flag file")
@@ -64,7 +64,7 @@ def finish(procs, timeout=300):
 
 
 def check_results(out):
-    from faithmap.evaluate.store import Store, part_meta
+    from faithmap.evaluation.store import Store, part_meta
 
     sc = Store(out).scan()
     keys = [k for p in sc.parts for k in part_meta(p)["keys"]]

@@ -3,15 +3,13 @@ presets and one-line errors. On a tiny model with test-only methods (registered 
 
 Float comparisons: two runs whose tasks batch the same images in the same way, in processes with the
 same thread count, compute the same numbers; runs that batch differently (shards, one-image tasks)
-agree within float rounding, checked with :func:`faithmap.evaluate.store.rows_close`."""
+agree within float rounding, checked with :func:`faithmap.evaluation.store.rows_close`."""
 
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,13 +17,14 @@ import torch
 import faithmap
 from faithmap.cli import main
 from faithmap.errors import FaithmapError
-from faithmap.evaluate import plan as plan_mod
-from faithmap.evaluate import store as store_mod
-from faithmap.evaluate.store import comparable, rows_close
-from faithmap.evaluate.stats import t_interval
+from faithmap.evaluation import plan as plan_mod
+from faithmap.evaluation import store as store_mod
+from faithmap.evaluation.store import comparable, rows_close
+from faithmap.evaluation.stats import t_interval
 from faithmap.registry import METRICS, register_metric
 
 import evalkit
+from conftest import finished_parts, kill_when
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS_ALL = "deletion,insertion,overall,average_drop,increase_confidence,pointing"
@@ -78,7 +77,7 @@ def test_t_interval_against_the_literal_formula():
 def test_summary_matches_results(reference):
     rows = [r for r in reference.rows if r["method"] == "test-random" and r["metric"] == "deletion"]
     vals = [r["value"] for r in rows]
-    (s,) = [x for x in reference.summary() if x.method == "test-random" and x.metric == "deletion"]
+    (s,) = [x for x in reference.summaries() if x.method == "test-random" and x.metric == "deletion"]
     assert s.interval.mean == pytest.approx(sum(vals) / len(vals)) and s.n_images == 3
     with open(os.path.join(reference.out, "summary.csv")) as fh:
         text = fh.read()
@@ -208,8 +207,9 @@ import os, sys, time, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(min(2, os.cpu_count() or 1))  # as conftest.py: the same float reductions as the test
 import evalkit
+from conftest import finished_parts, kill_when
 import faithmap.core.io as io_mod
-import faithmap.evaluate.store as store_mod
+import faithmap.evaluation.store as store_mod
 evalkit.register()
 point, n = {point!r}, {n}
 real = io_mod.atomic_open
@@ -257,30 +257,11 @@ def test_resume_after_sigkill(tmp_path, boxes, kill_reference, point, n):
     out = str(tmp_path / "killed")
     flag = str(tmp_path / "flag")
     kw = dict(KILL_KW, annotations=boxes, images=evalkit.photos(4))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src"),
-                                                       os.environ.get("PYTHONPATH", "")]))
     script = KILL_SCRIPT.format(here=HERE, out=out, boxes=boxes, point=point, n=n, flag=flag,
                                 kw={k: v for k, v in kw.items() if k != "images"} | {"images": "PHOTOS"})
     script = script.replace("'PHOTOS'", "evalkit.photos(4)")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    kill_when(script, lambda: os.path.exists(flag) if point == "mid-write" else finished_parts(out) >= n, 240)
     parts = os.path.join(out, "parts")
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            done = len([f for f in os.listdir(parts) if f.startswith("part-")]) if os.path.isdir(parts) else 0
-            if (point == "mid-write" and os.path.exists(flag)) or (point == "computing" and done >= n):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-800:]}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("the run did not get there in time")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     finished = [f for f in os.listdir(parts) if f.startswith("part-")]
     assert len(finished) == n - 1 if point == "mid-write" else n <= len(finished) < 4
     if point == "mid-write":
@@ -322,7 +303,7 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path, boxes, reference, capsy
     rc = main(["evaluate", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"),
                "--no-report"])
     assert rc == 0 and "merged 9 tasks" in capsys.readouterr().out
-    merged = faithmap.evaluate.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m1", report=False)
+    merged = faithmap.evaluation.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m1", report=False)
     assert rows_close(comparable(merged.rows), comparable(reference.rows)) is None
     assert [c["key"] for c in merged.curves] == [c["key"] for c in reference.curves]
     for c, r in zip(merged.curves, reference.curves):
@@ -331,7 +312,7 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path, boxes, reference, capsy
     # two shards in one directory (one after the other) merge too; conflicting copies of a task do not
     run(tmp_path / "both", boxes, shard="1/2", batch_images=1)
     run(tmp_path / "both", boxes, shard="2/2", batch_images=1)
-    both = faithmap.evaluate.merge([tmp_path / "both"], tmp_path / "m2", report=False)
+    both = faithmap.evaluation.merge([tmp_path / "both"], tmp_path / "m2", report=False)
     assert comparable(both.rows) == comparable(merged.rows)  # the same tasks, batched alike: the same numbers
     # a copy that differs by rounding (here 1e-9) merges; one that differs more is a conflict
     import pyarrow as pa
@@ -345,11 +326,11 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path, boxes, reference, capsy
         vals[0] += delta
         t = t.set_column(t.schema.get_field_index("value"), "value", pa.array(vals, pa.float64()))
         pq.write_table(t, part)
-    assert faithmap.evaluate.merge([tmp_path / "a", tmp_path / "c"], tmp_path / "m3", report=False).tasks_total == 5
+    assert faithmap.evaluation.merge([tmp_path / "a", tmp_path / "c"], tmp_path / "m3", report=False).tasks_total == 5
     with pytest.raises(FaithmapError, match="conflicting results"):
-        faithmap.evaluate.merge([tmp_path / "a", tmp_path / "d"], tmp_path / "m4")
+        faithmap.evaluation.merge([tmp_path / "a", tmp_path / "d"], tmp_path / "m4")
     with pytest.raises(FaithmapError, match="settings differ .*batch_images"):
-        faithmap.evaluate.merge([tmp_path / "a", reference.out], tmp_path / "m5")
+        faithmap.evaluation.merge([tmp_path / "a", reference.out], tmp_path / "m5")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,7 +368,7 @@ def test_target_annotated_and_min_score(tmp_path, boxes):
 
 
 def test_presets_run_what_is_registered(tmp_path, monkeypatch):
-    from faithmap.evaluate import presets
+    from faithmap.evaluation import presets
 
     p = presets.Preset("test-table", "a test table", "nowhere",
                        (presets.PresetMethod("Blob", ("Test_Blob",)), presets.PresetMethod("Missing", ("no-such",))),
@@ -402,7 +383,7 @@ def test_presets_run_what_is_registered(tmp_path, monkeypatch):
 
 
 def test_real_presets_are_consistent():
-    from faithmap.evaluate.presets import PRESETS, resolve
+    from faithmap.evaluation.presets import PRESETS, resolve
 
     assert {"igos-table1", "igospp-table1", "sigcam-table2", "expected-gradcam-table3"} <= set(PRESETS)
     for name, p in PRESETS.items():
@@ -416,7 +397,7 @@ def test_real_presets_are_consistent():
 def test_expected_gradcam_table1_preset_names_every_metric_of_the_paper():
     """Table 1 (P.F., Suff., Inf., L. Est., M. Sens., A. Sens., CP., SP.) and appendix Table 2 (all
     19 evaluated metrics) of expected_gradcam.txt, acronym by acronym; the ten methods of Table 1."""
-    from faithmap.evaluate.presets import resolve
+    from faithmap.evaluation.presets import resolve
     from faithmap.registry import METHODS
 
     acronyms = {"F.E": "faithfulness_estimate", "P.F": "pixel_flipping", "Ins.": "rise_insertion",

@@ -15,7 +15,7 @@ method of fixed cost (I-GOS, Grad-CAM) the counts are checked equal. Fast settin
 import pytest
 
 import faithmap
-from faithmap.evaluate.store import COST_COLUMNS, comparable, rows_close
+from faithmap.evaluation.store import COST_COLUMNS, comparable, rows_close
 
 import evalkit
 

@@ -11,7 +11,7 @@ from PIL import Image
 from faithmap.cli import main
 from faithmap.data import gather
 from faithmap.errors import FaithmapError
-from faithmap.evaluate.store import TIME_COLUMNS, comparable, rows_close
+from faithmap.evaluation.store import TIME_COLUMNS, comparable, rows_close
 
 import evalkit
 
@@ -144,7 +144,7 @@ def test_the_labels_cli_flags_reach_the_run(tmp_path, dataset, monkeypatch):
         seen.update(kw)
         raise FaithmapError("stop here")
 
-    import faithmap.evaluate.runner as runner
+    import faithmap.evaluation.runner as runner
 
     monkeypatch.setattr(runner, "evaluate", fake)
     tree, flat, lab, _ = dataset

@@ -149,7 +149,7 @@ def test_disk_full(small_fs):
     res = evalkit.run_eval(out, batch_images=1)
     assert res.tasks_done_before == len(parts) and res.complete
     fresh = evalkit.run_eval(small_fs / "fresh", batch_images=1)
-    from faithmap.evaluate.store import comparable
+    from faithmap.evaluation.store import comparable
 
     assert comparable(res.rows) == comparable(fresh.rows)
 
@@ -166,7 +166,7 @@ def test_a_failing_method_leaves_nothing_that_binds(tmp_path):
     def boom(model, x, target, *, resolution: int = 4, fail: bool = False, batch_size=None, seed=0):
         if fail:
             raise RuntimeError("boom")
-        return faithmap.core.explanation.Explanation(evalkit.blob(resolution, resolution, 0.4, 0.6)
+        return faithmap.explanation.Explanation(evalkit.blob(resolution, resolution, 0.4, 0.6)
                                                      .expand(x.shape[0], resolution, resolution).clone(), target)
 
     try:

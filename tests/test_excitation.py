@@ -460,7 +460,7 @@ def test_registry_entries():
     for alias in ("ebp", "c-mwp", "excitation-backprop", "excitationbp"):
         assert faithmap.METHODS.canonical(alias) == "excitation_bp"
     assert faithmap.METHODS.canonical("excitation-mwp") == "mwp"
-    from faithmap.evaluate.presets import resolve
+    from faithmap.evaluation.presets import resolve
 
     assert "excitation_bp" in resolve("igos-table1").methods
     spec = faithmap.METHODS.get("excitation_bp")

@@ -372,13 +372,9 @@ def test_plain_tv_option(two_patch):
 
 
 def test_defaults_follow_the_paper():
-    import inspect
-
-    from faithmap.methods.igospp import igos_plus_plus
-
-    p = inspect.signature(igos_plus_plus).parameters
-    assert p["l2"].default == 20.0 and p["ig_steps"].default == 20 and p["sigma"].default == 0.01
-    assert p["tv_beta"].default == 2.0 and p["iterations"].default == 15
+    p = faithmap.METHODS["igos++"].params  # the defaults of its settings dataclass
+    assert p["l2"] == 20.0 and p["ig_steps"] == 20 and p["sigma"] == 0.01
+    assert p["tv_beta"] == 2.0 and p["iterations"] == 15
     assert igospp_optimizer((224, 224)).regularizer.l1 == 10.0
     assert igospp_optimizer((28, 28)).regularizer.l1 == 1.0
     noisy = [t.noise for t in igospp_optimizer((28, 28)).terms]

@@ -72,8 +72,13 @@ def test_model_unchanged_when_method_raises(name):
 
     h = model.net.fc.register_forward_pre_hook(boom)
     try:
-        with pytest.raises(RuntimeError, match="boom"):
+        if faithmap.METHODS.get(name).family == "baseline":
+            # model-blind: nothing inside the method reaches the model, so nothing there can fail
             faithmap.explain(model, x, name, seed=0, **fast_params(name))
+            assert calls["n"] == 1  # the target selection's pass only
+        else:
+            with pytest.raises(RuntimeError, match="boom"):
+                faithmap.explain(model, x, name, seed=0, **fast_params(name))
     finally:
         h.remove()
     assert_state_equal(before, model_state(model))

@@ -258,12 +258,10 @@ def test_bench_replays_infidelity_perturbations_to_captum_in_its_chunk_order():
     """captum's infidelity asks for k samples of every image per chunk (k = max_examples_per_batch
     // B); the bench's replay hands them out in that order, so small chunks agree too (the Lite0
     gap of an earlier run was the replay's order, not the metric)."""
-    import argparse
-
-    from faithmap.benchmarks.metrics import _captum_infidelity, _setup
+    from bench.metrics import _captum_infidelity, _setup
 
     for bs in (6, 256):
-        ctx = _setup("tiny", 4, argparse.Namespace(batch_size=bs))
+        ctx = _setup("tiny", 4, batch_size=bs)
         ours = F.infidelity(ctx["model"], ctx["x"], ctx["sal"], ctx["t"], n_samples=10, batch_size=bs)
         rel_close(ours, _captum_infidelity(ctx)().double(), rtol=1e-5, atol=1e-6)
 

@@ -149,7 +149,7 @@ def test_relative_stability_equals_quantus(setup, name, cls):
 
 def test_irof_equals_patched_quantus(setup):
     """Quantus 0.6 IROF, made to run on RGB (broadcasting perturb_func, np.trapz lent), on our curves."""
-    from faithmap.benchmarks.metrics import _irof_quantus_form, _quantus_irof
+    from bench.metrics import _irof_quantus_form, _quantus_irof
 
     model, _, t, sal = setup
     x, t, sal = blocky(2), t[:2], sal[:2]

@@ -11,7 +11,7 @@ import faithmap
 from faithmap.data.annotations import (box_mask, load_annotations, map_to_input, preprocess_geometry,
                                        rle_counts_from_string, rle_decode, sample_annotations)
 from faithmap.errors import FaithmapError
-from faithmap.evaluate.stats import summarize, t_interval
+from faithmap.evaluation.stats import summarize, t_interval
 from faithmap.metrics.pointing import box_distance, most_salient_point, pointing_hits
 
 SIZE = (32, 32)

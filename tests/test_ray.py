@@ -7,9 +7,6 @@ killed mid-run (SIGKILL, then the same command again) lose and duplicate nothing
 """
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,14 +15,13 @@ import pytest
 ray = pytest.importorskip("ray")  # Ray is an optional extra of faithmap (faithmap[ray]), not a peer
 
 from faithmap.core.batching import torch_threads  # noqa: E402
-from faithmap.evaluate.ray_engine import RayEngine  # noqa: E402
-from faithmap.evaluate.store import Store, comparable, part_meta  # noqa: E402
+from faithmap.evaluation.ray_engine import RayEngine  # noqa: E402
+from faithmap.evaluation.store import Store, comparable, part_meta  # noqa: E402
 
 import evalkit  # noqa: E402
+from conftest import kill_after_parts, local_ray_cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(HERE), "src")
 KW = dict(methods="test-slow,test-blob", resolutions="4", metrics="deletion,insertion,overall,average_drop",
           params={"delay": 0.6}, batch_images=2)
 N_IMAGES = 6  # 3 batches x 2 methods = 6 tasks, 12 image tasks
@@ -34,18 +30,8 @@ N_IMAGES = 6  # 3 batches x 2 methods = 6 tasks, 12 image tasks
 @pytest.fixture(scope="module")
 def cluster():
     """One local cluster for the module; its workers import faithmap and the test helpers from here."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, HERE] + ([old] if old else []))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        with evalkit.registered():
-            yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    with local_ray_cluster() as address, evalkit.registered():
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +82,6 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(cluster, local_row
 
 
 DRIVER = """
-import sys
-sys.path.insert(0, {here!r})
 import evalkit
 evalkit.register()
 evalkit.run_eval({out!r}, images=evalkit.photos({n}), engine="ray", address={address!r}, workers=2, **{kw!r})
@@ -106,26 +90,7 @@ evalkit.run_eval({out!r}, images=evalkit.photos({n}), engine="ray", address={add
 
 def test_a_driver_killed_mid_run_resumes_with_the_same_command(cluster, local_rows, tmp_path):
     out = str(tmp_path / "out")
-    env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(here=HERE, out=out, n=N_IMAGES, address=cluster,
-                                                                 kw=KW)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    parts = os.path.join(out, "parts")
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            if os.path.isdir(parts) and len([f for f in os.listdir(parts) if f.startswith("part-")]) >= 2:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the driver ended before it could be killed: {proc.stderr.read().decode()[-800:]}")
-            time.sleep(0.05)
-        else:
-            pytest.fail("the driver wrote nothing in time")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_parts(DRIVER.format(out=out, n=N_IMAGES, address=cluster, kw=KW), out)
     done = len(Store(out).scan().keys)
     assert 0 < done < 2 * N_IMAGES
     res = evalkit.run_eval(out, images=evalkit.photos(N_IMAGES), engine=RayEngine(workers=2), **KW)

@@ -264,7 +264,8 @@ def test_check_types_and_ranges():
 ])
 def test_cli_param_type_and_range_before_anything_is_written(tmp_path, capsys, value, needle):
     out = tmp_path / "out"
-    rc, _, err = run_cli(["explain", "sample:coffee", "--param", f"iterations={value}", "--out", str(out)], capsys)
+    rc, _, err = run_cli(["explain", "sample:coffee", "--method", "igos", "--param", f"iterations={value}", "--out", str(out)],
+                        capsys)
     one_line_error(rc, err, needle)
     assert not out.exists()
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from faithmap.cli import main
-from faithmap.evaluate.report import write_report
-from faithmap.evaluate.stats import mean_curves
+from faithmap.evaluation.report import write_report
+from faithmap.evaluation.stats import mean_curves
 from faithmap.registry import METRICS, register_metric
 
 import evalkit
@@ -45,7 +45,7 @@ def test_report_files_and_numbers(report_dir):
     # arrows come from MetricSpec.higher_is_better (test-spread was registered as lower-is-better)
     assert "| grid | method | deletion ↓ | insertion ↑ | overall ↑ | pointing ↑ | test-spread ↓ | n |" in md
     assert "Student-t" in md and "## pointing: accuracy per category" in md
-    for s in report_dir.summary():
+    for s in report_dir.summaries():
         if s.metric == "deletion" and s.method == "test-random" and s.grid == "8x8":
             vals = [float(r["value"]) for r in report_dir.rows if r["method"] == "test-random"
                     and r["resolution"] == "8" and r["metric"] == "deletion"]

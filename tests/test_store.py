@@ -11,8 +11,8 @@ import pytest
 import faithmap
 from faithmap.cli import main
 from faithmap.errors import FaithmapError
-from faithmap.evaluate import stats
-from faithmap.evaluate.store import ROW_COLUMNS, Store, export_csv, order_table, part_meta, schema
+from faithmap.evaluation import stats
+from faithmap.evaluation.store import ROW_COLUMNS, Store, export_csv, order_table, part_meta, schema
 
 import evalkit
 
@@ -143,7 +143,7 @@ def test_a_csv_store_run_reports_refuses_to_resume_and_merges_into_parquet(legac
     assert "merged 3 tasks" in capsys.readouterr().out
     sc = Store(str(new)).scan()
     assert len(sc.keys) == 3 and sc.rows == 6
-    res = faithmap.evaluate.merge([new], tmp_path / "again", report=True)
+    res = faithmap.evaluation.merge([new], tmp_path / "again", report=True)
     assert [r["value"] for r in res.rows] == pytest.approx([0.2, 0.8, 0.4, 0.6, 0.9, 0.1])
     assert [c["deletion"] for c in res.curves] == [[1, 0.2, 0], [1, 0.4, 0], [1, 0.9, 0]]
     assert open(tmp_path / "again" / "summary.md").read().split("## Summary")[1].split("## Cost")[0] == \

@@ -275,7 +275,7 @@ def test_ties_reach_the_metric_registry():
 
 
 def test_tied_share():
-    from faithmap.benchmarks.ties import tied_share
+    from bench.ties import tied_share
 
     assert tied_share(torch.tensor([[1.0, 2.0], [3.0, 4.0]])) == 0.0
     assert tied_share(torch.tensor([[0.0, 0.0], [0.0, 4.0]])) == 0.75

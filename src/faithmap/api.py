@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -9,10 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from .core.batching import model_guard
 from .core.device import resolve_device
-from .core.explanation import Explanation
+from .core.progress import Callback, reporting
+from .explanation import Explanation, model_reference
 from .core.scores import needs_prediction, resolve_targets
 from .errors import FaithmapError
 from .models import Classifier, load, wrap
@@ -74,16 +77,26 @@ def check_params(spec: MethodSpec, params: dict[str, Any]) -> None:
                             f"--resolution applies to mask methods only")
 
 
-def explain(model, images, method: str = "igos", target=None, *, device: str | torch.device | None = None,
-            **params: Any) -> Explanation:
-    """Explain ``model``'s decisions on ``images`` with a registered ``method``.
+DEFAULT_METHOD = "gradcam"
+"""The method of :func:`explain` and ``faithmap explain`` when none is named: Grad-CAM answers in about a
+second a photo on a CPU (I-GOS, the papers' method, takes minutes there: ``method="igos"``)."""
+
+
+def explain(model, images, method: str = DEFAULT_METHOD, target=None, *, device: str | torch.device | None = None,
+            progress: bool | Callback | None = None, **params: Any) -> Explanation:
+    """Explain ``model``'s decisions on ``images`` with a registered ``method`` (default ``gradcam``).
 
     ``model``: a :class:`faithmap.models.Classifier`, a model name, or any ``nn.Module`` (taken to
     expect ImageNet-normalised inputs). ``images``: model inputs (B, 3, H, W) or photos (PIL
     images / uint8 arrays, preprocessed by the model). ``target``: ``None``/``"top1"``, a class
     index or name, or one per image. ``params`` go to the method (see ``faithmap methods``).
+    ``progress``: ``True`` shows a tqdm bar on stderr over the iterations of iterative methods (the
+    mask optimisers: igos, igos++, mask, extremal, sigcam/aop) and the batches of RISE and
+    occlusion; a callable ``progress(done, total, unit)`` hears the same; default: nothing. It
+    changes neither the maps nor the model images.
     Returns an :class:`Explanation` on the input's device, with the seconds and the number of
-    images the method sent through the model. A target that asks for the model's prediction costs
+    images the method sent through the model; it keeps a reference to the inputs (to draw them:
+    ``exp.show()``), not to the model's weights. A target that asks for the model's prediction costs
     one forward pass before the method (its logits land in ``extras["logits"]``); explicit targets
     of a model with known class names cost none.
     """
@@ -94,20 +107,77 @@ def explain(model, images, method: str = "igos", target=None, *, device: str | t
     x = as_batch(clf, images, clf.device)
     params = {k: v for k, v in params.items() if v is not None}
     check_params(spec, params)
+    callback = progress_callback(progress, spec.name)
     logits = None
     if needs_prediction(target) or clf.num_classes is None:
         with model_guard(clf), torch.no_grad():
             logits = clf(x)
+        check_class_count(clf, logits)
         t = resolve_targets(logits, target, clf.class_names)
     else:  # explicit targets: checked against the class count, no model pass
         t = resolve_targets(x.new_empty((x.shape[0], clf.num_classes)), target, clf.class_names)
     snap = clf.counter.snapshot()
     start = time.perf_counter()
-    out = spec.fn(clf, x, t, **params)
+    try:
+        with reporting(callback):
+            out = spec.fn(clf, x, t, **params)
+    finally:
+        if hasattr(callback, "close"):
+            callback.close()
     out.seconds = time.perf_counter() - start
     out.counts = clf.counter.since(snap)
     out.method = spec.name
     if logits is not None:
         out.extras.setdefault("logits", logits.detach())
+    keep_for_drawing(out, clf, x)
     return out
 
+
+def check_class_count(clf: Classifier, logits: torch.Tensor) -> None:
+    """Refuse class names of another count than the model's logits (names given to :func:`faithmap.models.wrap`)."""
+    if clf.class_names is not None and logits.dim() == 2 and logits.shape[1] != len(clf.class_names):
+        raise FaithmapError(f"{len(clf.class_names)} class names for a model with {logits.shape[1]} classes "
+                            f"({clf.name})")
+
+
+def keep_for_drawing(exp: Explanation, clf: Classifier, x: torch.Tensor) -> None:
+    """What ``exp`` keeps to draw itself: the inputs (a reference), the normalisation, the target
+    names, the model's name and a weak reference to the model."""
+    exp.inputs = x.detach()
+    exp.mean, exp.std = clf.mean.detach(), clf.std.detach()
+    exp.target_names = [clf.class_name(int(i)) for i in exp.target.flatten().tolist()]
+    exp.model_name = clf.name
+    exp.model_ref = model_reference(clf)
+
+
+class TqdmProgress:
+    """``progress=True``: one tqdm bar on stderr per engine run (``callback(done, total, unit)``)."""
+
+    def __init__(self, desc: str, **tqdm_kwargs: Any):
+        self.desc = desc
+        self.kwargs = tqdm_kwargs
+        self.bar = None
+
+    def __call__(self, done: int, total: int, unit: str) -> None:
+        if self.bar is None or done == 0:
+            self.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit=unit, file=sys.stderr, **self.kwargs)
+        self.bar.update(done - self.bar.n)
+        if done >= total:  # the last step is always drawn, however fast the steps came (tqdm's mininterval)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def progress_callback(progress, desc: str) -> Callback | None:
+    """The callback of ``progress=``: None (off), a :class:`TqdmProgress` bar (True) or the user's callable."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return TqdmProgress(desc, leave=False)
+    if callable(progress):
+        return progress
+    raise FaithmapError(f"progress must be True, False or a callable (done, total, unit), got {type(progress).__name__}")

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from .cli import add_model_args, command, parse_params
+from .cli import add_model_args, command, model_description, parse_params
 from .core.io import write_json, write_text
 from .errors import FaithmapError
 
@@ -60,7 +60,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=None,
                    help="evaluation images per class (default: all demo test images; 256 for folders)")
     p.add_argument("--figure-images", type=int, default=5, help="least-activated images per class in each figure")
-    add_model_args(p)
+    add_model_args(p, classes_flags=("--class-names",))  # --classes A B is the two classes here
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="base-method parameter (repeatable)")
     p.add_argument("--fast", action="store_true", help="the base methods' quick settings")
     p.add_argument("--batch-size", type=int, default=None, help="maximum images per forward pass of the methods")
@@ -156,6 +156,9 @@ def _setups(args):
     if args.demo:
         if args.data or args.eval_data:
             raise FaithmapError("--demo uses scikit-learn's digits; drop --data/--eval-data or --demo")
+        if model_description(args):
+            raise FaithmapError("--demo trains its own digits models; --class-names, --mean, --std and --input-size "
+                                "describe a --model")
         from .gad import demo
 
         digits = demo.check_digits(args.classes or (3, 8))

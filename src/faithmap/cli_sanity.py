@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .cli import add_model_args, command, gather_images, load_model, method_params
+from .cli import add_model_args, command, gather_images, load_model, method_params, model_description
 from .core.io import write_json, write_text
 from .errors import FaithmapError
 
@@ -54,9 +54,8 @@ def _markdown(rows: list[dict], title: str) -> str:
 def run_sanity(args) -> int:
     import torch
 
-    import faithmap
-
     from .api import check_params
+    from .api import explain as explain_api
     from .data.digits import load_digits, train_digits_cnn
     from .metrics.sanity import data_randomisation, model_randomisation, parameter_layers
     from .registry import METHODS
@@ -80,9 +79,12 @@ def run_sanity(args) -> int:
         raise FaithmapError("--epochs-random must be at least 1")
     if args.images and args.model == "digits":
         raise FaithmapError("photos need a photo model: add --model efficientnet_lite0 (the digits CNN explains digits)")
+    if args.model == "digits" and model_description(args):
+        raise FaithmapError("the digits CNN describes itself; --classes, --mean, --std and --input-size apply to "
+                            "--model NAME with --check model")
 
     def explain(model, x, target):
-        return faithmap.explain(model, x, spec.name, target=target, **params).saliency
+        return explain_api(model, x, spec.name, target=target, **params).saliency
 
     torch.manual_seed(args.seed)
     # everything is loaded and checked before anything is written

@@ -229,7 +229,7 @@ def save_figure(path: str, model: Classifier, data: ImageSet, result: MethodResu
                 names: Sequence[str], title: str = "") -> None:
     """Rows: the original map with its hull (red), the GAD map with its hull (green), the image with
     both hulls; columns: the least-activated images of each class, each explained for its own class."""
-    from ..viz.draw import _save, plt, to_image
+    from ..viz.draw import _save, subplots, to_image
 
     cols = []
     for c, name in zip(classes, names):
@@ -239,7 +239,7 @@ def save_figure(path: str, model: Classifier, data: ImageSet, result: MethodResu
                 cols.append((c, name, i, j))
     if not cols:
         return
-    fig_, axes = plt.subplots(3, len(cols), figsize=(1.6 * len(cols), 5.2), dpi=100, squeeze=False)
+    fig_, axes = subplots(3, len(cols), figsize=(1.6 * len(cols), 5.2), squeeze=False)
     for k, (c, name, i, j) in enumerate(cols):
         f = result.figure[c]
         img = to_image(model.to_pixels(data.batch(torch.tensor([i])).to(model.device))[0])

@@ -1,4 +1,4 @@
-"""AOP and SIGCAM (Zhang, Rao & Yang, AAAI 2021; ``aop_sigcam.txt``).
+"""AOP and SIGCAM (Zhang, Rao & Yang, AAAI 2021).
 
 AOP ("Activation Optimized with Perturbation") is a composition of two registered methods, not a
 new algorithm:
@@ -21,23 +21,24 @@ registry allows works.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import DEFAULT_BATCH_SIZE, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import grid_size
 from ..errors import FaithmapError
+from ..params import knob, record
 from ..registry import METHODS, MethodSpec, register_method
-from .mask import check_resolution
+from .mask import EngineParams, WarmupParams, check_resolution
 
 BASE_FAMILY = "cam"
 REFINE_FAMILY = "mask"
 
 SIGCAM_PRESETS: dict[str, tuple[float, float]] = {"imagenet": (0.7, 0.15), "coco": (0.6, 0.25)}
-"""(theta, lambda) of eq. 5 per data set (``aop_sigcam.txt``, Experimental Setup)."""
+"""(theta, lambda) of eq. 5 per data set (the paper's Experimental Setup)."""
 
 
 def base_methods() -> list[str]:
@@ -118,36 +119,68 @@ def _stage(name: str, family: str, role: str) -> MethodSpec:
     return spec
 
 
-def run_aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str, refine: str, theta: float, lam: float,
-            resolution, warmup: int, warmup_blur: float, iterations: int | None, layer: str | None,
-            base_params: dict | None, refine_params: dict | None, fast_stages: bool, batch_size, seed,
-            name: str) -> Explanation:
+@dataclass(frozen=True, kw_only=True)
+class AOPStageParams(WarmupParams, EngineParams):
+    """What AOP and SIGCAM share: the eq. 5 transform, the start-up and what goes to stage 2."""
+
+    warmup: int = knob(5, "first iterations of stage 2 on a weaker blur (the paper's start-up: 5)")
+    theta: float = knob(0.7, "cells of the min-max normalised base map below theta are dropped (eq. 5)")
+    lam: float = knob(0.15, "modulating factor of the base map in the start mask (eq. 5)")
+    iterations: int | None = knob(None, "stage 2's iterations (None: its registered default)")
+    layer: str | None = knob(None, "stage 1's layer (None: the CAM method's default)")
+    refine_params: dict | None = knob(None, "more parameters of stage 2 (e.g. {'ig_steps': 10})")
+    fast_stages: bool = knob(False, "run each stage with its registered fast settings")
+
+    def __post_init__(self) -> None:
+        for key in ("init", "resolution", "warmup", "warmup_blur"):
+            if key in (self.refine_params or {}):
+                raise FaithmapError(f"set {key} as an aop parameter, not in refine_params")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AOPParams(AOPStageParams):
+    """AOP's settings: the shared ones and the choice of both stages."""
+
+    base: str = knob("gradcam", "stage 1: a registered 'cam' method")
+    refine: str = knob("igos", "stage 2: a registered 'mask' method that takes a start mask")
+    base_params: dict | None = knob(None, "more parameters of stage 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SIGCAMParams(AOPStageParams):
+    """SIGCAM's settings: AOP(WGradCAM, I-GOS) with the paper's (theta, lam) per data set."""
+
+    preset: str = knob("imagenet", "(theta, lam) of a data set: " + ", ".join(SIGCAM_PRESETS))
+    theta: float | None = knob(None, "overrides the preset's theta (eq. 5)")
+    lam: float | None = knob(None, "overrides the preset's lam (eq. 5)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if str(self.preset).strip().lower() not in SIGCAM_PRESETS:
+            raise FaithmapError(f"unknown sigcam preset {self.preset!r}; choose from: {', '.join(SIGCAM_PRESETS)}")
+
+
+def run_aop(model, x: torch.Tensor, target: torch.Tensor, p: AOPParams, *, name: str) -> Explanation:
     """Stage 1, the eq. 5 transform, stage 2 (see the module docstring)."""
-    b_spec = _stage(base, BASE_FAMILY, "base")
-    r_spec = _stage(refine, REFINE_FAMILY, "refine")
-    h, w = check_resolution(resolution, x, 2)
-    if warmup < 0:
-        raise FaithmapError(f"warmup must be 0 or more iterations, got {warmup}")
-    for key in ("init", "resolution", "warmup", "warmup_blur"):
-        if key in (refine_params or {}):
-            raise FaithmapError(f"set {key} as an aop parameter, not in refine_params")
-    bp = _stage_params(b_spec, fast_stages, base_params, {"layer": layer, "batch_size": batch_size, "seed": seed})
+    b_spec = _stage(p.base, BASE_FAMILY, "base")
+    r_spec = _stage(p.refine, REFINE_FAMILY, "refine")
+    h, w = check_resolution(p.resolution, x, 2)
+    shared = {"batch_size": p.batch_size, "seed": p.seed}
+    bp = _stage_params(b_spec, p.fast_stages, p.base_params, {"layer": p.layer, **shared})
     counter = getattr(model, "counter", None)
     snap = counter.images if counter is not None else 0
     eb = b_spec.fn(model, x, target, **bp)
     base_images = (counter.images - snap) if counter is not None else 0
     base_map = eb.saliency.detach()
-    start = base_mask_transform(base_map, theta, lam, (h, w))
-    rp = _stage_params(r_spec, fast_stages, refine_params,
-                       {"iterations": iterations, "batch_size": batch_size, "seed": seed})
-    rp.update(resolution=(h, w), init=start, warmup=int(warmup), warmup_blur=warmup_blur)
+    start = base_mask_transform(base_map, p.theta, p.lam, (h, w))
+    rp = _stage_params(r_spec, p.fast_stages, p.refine_params, {"iterations": p.iterations, **shared})
+    rp.update(resolution=(h, w), init=start, warmup=int(p.warmup), warmup_blur=p.warmup_blur)
     er = r_spec.fn(model, x, target, **rp)
     history = dict(er.history)
     if "images" in history:  # cumulative from the start of AOP, base stage included
         history["images"] = [base_images + n for n in history["images"]]
     history["base_images"] = base_images
-    params = {"base": b_spec.name, "refine": r_spec.name, "theta": theta, "lam": lam, "resolution": (h, w),
-              "warmup": warmup, "warmup_blur": warmup_blur,
+    params = {**record(p), "base": b_spec.name, "refine": r_spec.name, "resolution": (h, w),
               **{f"base.{k}": v for k, v in bp.items() if k not in ("batch_size",)},
               **{f"refine.{k}": v for k, v in er.params.items()}}
     extras = {"base_map": base_map, "init": start, "base": b_spec.name, "refine": r_spec.name,
@@ -157,17 +190,14 @@ def run_aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str, refine: 
 
 
 @register_method(
-    "aop", family="aop", resolution="mask", min_resolution=2, paper="aop_sigcam.txt",
+    "aop", family="aop", resolution="mask", min_resolution=2, paper="Zhang, Rao & Yang, AAAI 2021",
     summary="AOP: a CAM base map (base=, family cam) thresholded and scaled into the start mask of a "
             "mask optimiser (refine=, family mask) with a weaker-blur start-up",
-    fast={"fast_stages": True, "warmup": 2},
+    fast={"fast_stages": True, "warmup": 2}, params=AOPParams,
 )
-def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", refine: str = "igos",
-        theta: float = 0.7, lam: float = 0.15, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
-        iterations: int | None = None, layer: str | None = None, base_params: dict | None = None,
-        refine_params: dict | None = None, fast_stages: bool = False,
-        batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
-    """AOP (``aop_sigcam.txt``, "Optimizing Activation with Perturbation" and eq. 4-6).
+def aop(model, x: torch.Tensor, target: torch.Tensor, p: AOPParams) -> Explanation:
+    """AOP (Zhang, Rao & Yang, AAAI 2021, "Optimizing Activation with Perturbation" and eq. 4-6);
+    settings :class:`AOPParams`.
 
     ``base``: a registered ``cam`` method (stage 1; ``layer`` and ``base_params`` go to it);
     ``refine``: a registered ``mask`` method (stage 2; ``iterations`` and ``refine_params`` go to it,
@@ -179,36 +209,27 @@ def aop(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "gradcam", 
     Returns stage 2's saliency; ``extras`` holds ``base_map`` and the start mask ``init``;
     ``history["images"]`` counts model images from the start of stage 1.
     """
-    return run_aop(model, x, target, base=base, refine=refine, theta=theta, lam=lam, resolution=resolution,
-                   warmup=warmup, warmup_blur=warmup_blur, iterations=iterations, layer=layer,
-                   base_params=base_params, refine_params=refine_params, fast_stages=fast_stages,
-                   batch_size=batch_size, seed=seed, name="aop")
+    return run_aop(model, x, target, p, name="aop")
 
 
 @register_method(
-    "sigcam", family="aop", resolution="mask", min_resolution=2, paper="aop_sigcam.txt",
+    "sigcam", family="aop", resolution="mask", min_resolution=2, paper="Zhang, Rao & Yang, AAAI 2021",
     summary="SIGCAM: AOP with WGradCAM as base and I-GOS as refinement (preset imagenet or coco)",
-    fast={"fast_stages": True, "warmup": 2},
+    fast={"fast_stages": True, "warmup": 2}, params=SIGCAMParams,
 )
-def sigcam(model, x: torch.Tensor, target: torch.Tensor, *, preset: str = "imagenet", theta: float | None = None,
-           lam: float | None = None, resolution: int | tuple[int, int] = 28, warmup: int = 5, warmup_blur: float = 0.5,
-           iterations: int | None = None, layer: str | None = None, refine_params: dict | None = None,
-           fast_stages: bool = False, batch_size: int | None = DEFAULT_BATCH_SIZE,
-           seed: Seed = 0) -> Explanation:
-    """SIGCAM (``aop_sigcam.txt``, "SIGCAM" and Experimental Setup): AOP(WGradCAM, I-GOS).
+def sigcam(model, x: torch.Tensor, target: torch.Tensor, p: SIGCAMParams) -> Explanation:
+    """SIGCAM (Zhang, Rao & Yang, AAAI 2021, "SIGCAM" and Experimental Setup): AOP(WGradCAM, I-GOS);
+    settings :class:`SIGCAMParams`.
 
     ``preset`` gives (theta, lam): ``imagenet`` (0.7, 0.15) or ``coco`` (0.6, 0.25); ``theta``/``lam``
     override it. 28 x 28 mask, 5 start-up iterations; every other I-GOS parameter (iterations,
     integration steps, L1/TV weights, line search) is the registered ``igos`` default unless set
     with ``iterations`` / ``refine_params``.
     """
-    key = str(preset).strip().lower()
-    if key not in SIGCAM_PRESETS:
-        raise FaithmapError(f"unknown sigcam preset {preset!r}; choose from: {', '.join(SIGCAM_PRESETS)}")
+    key = str(p.preset).strip().lower()
     t0, l0 = SIGCAM_PRESETS[key]
-    out = run_aop(model, x, target, base="wgradcam", refine="igos", theta=t0 if theta is None else theta,
-                  lam=l0 if lam is None else lam, resolution=resolution, warmup=warmup, warmup_blur=warmup_blur,
-                  iterations=iterations, layer=layer, base_params=None, refine_params=refine_params,
-                  fast_stages=fast_stages, batch_size=batch_size, seed=seed, name="sigcam")
+    shared = {f.name: getattr(p, f.name) for f in fields(AOPStageParams)}
+    shared.update(theta=t0 if p.theta is None else p.theta, lam=l0 if p.lam is None else p.lam)
+    out = run_aop(model, x, target, AOPParams(base="wgradcam", refine="igos", **shared), name="sigcam")
     out.params["preset"] = key
     return out

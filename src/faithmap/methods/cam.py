@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import make_baseline, upsample
 from ..core.scores import score_of
 from ..errors import FaithmapError
@@ -208,7 +208,7 @@ def rule_gradcam(A: torch.Tensor, G: torch.Tensor):
 
 
 def rule_wgradcam(A: torch.Tensor, G: torch.Tensor):
-    """WGradCAM (``aop_sigcam.txt`` eq. 2): ``w_k = mean_ij (G^k_ij * A^k_ij)``."""
+    """WGradCAM (Zhang, Rao & Yang, AAAI 2021, eq. 2): ``w_k = mean_ij (G^k_ij * A^k_ij)``."""
     w = (G * A).mean((2, 3))
     return combine(w, A), w
 
@@ -301,7 +301,7 @@ def gradient_cam(model, x: torch.Tensor, target: torch.Tensor, rule: Rule, *, la
 _LAYER_DOC = "layer: CAM layer name (default: the model's cam_layer)."
 
 
-@register_method("gradcam", family="cam", resolution="layer", aliases=("grad-cam",),
+@register_method("gradcam", family="cam", resolution="layer", aliases=("grad-cam",), default=True,
                  paper="Selvaraju et al., ICCV 2017",
                  summary="Grad-CAM: activations weighted by their spatially averaged gradients")
 def gradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
@@ -312,11 +312,11 @@ def gradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None =
 
 
 @register_method("wgradcam", family="cam", resolution="layer", aliases=("weighted-gradcam",),
-                 paper="aop_sigcam.txt",
+                 paper="Zhang, Rao & Yang, AAAI 2021",
                  summary="WGradCAM (AOP): weights are the mean of gradient x activation; min-max normalised")
 def wgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
              batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
-    """WGradCAM (Zhang, Rao & Yang, AAAI 2021; ``aop_sigcam.txt`` eq. 2-4).
+    """WGradCAM (Zhang, Rao & Yang, AAAI 2021, eq. 2-4).
 
     ``w_k = 1/Z sum_ij (dF_c/dA^k_ij * A^k_ij)`` (eq. 2), ``M = ReLU(sum_k w_k A^k)`` (eq. 3),
     ``M = (M - min M) / (max M - min M)`` (eq. 4; an all-zero map stays zero). ``F_c`` is the
@@ -327,7 +327,7 @@ def wgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
 
 
 @register_method("gradcam++", family="cam", resolution="layer", aliases=("gradcampp", "grad-cam++"),
-                 paper="Chattopadhyay et al., WACV 2018",
+                 default=True, paper="Chattopadhyay et al., WACV 2018",
                  summary="Grad-CAM++: positive gradients weighted by the closed-form second/third-order alphas")
 def gradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
               variant: str = "paper", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
@@ -360,7 +360,7 @@ def layercam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None 
 
 
 @register_method("hirescam", family="cam", resolution="layer", aliases=("hires-cam",),
-                 paper="Draelos & Carin, arXiv 2011.08891",
+                 paper="Draelos & Carin, arXiv 2011.08891, 2020",
                  summary="HiResCAM: element-wise gradient x activation summed over channels")
 def hirescam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, score: str = "logit",
              batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
@@ -378,7 +378,7 @@ def _spread(x: torch.Tensor, level: float) -> torch.Tensor:
 
 
 @register_method("smoothgradcam++", family="cam", resolution="layer", aliases=("smoothgradcampp", "smooth-gradcam++"),
-                 paper="Omeiza et al., arXiv 1908.01224",
+                 paper="Omeiza et al., arXiv 1908.01224, 2019",
                  summary="Smooth Grad-CAM++: Grad-CAM++ with derivatives averaged over noisy copies of the image",
                  fast={"n_samples": 4})
 def smoothgradcampp(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, n_samples: int = 25,
@@ -579,14 +579,14 @@ def integratedgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: st
 
 
 @register_method("expectedgradcam", family="cam", resolution="layer", aliases=("expected-gradcam", "egcam"),
-                 paper="expected_gradcam.txt",
+                 paper="Buono, Mashhadi, Rahat, Tiwari & Byttner, arXiv 2406.01274, 2024",
                  summary="Expected Grad-CAM: layer gradients at random interpolations from sampled baselines, "
                          "kernel-smoothed",
                  fast={"n_samples": 4})
 def expectedgradcam(model, x: torch.Tensor, target: torch.Tensor, *, layer: str | None = None, n_samples: int = 32,
                     reference: str | torch.Tensor = "blur", kernel: str = "uniform", noise_level: float = 0.1,
                     score: str = "logit", batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
-    """Expected Grad-CAM (Buono et al. 2024; ``expected_gradcam.txt`` section 3, eq. 15-22).
+    """Expected Grad-CAM (Buono, Mashhadi, Rahat, Tiwari & Byttner, 2024, section 3, eq. 15-22).
 
     Reading implemented (the extracted equations are partly garbled):
 

@@ -22,7 +22,7 @@ sum whose other addend comes from below the read-out passes the whole signal to 
   it and the classifier (TorchRay subtracts at a higher layer, as the paper's pool5 / pool4 setups);
   we pass the difference of the two classifier-layer signals down in one backward pass. The map is
   kept signed (TorchRay clamps it at 0; a clamp only turns the negative cells into ties). This is
-  the variant the seed papers' tables call "Excitation BP" (igos.txt Tables 1 and 5, where "MWP" is
+  the variant the seed papers' tables call "Excitation BP" (I-GOS Tables 1 and 5, where "MWP" is
   the plain one).
 
 One forward pass per chunk of images (``batch_size``) and one backward pass that stops at the
@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..errors import FaithmapError
 from ..models.layers import architecture, default_cam_layer, get_layer
 from ..registry import register_method

@@ -28,18 +28,19 @@ copied; it is CC BY-NC): 800 iterations, learning rate 0.01, momentum 0.9, area 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..core.batching import DEFAULT_BATCH_SIZE, model_guard, Seed
-from ..core.explanation import Explanation
+from ..core.batching import model_guard
+from ..explanation import Explanation
 from ..core.perturb import BASELINES, gaussian_blur, make_baseline, phi
 from ..errors import FaithmapError
+from ..params import knob, record
 from ..registry import register_method
-from .mask import MaskOptimizer, MaskState, MomentumStep, PathTerm, check_resolution
+from .mask import MaskOptimizer, MaskRunParams, MaskState, MomentumStep, PathTerm, check_resolution
 
 PAPER_SIZE = 224
 """The input size the paper's pixel settings (step 7, kernel 21, blur 20) are given for."""
@@ -235,25 +236,60 @@ def scaled(value: float | None, paper: float, size: int) -> float:
     return float(value) if value is not None else paper * size / PAPER_SIZE
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExtremalParams(MaskRunParams):
+    """Extremal Perturbation's settings: the mask engine's run, with its own optimiser, smooth masks and
+    blur pyramid (:func:`extremal_perturbation`). Pixel sizes given as None scale the paper's 224 px ones."""
+
+    area: float | None = knob(None, "the mask's area as a fraction of the image (None: 0.1)", "(0, 1)")
+    areas: tuple[float, ...] | None = knob(None, "several areas, one mask each, optimised together")
+    game: str = knob("preserve", "preserve (keep only the mask), delete (remove it) or dual (both)")
+    iterations: int = knob(800, "SGD steps")
+    lr: float = knob(0.01, "SGD learning rate")
+    momentum: float = knob(0.9, "SGD momentum (the dampening is the same)", "[0, 1)")
+    area_weight: float = knob(300.0, "weight of the area loss at the first iteration", "[0, inf)")
+    area_growth: float = knob(1.0035, "factor of that weight per iteration", "(0, inf)")
+    step: int | None = knob(None, "px between mask parameters (None: 7 at 224 px)", "[1, 32]")
+    sigma: float | None = knob(None, "smooth-mask kernel width in px (None: 21 at 224 px)", "(0, inf)")
+    temperature: float = knob(0.05, "temperature of the smooth max", "(0, inf)")
+    levels: int = knob(8, "blur levels of the perturbation", "[2, inf)")
+    max_blur: float | None = knob(None, "sigma of the strongest blur in px (None: 20 at 224 px)", "(0, inf)")
+    jitter: bool = knob(True, "flip the images left-right on even iterations")
+    baseline: str | None = knob(None, "None: the blur pyramid; or a faithmap baseline (blur, zero, ...)")
+    score: str = knob("logit", "the target's score the mask plays on: logit (the paper) or prob")
+
+    def __post_init__(self) -> None:
+        parse_areas(self.area, self.areas)
+        if str(self.game).strip().lower() not in GAMES:
+            raise FaithmapError(f"unknown game {self.game!r} for extremal_perturbation; choose from: preserve, delete, "
+                                f"dual")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise FaithmapError(f"extremal_perturbation baseline must be None (the blur pyramid) or one of: "
+                                f"{', '.join(BASELINES)}, got {self.baseline!r}")
+
+
+def _resolved(p: ExtremalParams, x: torch.Tensor) -> ExtremalParams:
+    """``p`` with the grid, areas, game and pixel sizes of these inputs filled in."""
+    hgt, wid = x.shape[-2:]
+    big = max(hgt, wid)
+    step_px = int(p.step) if p.step is not None else max(1, round(7 * big / PAPER_SIZE))
+    if step_px > min(hgt, wid):
+        raise FaithmapError(f"extremal_perturbation: step must be 1 to {min(hgt, wid)} px, got {step_px}")
+    return replace(p, resolution=check_resolution(p.resolution, x, 1), area=None, areas=parse_areas(p.area, p.areas),
+                   game=str(p.game).strip().lower(), step=step_px, sigma=scaled(p.sigma, 21.0, big),
+                   max_blur=scaled(p.max_blur, 20.0, big))
+
+
 @register_method(
     "extremal_perturbation", family="mask", resolution="mask", min_resolution=1,
     paper="Fong, Patrick & Vedaldi, ICCV 2019", aliases=("extremal", "ep"),
     summary="Extremal Perturbation: smooth masks of a fixed area (sorted-value area loss) that preserve "
             "or delete the target's logit on a blur pyramid",
-    fast={"iterations": 20},
-    bounds={"area": "(0, 1)", "momentum": (0.0, 1.0), "area_weight": (0.0, None), "area_growth": (0.0, None),
-            "step": (1, 32),
-            "temperature": (0.0, None), "levels": (2, None), "max_blur": (0.0, None)},
+    fast={"iterations": 20}, params=ExtremalParams,
 )
-def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area: float | None = None,
-                          areas: tuple[float, ...] | None = None, game: str = "preserve",
-                          resolution: int = 28, iterations: int = 800, lr: float = 0.01,
-                          momentum: float = 0.9, area_weight: float = 300.0, area_growth: float = 1.0035,
-                          step: int | None = None, sigma: float | None = None, temperature: float = 0.05,
-                          levels: int = 8, max_blur: float | None = None, jitter: bool = True,
-                          baseline: str | None = None, score: str = "logit",
-                          batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
-    """Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019; see the module docstring).
+def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, p: ExtremalParams) -> Explanation:
+    """Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019; see the module docstring); settings
+    :class:`ExtremalParams`.
 
     ``area`` (default 0.1) or ``areas`` (several fractions, one mask each, all optimised together):
     the mask's area as a fraction of the image. ``game``: ``preserve`` (keep only the mask: the
@@ -271,54 +307,32 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, area:
     (``masks``), the input-size masks per area (``smooth_masks``), ``areas`` and ``area_residual``
     (``mean((sort(m) - r_a)^2)`` at the end, per image and area).
     """
+    p = _resolved(p, x)
     hgt, wid = x.shape[-2:]
-    big = max(hgt, wid)
-    a = parse_areas(area, areas)
-    key = str(game).strip().lower()
-    if key not in GAMES:
-        raise FaithmapError(f"unknown game {game!r} for extremal_perturbation; choose from: preserve, delete, dual")
-    out_hw = check_resolution(resolution, x, 1)
-    step_px = int(step) if step is not None else max(1, round(7 * big / PAPER_SIZE))
-    sig = scaled(sigma, 21.0, big)
-    blur = scaled(max_blur, 20.0, big)
-    checks = [(iterations >= 0, f"iterations must be 0 or more, got {iterations}"),
-              (lr > 0, f"lr must be positive, got {lr}"), (0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum}"),
-              (area_weight >= 0 and area_growth > 0, "area_weight must be >= 0 and area_growth > 0"),
-              (1 <= step_px <= min(hgt, wid), f"step must be 1 to {min(hgt, wid)} px, got {step_px}"),
-              (sig > 0, f"sigma must be positive, got {sig}"), (temperature > 0, f"temperature must be positive, got {temperature}"),
-              (levels >= 2, f"levels must be at least 2, got {levels}"), (blur > 0, f"max_blur must be positive, got {blur}")]
-    for ok, msg in checks:
-        if not ok:
-            raise FaithmapError(f"extremal_perturbation: {msg}")
-    if baseline is not None and (not isinstance(baseline, str) or baseline not in BASELINES):
-        raise FaithmapError(f"extremal_perturbation baseline must be None (the blur pyramid) or one of: "
-                            f"{', '.join(BASELINES)}, got {baseline!r}")
-    grid = (math.ceil(hgt / step_px), math.ceil(wid / step_px))
-    smooth = SmoothMask(grid, (hgt, wid), sig, temperature, x.device, x.dtype)
-    expand = lambda p, size: 1 - smooth(p)  # the engine's M = 1 - m  # noqa: E731
+    grid = (math.ceil(hgt / p.step), math.ceil(wid / p.step))
+    smooth = SmoothMask(grid, (hgt, wid), p.sigma, p.temperature, x.device, x.dtype)
+    expand = lambda q, size: 1 - smooth(q)  # the engine's M = 1 - m  # noqa: E731
 
     def perturbation(st: MaskState) -> Perturbed:
-        base = None if baseline is None else make_baseline(baseline, st.x, getattr(model, "mean", None),
-                                                           getattr(model, "std", None))
-        return Perturbed(st.x, base, int(levels), blur, bool(jitter))
+        base = None if p.baseline is None else make_baseline(p.baseline, st.x, getattr(model, "mean", None),
+                                                             getattr(model, "std", None))
+        return Perturbed(st.x, base, int(p.levels), p.max_blur, bool(p.jitter))
 
-    terms = [PathTerm(g, k, integrated=False, noise=False) for k in range(len(a)) for g in GAMES[key]]
-    opt = MaskOptimizer(terms=terms, regularizer=AreaLoss(smooth, a, area_weight, area_growth),
-                        step_rule=MomentumStep(lr, momentum, momentum), n_masks=len(a), final="all", reg_on="all",
-                        iterations=int(iterations), ig_steps=1, ls_points=1, noise_std=0.0,
+    terms = [PathTerm(g, k, integrated=False, noise=False) for k in range(len(p.areas)) for g in GAMES[p.game]]
+    opt = MaskOptimizer(terms=terms, regularizer=AreaLoss(smooth, p.areas, p.area_weight, p.area_growth),
+                        step_rule=MomentumStep(p.lr, p.momentum, p.momentum), n_masks=len(p.areas), final="all",
+                        reg_on="all", iterations=int(p.iterations), ig_steps=1, ls_points=1, noise_std=0.0,
                         parametrization=expand, perturbation=perturbation)
     with model_guard(model):
-        params, history = opt.run(model, x, target, resolution=grid, baseline="zero", score=score,
-                                  batch_size=batch_size, seed=seed)
+        params, history = opt.run(model, x, target, resolution=grid, baseline="zero", score=p.score,
+                                  batch_size=p.batch_size, seed=p.seed)
     with torch.no_grad():
         masks = smooth(params)  # (B, K, H, W)
-        residual = AreaLoss.residual(masks, a)
+        residual = AreaLoss.residual(masks, p.areas)
         sal = masks.mean(1)
-        if out_hw != (hgt, wid):
-            sal = F.adaptive_avg_pool2d(sal.unsqueeze(1), out_hw)[:, 0]
+        if p.resolution != (hgt, wid):
+            sal = F.adaptive_avg_pool2d(sal.unsqueeze(1), p.resolution)[:, 0]
     history["area_residual"] = residual
-    out = dict(areas=list(a), game=key, resolution=out_hw, iterations=iterations, lr=lr, momentum=momentum,
-               area_weight=area_weight, area_growth=area_growth, step=step_px, sigma=sig, temperature=temperature,
-               levels=levels, max_blur=blur, jitter=jitter, baseline=baseline, score=score)
-    return Explanation(saliency=sal, target=target, method="extremal_perturbation", params=out, history=history,
-                       extras={"masks": params, "smooth_masks": masks, "areas": list(a), "area_residual": residual})
+    return Explanation(saliency=sal, target=target, method="extremal_perturbation", params=record(p), history=history,
+                       extras={"masks": params, "smooth_masks": masks, "areas": list(p.areas),
+                               "area_residual": residual})

@@ -1,5 +1,5 @@
-"""GAD maps (``gad.txt`` sec. 4.3): the features that a gradient method finds important for the
-original model *and* for every support regression model.
+"""GAD maps (Mazini Rodrigues, Boutry & Najman, 2024, sec. 4.3): the features that a gradient
+method finds important for the original model *and* for every support regression model.
 
 Any registered method can be the base. Each model's map marks its important pixels (the top
 ``fraction`` of the pixels, values > 0; :func:`faithmap.metrics.regions.important_pixels`); the GAD
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.batching import Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..errors import FaithmapError
 from ..metrics.regions import important_pixels
 from ..registry import register_method
@@ -107,7 +107,7 @@ def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, b
 
 
 @register_method(
-    "gad", family="gad", paper="gad.txt",
+    "gad", family="gad", paper="Mazini Rodrigues, Boutry & Najman, 2024",
     summary="GAD: the base method's important pixels (top half) shared by the original and every support "
             "regression model trained on distanced logits (supports=DIR from `faithmap gad`)",
     fast={"base_fast": True},

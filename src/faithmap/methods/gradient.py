@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import BASELINES, make_baseline
 from ..core.scores import score_of
 from ..errors import FaithmapError
@@ -228,7 +228,8 @@ _MAGNITUDE = "abs-sum"
 
 
 @register_method(
-    "saliency", family="gradient", paper="Simonyan et al. 2014", aliases=("gradient", "vanilla-gradient"),
+    "saliency", family="gradient", paper="Simonyan, Vedaldi & Zisserman, ICLR Workshop 2014",
+    aliases=("gradient", "vanilla-gradient"),
     summary="vanilla gradient of the target score with respect to the input pixels",
 )
 def saliency(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logit", reduce: str = _MAGNITUDE,
@@ -244,7 +245,7 @@ def saliency(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logi
 
 
 @register_method(
-    "gradxinput", family="gradient", paper="Shrikumar et al. 2016",
+    "gradxinput", family="gradient", paper="Shrikumar et al., arXiv 1605.01713, 2016",
     aliases=("gradientxinput", "inputxgradient", "gradient-x-input", "input-x-gradient"),
     summary="gradient times input (signed channel sum)",
 )
@@ -257,7 +258,7 @@ def gradxinput(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "lo
 
 
 @register_method(
-    "guidedbackprop", family="gradient", paper="Springenberg et al. 2015",
+    "guidedbackprop", family="gradient", paper="Springenberg et al., ICLR Workshop 2015",
     aliases=("guided-backprop", "guidedbp", "guided-backpropagation"), 
     summary="guided backpropagation: only positive gradients pass through active rectifiers (ReLU, ReLU6)",
 )
@@ -271,7 +272,7 @@ def guidedbackprop(model, x: torch.Tensor, target: torch.Tensor, *, score: str =
 
 
 @register_method(
-    "deconvnet", family="gradient", paper="Zeiler & Fergus 2014", aliases=("deconv", "deconvolution"),
+    "deconvnet", family="gradient", paper="Zeiler & Fergus, ECCV 2014", aliases=("deconv", "deconvolution"),
     summary="deconvnet: rectifiers pass the positive part of the backward signal, ignoring the forward gate",
 )
 def deconvnet(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "logit", reduce: str = _MAGNITUDE,
@@ -284,7 +285,7 @@ def deconvnet(model, x: torch.Tensor, target: torch.Tensor, *, score: str = "log
 
 
 @register_method(
-    "ig", family="gradient", paper="Sundararajan et al. 2017",
+    "ig", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017", default=True,
     aliases=("integratedgradients", "integrated-gradients"),
     summary="Integrated Gradients from a baseline (black, blur, noise, tensor) by Gauss-Legendre or Riemann sums",
     fast={"steps": 8},
@@ -365,7 +366,7 @@ def _smooth(name: str, model, x, target, *, samples, noise_level, sigma, of, sco
 
 
 @register_method(
-    "smoothgrad", family="gradient", paper="Smilkov et al. 2017", fast={"samples": 4},
+    "smoothgrad", family="gradient", paper="Smilkov et al., arXiv 1706.03825, 2017", fast={"samples": 4},
     summary="SmoothGrad: gradient averaged over Gaussian-noised copies of the input",
 )
 def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, noise_level: float = 0.15,
@@ -377,7 +378,7 @@ def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 5
 
 
 @register_method(
-    "smoothgrad2", family="gradient", paper="Hooker et al. 2019", fast={"samples": 4},
+    "smoothgrad2", family="gradient", paper="Hooker et al., NeurIPS 2019", fast={"samples": 4},
     aliases=("smoothgrad-sq", "smoothgrad_sq", "smoothgradsq"),
     summary="SmoothGrad^2: mean of the squared gradient over Gaussian-noised copies of the input",
 )
@@ -391,7 +392,7 @@ def smoothgrad2(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 
 
 
 @register_method(
-    "vargrad", family="gradient", paper="Adebayo et al. 2018", fast={"samples": 4},
+    "vargrad", family="gradient", paper="Adebayo et al., NeurIPS 2018", fast={"samples": 4},
     summary="VarGrad: variance of the gradient over Gaussian-noised copies of the input",
 )
 def vargrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, noise_level: float = 0.15,
@@ -405,7 +406,7 @@ def vargrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, 
 
 # -- Expected Gradients ----------------------------------------------------------------------------
 @register_method(
-    "expectedgradients", family="gradient", paper="Erion et al. 2021", fast={"samples": 4},
+    "expectedgradients", family="gradient", paper="Erion et al., Nature Machine Intelligence 2021", fast={"samples": 4},
     aliases=("expected-gradients",),
     summary="Expected Gradients: IG averaged over references drawn from a set and random path points",
 )

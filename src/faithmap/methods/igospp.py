@@ -1,4 +1,4 @@
-"""iGOS++ (Khorram et al., ACM CHIL 2021; ``igos_plus_plus.txt``) and its Table 3 ablations.
+"""iGOS++ (Khorram, Lawson & Li, ACM CHIL 2021) and its Table 3 ablations.
 
 iGOS++ is the second configuration of the mask engine (:mod:`faithmap.methods.mask`): two masks,
 a deletion mask ``Md`` and an insertion mask ``Mi``, four integrated-gradient terms (eq. 6), the
@@ -8,14 +8,17 @@ bilateral TV on their product (eq. 7) and the revised Armijo condition over the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
 import torch
 
-from ..core.batching import DEFAULT_BATCH_SIZE, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..errors import FaithmapError
+from ..params import build, knob
 from ..registry import register_method
-from .mask import (ArmijoLineSearch, FixedStep, L1BTV, MaskOptimizer, PathTerm, check_init, check_resolution, default_l1,
-                   parse_quadrature, run_mask_method)
+from .mask import (FixedStep, IGOSParams, L1BTV, MaskOptimizer, PathTerm, check_init, check_resolution, default_l1,
+                   line_search, parse_quadrature, run_mask_method)
 
 ABLATIONS = {
     "insertion": "insertion only: one mask, I-GOS with its deletion term replaced by the insertion term",
@@ -24,7 +27,7 @@ ABLATIONS = {
     "fixed-step": "a fixed step size (step_size) instead of the line search",
     "no-btv": "no smoothness term (the same as l2 = 0)",
 }
-"""Table 3 of ``igos_plus_plus.txt``: ``--ablation NAME`` (several: comma-separated)."""
+"""Table 3 of the iGOS++ paper: ``--ablation NAME`` (several: comma-separated)."""
 
 _ALIASES = {"insertion-only": "insertion", "ins": "insertion", "i-gos+insertion": "naive",
             "igos+insertion": "naive", "naive-insertion": "naive", "nonoise": "no-noise",
@@ -53,73 +56,77 @@ def parse_ablation(ablation: str | None) -> set[str]:
     return out
 
 
-def igospp_optimizer(resolution, *, iterations: int = 15, ig_steps: int = 20, l1: float | None = None,
-                     l2: float = 20.0, smooth: str = "btv", tv_beta: float = 2.0, sigma: float = 0.01,
-                     noise_std: float = 0.2, noise_product: bool = False, data_scale: float | None = None,
-                     alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4, alpha_min: float = 1e-5,
-                     ls_points: int = 2, ls_window: int | None = None, warm_start: bool = False, step_size: float = 1.0,
-                     ablation: str | None = None, quadrature: str = "riemann", ls_noise: bool = False,
-                     tol: float = 0.0) -> MaskOptimizer:
-    """The :class:`MaskOptimizer` of iGOS++ (or of one of its ablations) at ``resolution``."""
-    abl = parse_ablation(ablation)
-    if smooth not in ("btv", "tv"):
-        raise FaithmapError(f"smooth must be 'btv' or 'tv', got {smooth!r}")
-    if ls_points < 1 or ig_steps < 1 or iterations < 0:
-        raise FaithmapError("ig_steps and ls_points must be at least 1, iterations at least 0")
-    if tol < 0 or noise_std < 0:
-        raise FaithmapError("tol and noise_std must be at least 0")
-    rule, ig_steps = parse_quadrature(quadrature, ig_steps)
-    l1 = default_l1(resolution) if l1 is None else l1
-    if "no-btv" in abl:
-        l2 = 0.0
-    noisy = noise_std > 0 and "no-noise" not in abl
+@dataclass(frozen=True, kw_only=True)
+class IGOSPPParams(IGOSParams):
+    """iGOS++'s settings: I-GOS's (:class:`faithmap.methods.mask.IGOSParams`), with what iGOS++ changes
+    or adds (:func:`igos_plus_plus` gives the equations)."""
+
+    ls_points: int = knob(2, "path points averaged in the line-search objective (eq. 8)")
+    step_size: float = knob(1.0, "the step of the fixed-step ablation")
+    smooth: Literal["btv", "tv"] = knob("btv", "smoothness term: bilateral TV (eq. 7) or plain TV")
+    tv_beta: float = knob(2.0, "exponent of the TV's neighbour differences")
+    sigma: float = knob(0.01, "width of the bilateral TV's image guidance")
+    noise_product: bool = knob(False, "noise on the product terms too (the authors' code)")
+    data_scale: float | None = knob(None, "weight of the data terms (None: 1/2 with two masks, else 1)")
+    ablation: str | None = knob(None, "Table 3 ablations, comma-separated: " + ", ".join(ABLATIONS))
+    final_mask: str = knob("product", "the map: product (1 - Md*Mi), deletion (1 - Md) or insertion (1 - Mi)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        abl = parse_ablation(self.ablation)
+        final = FINAL_MASKS.get(str(self.final_mask).strip().lower())
+        if final is None:
+            raise FaithmapError(f"unknown final_mask {self.final_mask!r} for igos++; choose from: product, deletion, "
+                                f"insertion")
+        if final != "product" and abl & {"insertion", "naive"}:
+            raise FaithmapError(f"final_mask={self.final_mask!r} needs iGOS++'s two masks; ablation {self.ablation!r} "
+                                f"has one")
+
+
+def _terms(abl: set[str], noisy: bool, noise_product: bool, data_scale: float | None):
+    """iGOS++'s data terms (eq. 6), or those of a one-mask ablation: (terms, number of masks, final mask)."""
     if "insertion" in abl:
         w = 1.0 if data_scale is None else data_scale
-        terms = [PathTerm("insertion", 0, noise=noisy, weight=w)]
-        n_masks, final = 1, 0
-    elif "naive" in abl:
+        return [PathTerm("insertion", 0, noise=noisy, weight=w)], 1, 0
+    if "naive" in abl:
         w = 1.0 if data_scale is None else data_scale
-        terms = [PathTerm("deletion", 0, noise=noisy, weight=w), PathTerm("insertion", 0, noise=noisy, weight=w)]
-        n_masks, final = 1, 0
-    else:
-        # eq. 6: deletion and insertion on the product, deletion on Md (mask 0), insertion on Mi
-        # (mask 1); noise on the two single-mask terms (the paper; noise_product adds it to the
-        # product terms too, as the authors' code). data_scale: the authors' /2, applied to the
-        # direction AND to the line-search objective so both are on one scale.
-        w = 0.5 if data_scale is None else data_scale
-        terms = [PathTerm("deletion", "product", noise=noisy and noise_product, weight=w),
-                 PathTerm("insertion", "product", noise=noisy and noise_product, weight=w),
-                 PathTerm("deletion", 0, noise=noisy, weight=w),
-                 PathTerm("insertion", 1, noise=noisy, weight=w)]
-        n_masks, final = 2, "product"
-    if "fixed-step" in abl:
-        step_rule = FixedStep(step_size)
-    else:
-        step_rule = ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start)
-    return MaskOptimizer(terms=terms, regularizer=L1BTV(l1, l2, tv_beta, sigma, smooth), step_rule=step_rule,
-                         n_masks=n_masks, final=final, reg_on=final, iterations=iterations, ig_steps=ig_steps,
-                         ls_points=ls_points, noise_std=noise_std if noisy else 0.0, quadrature=rule,
-                         ls_noise=bool(ls_noise) and noisy, tol=float(tol))
+        return [PathTerm("deletion", 0, noise=noisy, weight=w), PathTerm("insertion", 0, noise=noisy, weight=w)], 1, 0
+    # eq. 6: deletion and insertion on the product, deletion on Md (mask 0), insertion on Mi
+    # (mask 1); noise on the two single-mask terms (the paper; noise_product adds it to the
+    # product terms too, as the authors' code). data_scale: the authors' /2, applied to the
+    # direction AND to the line-search objective so both are on one scale.
+    w = 0.5 if data_scale is None else data_scale
+    return [PathTerm("deletion", "product", noise=noisy and noise_product, weight=w),
+            PathTerm("insertion", "product", noise=noisy and noise_product, weight=w),
+            PathTerm("deletion", 0, noise=noisy, weight=w),
+            PathTerm("insertion", 1, noise=noisy, weight=w)], 2, "product"
+
+
+def igospp_optimizer(resolution, config: IGOSPPParams | None = None, **params: Any) -> MaskOptimizer:
+    """The :class:`MaskOptimizer` of iGOS++ (or of one of its ablations) at ``resolution``, from the
+    settings ``config`` (default: iGOS++'s) with ``params`` set (:func:`faithmap.params.build`)."""
+    p = build(IGOSPPParams, "method igos++", config, params)
+    abl = parse_ablation(p.ablation)
+    rule, ig_steps = parse_quadrature(p.quadrature, p.ig_steps)
+    noisy = p.noise_std > 0 and "no-noise" not in abl
+    terms, n_masks, final = _terms(abl, noisy, p.noise_product, p.data_scale)
+    l1 = default_l1(resolution) if p.l1 is None else p.l1
+    l2 = 0.0 if "no-btv" in abl else p.l2
+    step_rule = FixedStep(p.step_size) if "fixed-step" in abl else line_search(p)
+    return MaskOptimizer(terms=terms, regularizer=L1BTV(l1, l2, p.tv_beta, p.sigma, p.smooth), step_rule=step_rule,
+                         n_masks=n_masks, final=final, reg_on=final, iterations=p.iterations, ig_steps=ig_steps,
+                         ls_points=p.ls_points, ls_rule=p.ls_rule, noise_std=p.noise_std if noisy else 0.0,
+                         quadrature=rule, ls_noise=p.ls_noise and noisy, tol=float(p.tol))
 
 
 @register_method(
-    "igos++", family="mask", resolution="mask", min_resolution=2, paper="igos_plus_plus.txt",
+    "igos++", family="mask", resolution="mask", min_resolution=2, paper="Khorram, Lawson & Li, ACM CHIL 2021",
     aliases=("igospp", "igos_pp"),
     summary="iGOS++: separate deletion and insertion masks, integrated gradients, bilateral TV, line search",
-    fast={"iterations": 4, "ig_steps": 6},
-    bounds={"tol": "[0, inf)"},  # iterations, ig_steps, ls_points, noise_std: faithmap.params.COMMON_BOUNDS
+    fast={"iterations": 4, "ig_steps": 6}, params=IGOSPPParams,
 )
-def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
-                   ig_steps: int = 20, l1: float | None = None, l2: float = 20.0, smooth: str = "btv",
-                   tv_beta: float = 2.0, sigma: float = 0.01, noise_std: float = 0.2, noise_product: bool = False,
-                   data_scale: float | None = None, alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4,
-                   alpha_min: float = 1e-5, ls_points: int = 2, ls_window: int | None = None, warm_start: bool = False,
-                   step_size: float = 1.0, ablation: str | None = None, quadrature: str = "riemann",
-                   ls_noise: bool = False, tol: float = 0.0, baseline: str | torch.Tensor = "blur",
-                   score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-                   seed: Seed = 0, init: torch.Tensor | None = None, warmup: int = 0,
-                   warmup_blur: float = 0.5, final_mask: str = "product") -> Explanation:
-    """iGOS++ (``igos_plus_plus.txt`` eq. 4-8).
+def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, p: IGOSPPParams) -> Explanation:
+    """iGOS++ (Khorram, Lawson & Li, ACM CHIL 2021, eq. 4-8); settings :class:`IGOSPPParams`.
 
     Minimises ``f(phi(I, B, Md)) - f(phi(B, I, Mi)) + f(phi(I, B, Md*Mi)) - f(phi(B, I, Md*Mi))
     + l1 * mean|1 - Md*Mi| + l2 * BTV(I, Md*Mi)`` over two ``resolution`` x ``resolution`` masks
@@ -135,44 +142,33 @@ def igos_plus_plus(model, x: torch.Tensor, target: torch.Tensor, *, resolution: 
     224 x 224 and 1 otherwise.
 
     ``ablation`` (Table 3): ``insertion``, ``naive``, ``no-noise``, ``fixed-step`` (``step_size``, 1 as in
-    the fixed-step ablation of ``igos.txt`` Table 3),
+    the fixed-step ablation of the I-GOS paper's Table 3),
     ``no-btv``; comma-separated to combine. Returns saliency ``1 - Md*Mi`` at mask resolution;
     ``extras["masks"]`` holds the masks, ``history`` the line-search objective and steps.
 
     ``quadrature``, ``ls_noise`` and ``tol`` as in :func:`faithmap.methods.mask.igos` (``gl5``:
     five Gauss-Legendre nodes per IG term instead of ``ig_steps`` Riemann points).
 
-    ``init`` (B, h, w), AOP's start (``aop_sigcam.txt`` eq. 5), is the start of the *combined*
+    ``init`` (B, h, w), AOP's start (Zhang, Rao & Yang, AAAI 2021, eq. 5), is the start of the *combined*
     mask ``Md * Mi``: both masks start at ``sqrt(init)``, so the product that the regulariser and
     the saliency use starts exactly at ``init`` and neither game is favoured (one-mask ablations
     start at ``init``). ``warmup`` iterations use a weaker blur (``warmup_blur``; see
     :func:`faithmap.methods.mask.warmup_schedule`).
 
     ``final_mask`` picks the map: ``product`` (``1 - Md*Mi``, iGOS++), ``deletion`` (``1 - Md``) or
-    ``insertion`` (``1 - Mi``) alone, the rows of ``igos_plus_plus.txt`` Table 5 (preset
+    ``insertion`` (``1 - Mi``) alone, the rows of the paper's Table 5 (preset
     ``igospp-table5``); the optimisation is the same. One-mask ablations have only ``product``.
     """
-    h, w = check_resolution(resolution, x, 2)
-    final = FINAL_MASKS.get(str(final_mask).strip().lower())
-    if final is None:
-        raise FaithmapError(f"unknown final_mask {final_mask!r} for igos++; choose from: product, deletion, insertion")
-    opt = igospp_optimizer((h, w), iterations=iterations, ig_steps=ig_steps, l1=l1, l2=l2, smooth=smooth,
-                           tv_beta=tv_beta, sigma=sigma, noise_std=noise_std, noise_product=noise_product,
-                           data_scale=data_scale, alpha_max=alpha_max, decay=decay, beta=beta, alpha_min=alpha_min,
-                           ls_points=ls_points, ls_window=ls_window, warm_start=warm_start, step_size=step_size,
-                           ablation=ablation, quadrature=quadrature, ls_noise=ls_noise, tol=tol)
-    params = dict(resolution=(h, w), iterations=iterations, ig_steps=opt.ig_steps, quadrature=opt.quadrature,
-                  l1=opt.regularizer.l1, l2=opt.regularizer.l2, smooth=smooth, noise_std=opt.noise_std,
-                  ls_points=ls_points, ls_noise=opt.ls_noise, tol=opt.tol,
-                  ablation=",".join(sorted(parse_ablation(ablation))) or None, seed=seed)
+    hw = check_resolution(p.resolution, x, 2)
+    opt = igospp_optimizer(hw, p)
+    final = FINAL_MASKS[p.final_mask.strip().lower()]
     if final != "product":
-        if opt.n_masks != 2:
-            raise FaithmapError(f"final_mask={final_mask!r} needs iGOS++'s two masks; ablation {ablation!r} has one")
         opt.final = final
-        params["final_mask"] = {0: "deletion", 1: "insertion"}[final]
-    start = check_init(init, x, (h, w))
+    start = check_init(p.init, x, hw)
     if start is not None and opt.n_masks == 2:
         start = start.sqrt()
-    return run_mask_method(opt, model, x, target, name="igos++", params=params, resolution=(h, w),
-                           baseline=baseline, score=score, batch_size=batch_size, seed=seed, init=start,
-                           warmup=warmup, warmup_blur=warmup_blur)
+    p = replace(p, resolution=hw, ig_steps=opt.ig_steps, quadrature=opt.quadrature, l1=opt.regularizer.l1,
+                l2=opt.regularizer.l2, noise_std=opt.noise_std, ls_noise=opt.ls_noise,
+                ablation=",".join(sorted(parse_ablation(p.ablation))) or None,
+                final_mask={0: "deletion", 1: "insertion"}.get(final, "product"))
+    return run_mask_method(opt, model, x, target, p, name="igos++", init=start)

@@ -17,17 +17,19 @@ Masks live at low resolution (``resolution`` x ``resolution``), start at ones (1
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, per_image_generators, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
+from ..core.progress import ticker
 from ..core.perturb import blur_params, gaussian_blur, grid_size, make_baseline, phi, upsample
 from ..core.regularizers import btv, l1_keep, tv
 from ..core.scores import score_of
 from ..errors import FaithmapError
+from ..params import knob, record
 from ..registry import register_method
 
 
@@ -162,7 +164,7 @@ def _evaluate(st: MaskState, terms: Sequence[PathTerm], masks: torch.Tensor, ent
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class ArmijoLineSearch:
-    """Backtracking line search with the revised Armijo condition of I-GOS (``igos.txt`` eq. 9).
+    """Backtracking line search with the revised Armijo condition of I-GOS (Qi, Khorram & Li, AAAI 2020, eq. 9).
 
     Steps come from the grid ``alpha_max * decay^j`` (down to the first below ``alpha_min``). A step
     is accepted when ``F(P(M - a*TG)) - F(M) <= -a * beta * TG.TG`` (P clips to [0, 1]) and the next
@@ -522,6 +524,7 @@ class MaskOptimizer:
         needs_f = isinstance(self.step_rule, ArmijoLineSearch)
         active = torch.ones(b, dtype=torch.bool, device=x.device)  # images still optimised (tol)
         t0 = time.perf_counter()
+        tick = ticker(self.iterations, "iteration")  # progress inside the image, for who asked (faithmap.explain)
         for it in range(self.iterations):
             st.iteration = it
             if baseline_schedule is not None:
@@ -561,6 +564,7 @@ class MaskOptimizer:
             hist["seconds"].append(time.perf_counter() - t0)
             if counter is not None:  # cumulative images through the model (whole batch) after this iteration
                 hist["images"].append(counter.images - start_images)
+            tick()
             if not active.any():
                 break
         history = {"loss": torch.stack(hist["loss"], 1) if hist["loss"] else torch.empty(b, 0),
@@ -577,6 +581,78 @@ class _Substate(MaskState):
                          [st.generators[i] for i in idx.tolist()], st.noise_std, st.expand, None, st.iteration)
         if st.compose is not None:  # the hook indexes the whole batch: map this view's indices back
             self.compose = lambda i, keep, it, _c=st.compose, _idx=idx: _c(_idx[i], keep, it)
+
+
+# ----------------------------------------------------------------------------------------------
+# settings shared by the mask family (faithmap.params: each field's type, default, range and help)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class BatchParams:
+    """What every method with a settings dataclass takes: the batching and the seed."""
+
+    batch_size: int | None = knob(DEFAULT_BATCH_SIZE, "most images per forward pass (None: chosen by device)")
+    seed: Seed = knob(0, "seed of each image's random generator (one, one per image, or None)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineParams(BatchParams):
+    """What every method of the mask family takes: the map's grid, the batching and the seed."""
+
+    resolution: int | tuple[int, int] = knob(28, "mask cells per side, or (rows, columns)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupParams:
+    """AOP's start-up: a weaker blur baseline for the first iterations (:func:`warmup_schedule`)."""
+
+    warmup: int = knob(0, "first iterations on a weaker blur baseline (AOP's start-up)")
+    warmup_blur: float = knob(0.5, "scale of that weaker blur's kernel and sigma")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskRunParams(EngineParams):
+    """One run of :class:`MaskOptimizer`: its iterations, what deleted pixels show, which score."""
+
+    iterations: int = knob(15, "optimisation steps")
+    baseline: str | torch.Tensor = knob("blur", "what deleted pixels show: blur, zero, ... or a tensor")
+    score: str = knob("prob", "the target's score the masks play on: prob or logit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskStartParams(WarmupParams, MaskRunParams):
+    """A mask run that AOP's refinement stage can start from a given mask."""
+
+    init: torch.Tensor | None = knob(None, "start mask (B, h, w) in [0, 1] instead of ones (AOP)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IGOSParams(MaskStartParams):
+    """I-GOS's settings (Qi, Khorram & Li, AAAI 2020); :func:`igos` gives the equations."""
+
+    ig_steps: int = knob(20, "points of the integrated gradient's mask path (eq. 5)")
+    quadrature: str = knob("riemann", "path rule: riemann (the paper), gl, or glN Gauss-Legendre nodes")
+    l1: float | None = knob(None, "weight of mean|1 - M| (None: 1, or 10 at 224 x 224)")
+    l2: float = knob(20.0, "weight of the total variation of M")
+    noise_std: float = knob(0.2, "Gaussian noise on the gradient's path images (normalised space)")
+    alpha_max: float = knob(1000.0, "largest line-search step")
+    decay: float = knob(0.2, "factor between consecutive line-search steps")
+    beta: float = knob(1e-4, "sufficient-decrease constant of the revised Armijo condition (eq. 9)")
+    alpha_min: float = knob(1e-5, "the line search stops at the first step below this")
+    ls_points: int = knob(3, "path points averaged in the line-search objective (1: the mask itself)")
+    ls_noise: bool = knob(False, "line-search objective on noisy path images, drawn afresh every iteration")
+    ls_window: int | None = knob(None, "line-search steps tried per pass (None: by device, 0: all)")
+    warm_start: bool = knob(False, "start each line search one step above the last accepted one")
+    ls_rule: Literal["right", "mid", "gl"] = knob("right", "rule of the line-search objective's path points")
+    tol: float = knob(0.0, "stop an image once an iteration lowers its objective by less", "[0, inf)")
+    step_size: float | None = knob(None, "a fixed step instead of the line search (Table 3's fixed-step ablation)")
+
+    def __post_init__(self) -> None:
+        parse_quadrature(self.quadrature, self.ig_steps)
+
+
+def line_search(p: IGOSParams) -> ArmijoLineSearch:
+    """The revised Armijo line search of I-GOS and iGOS++ from their settings."""
+    return ArmijoLineSearch(p.alpha_max, p.decay, p.beta, p.alpha_min, window=p.ls_window, warm_start=p.warm_start)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -640,7 +716,7 @@ def check_init(init: torch.Tensor | None, x: torch.Tensor, resolution) -> torch.
 
 def warmup_schedule(x: torch.Tensor, baseline, warmup: int, warmup_blur: float
                     ) -> Callable[[int], torch.Tensor | None] | None:
-    """AOP's start-up (``aop_sigcam.txt``, SIGCAM section): a weaker blur baseline for the first
+    """AOP's start-up (Zhang, Rao & Yang, AAAI 2021, SIGCAM section): a weaker blur baseline for the first
     ``warmup`` iterations, then the full one.
 
     The paper gives no numbers for the weaker blur. We scale the full blur's kernel size and sigma
@@ -652,49 +728,38 @@ def warmup_schedule(x: torch.Tensor, baseline, warmup: int, warmup_blur: float
         return None
     if not (isinstance(baseline, str) and baseline == "blur"):
         raise FaithmapError("warmup (a weaker blur for the first iterations) needs baseline='blur'")
-    if not 0 < warmup_blur <= 1:
-        raise FaithmapError(f"warmup_blur must be in (0, 1], got {warmup_blur}")
     k, sigma = blur_params(max(x.shape[-2:]))
     kw = max(1, 2 * int(round((k * warmup_blur - 1) / 2)) + 1)
     weak = gaussian_blur(x, kw, sigma * warmup_blur)
     return lambda it: weak if it < warmup else None
 
 
-def run_mask_method(optimizer: MaskOptimizer, model, x, target, *, name: str, params: dict, resolution,
-                    baseline, score, batch_size, seed, init=None, baseline_schedule=None, warmup: int = 0,
-                    warmup_blur: float = 0.5) -> Explanation:
-    """Run ``optimizer`` under the model guard and package the result as an :class:`Explanation`.
+def run_mask_method(optimizer: MaskOptimizer, model, x, target, p: MaskStartParams, *, name: str,
+                    init: torch.Tensor | None = None) -> Explanation:
+    """Run ``optimizer`` with the settings ``p`` (resolved: ``p.resolution`` a grid) under the model guard,
+    and package the result as an :class:`Explanation` whose ``params`` are ``p``'s values.
 
-    ``init`` (:func:`check_init`) starts the masks there instead of at ones; ``warmup`` > 0 uses
-    :func:`warmup_schedule` as the baseline schedule (AOP's refinement stage).
+    The masks start at ``init`` when given (already a checked start), else at ``p.init``
+    (:func:`check_init`) or ones; ``p.warmup`` > 0 uses :func:`warmup_schedule` as the baseline
+    schedule (AOP's refinement stage).
     """
-    init = check_init(init, x, resolution)
-    if warmup:
-        baseline_schedule = warmup_schedule(x, baseline, int(warmup), warmup_blur)
+    start = init if init is not None else check_init(p.init, x, p.resolution)
+    schedule = warmup_schedule(x, p.baseline, int(p.warmup), p.warmup_blur) if p.warmup else None
     with model_guard(model):
-        masks, history = optimizer.run(model, x, target, resolution=resolution, baseline=baseline, score=score,
-                                       batch_size=batch_size, seed=seed, init=init,
-                                       baseline_schedule=baseline_schedule)
+        masks, history = optimizer.run(model, x, target, resolution=p.resolution, baseline=p.baseline, score=p.score,
+                                       batch_size=p.batch_size, seed=p.seed, init=start, baseline_schedule=schedule)
     final = combine_masks(masks, optimizer.final)[:, 0]
-    return Explanation(saliency=1.0 - final, target=target, method=name, params=params, history=history,
+    return Explanation(saliency=1.0 - final, target=target, method=name, params=record(p), history=history,
                        extras={"masks": masks})
 
 
 @register_method(
-    "igos", family="mask", resolution="mask", min_resolution=2, paper="igos.txt",
+    "igos", family="mask", resolution="mask", min_resolution=2, paper="Qi, Khorram & Li, AAAI 2020",
     summary="I-GOS: deletion mask optimised with integrated gradients and a revised Armijo line search",
-    fast={"iterations": 5, "ig_steps": 8},
-    bounds={"tol": "[0, inf)"},  # iterations, ig_steps, ls_points, noise_std: faithmap.params.COMMON_BOUNDS
+    fast={"iterations": 5, "ig_steps": 8}, params=IGOSParams,
 )
-def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28, iterations: int = 15,
-         ig_steps: int = 20, quadrature: str = "riemann", l1: float | None = None, l2: float = 20.0,
-         noise_std: float = 0.2, alpha_max: float = 1000.0, decay: float = 0.2, beta: float = 1e-4,
-         alpha_min: float = 1e-5, ls_points: int = 3, ls_noise: bool = False, ls_window: int | None = None,
-         warm_start: bool = False, ls_rule: str = "right", tol: float = 0.0,
-         baseline: str | torch.Tensor = "blur", score: str = "prob",
-         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0, init: torch.Tensor | None = None,
-         warmup: int = 0, warmup_blur: float = 0.5, step_size: float | None = None) -> Explanation:
-    """I-GOS (Qi, Khorram & Li, AAAI 2020; ``igos.txt`` section 3).
+def igos(model, x: torch.Tensor, target: torch.Tensor, p: IGOSParams) -> Explanation:
+    """I-GOS (Qi, Khorram & Li, AAAI 2020, section 3); settings :class:`IGOSParams`.
 
     Minimises ``f_c(phi(I, B, up(M))) + l1 * mean|1 - M| + l2 * TV(M)`` (eq. 2) over a
     ``resolution`` x ``resolution`` mask. The data term's gradient is replaced by the integrated
@@ -706,7 +771,7 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
     ``init`` (B, h, w) replaces the all-ones start and ``warmup`` iterations use a blur weaker by
     ``warmup_blur`` (:func:`warmup_schedule`): AOP's refinement stage (``aop``, ``sigcam``).
     ``step_size`` replaces the line search by that fixed step (the "fixed step size" ablation of
-    ``igos.txt`` Table 3 uses 1; preset ``igos-table3``).
+    the paper's Table 3 uses 1; preset ``igos-table3``).
 
     ``quadrature`` (:func:`parse_quadrature`): ``riemann`` (the paper's ``ig_steps`` points) or
     ``gl5``-style Gauss-Legendre nodes on the mask path (5 nodes: a quarter of the gradient
@@ -717,23 +782,13 @@ def igos(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tupl
     Returns saliency ``1 - M`` at mask resolution; history holds ``loss``, ``alpha`` and the
     cumulative model ``images`` per iteration.
     """
-    h, w = check_resolution(resolution, x, 2)
-    rule, n_path = parse_quadrature(quadrature, ig_steps)
-    if ls_points < 1 or iterations < 0 or noise_std < 0 or tol < 0:
-        raise FaithmapError("igos: ls_points must be at least 1; iterations, noise_std and tol at least 0")
-    l1 = default_l1((h, w)) if l1 is None else l1
-    if step_size is not None and not step_size > 0:
-        raise FaithmapError(f"igos step_size must be a positive fixed step (or None for the line search), got {step_size}")
+    hw = check_resolution(p.resolution, x, 2)
+    rule, n_path = parse_quadrature(p.quadrature, p.ig_steps)
+    p = replace(p, resolution=hw, ig_steps=n_path, quadrature=rule, l1=default_l1(hw) if p.l1 is None else p.l1)
     opt = MaskOptimizer(
-        terms=[PathTerm("deletion", 0, integrated=True, noise=noise_std > 0)],
-        regularizer=L1TV(l1, l2),
-        step_rule=ArmijoLineSearch(alpha_max, decay, beta, alpha_min, window=ls_window, warm_start=warm_start)
-        if step_size is None else FixedStep(float(step_size)),
-        iterations=iterations, ig_steps=n_path, ls_points=ls_points, noise_std=noise_std, ls_rule=ls_rule,
-        quadrature=rule, ls_noise=bool(ls_noise), tol=float(tol))
-    params = dict(resolution=(h, w), iterations=iterations, ig_steps=n_path, quadrature=rule, l1=l1, l2=l2,
-                  noise_std=noise_std, ls_points=ls_points, ls_noise=bool(ls_noise), tol=float(tol), seed=seed,
-                  **({} if step_size is None else {"step_size": step_size}))
-    return run_mask_method(opt, model, x, target, name="igos", params=params, resolution=(h, w), baseline=baseline,
-                           score=score, batch_size=batch_size, seed=seed, init=init, warmup=warmup,
-                           warmup_blur=warmup_blur)
+        terms=[PathTerm("deletion", 0, integrated=True, noise=p.noise_std > 0)],
+        regularizer=L1TV(p.l1, p.l2),
+        step_rule=line_search(p) if p.step_size is None else FixedStep(float(p.step_size)),
+        iterations=p.iterations, ig_steps=p.ig_steps, ls_points=p.ls_points, noise_std=p.noise_std,
+        ls_rule=p.ls_rule, quadrature=p.quadrature, ls_noise=p.ls_noise, tol=float(p.tol))
+    return run_mask_method(opt, model, x, target, p, name="igos")

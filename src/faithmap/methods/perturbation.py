@@ -1,7 +1,7 @@
 """The perturbation baselines of the I-GOS and iGOS++ tables: meaningful perturbation ("Mask"),
 RISE and occlusion.
 
-* ``mask`` — Fong & Vedaldi (ICCV 2017), the objective of ``igos.txt`` eq. 2 minimised by plain
+* ``mask`` — Fong & Vedaldi (ICCV 2017), the objective of I-GOS's eq. 2 minimised by plain
   projected gradient steps (Adam) on the mask engine of :mod:`faithmap.methods.mask`;
 * ``rise`` — Petsiuk, Das & Saenko (BMVC 2018): random binary cell masks, upsampled and shifted,
   weighted by the model's score;
@@ -14,30 +14,32 @@ All three send every perturbed image through the model in batches of at most ``b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from ..core.batching import (Seed, DEFAULT_BATCH_SIZE, chunks, image_runs, model_guard, per_image_generators,
                              resolve_batch_size)
-from ..core.explanation import Explanation
+from ..explanation import Explanation
+from ..core.progress import ticker
 from ..core.perturb import make_baseline, phi
 from ..core.scores import score_of
 from ..errors import FaithmapError
+from ..params import knob
 from ..registry import register_method
-from .mask import AdamStep, MaskOptimizer, PathTerm, check_resolution, run_mask_method
+from .mask import AdamStep, MaskOptimizer, MaskStartParams, PathTerm, check_resolution, run_mask_method
 
 
 # ----------------------------------------------------------------------------------------------
-# meaningful perturbation (the "Mask" rows of igos.txt Tables 1-2 and 4)
+# meaningful perturbation (the "Mask" rows of the I-GOS paper's Tables 1-2 and 4)
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class SumL1TV:
     """Fong & Vedaldi's regulariser in their units: ``l1 * sum|1 - M| + l2 * sum |grad M|^beta``.
 
     Sums over the cells of the low-resolution mask and over its vertical and horizontal
-    neighbour differences (``igos.txt`` eq. 2 with the weights of the meaningful-perturbation
+    neighbour differences (I-GOS eq. 2 with the weights of the meaningful-perturbation
     paper, lambda1 = 1e-4, lambda2 = 1e-2, beta = 3).
     """
 
@@ -52,40 +54,43 @@ class SumL1TV:
         return self.l1 * (1 - m).abs().flatten(1).sum(1) + self.l2 * (dv + dh)
 
 
+@dataclass(frozen=True, kw_only=True)
+class MaskParams(MaskStartParams):
+    """The settings of meaningful perturbation (``mask``): the mask engine's, with Fong & Vedaldi's
+    objective and step (:func:`meaningful_perturbation`)."""
+
+    iterations: int = knob(500, "projected Adam steps (500, as in the I-GOS paper's Table 4)")
+    lr: float = knob(0.1, "Adam's learning rate")
+    l1: float = knob(1e-4, "weight of sum|1 - M| (Fong & Vedaldi's lambda1)")
+    l2: float = knob(1e-2, "weight of sum|grad M|^tv_beta (their lambda2)")
+    tv_beta: float = knob(3.0, "exponent of the mask's neighbour differences")
+    noise_std: float = knob(0.0, "Gaussian noise on the masked image at every step")
+
+
 @register_method(
-    "mask", family="mask", resolution="mask", min_resolution=2, paper="igos.txt eq. 2 (Fong & Vedaldi 2017)",
+    "mask", family="mask", resolution="mask", min_resolution=2,
+    paper="Fong & Vedaldi, ICCV 2017 (as compared in Qi, Khorram & Li, AAAI 2020)",
     aliases=("meaningful_perturbation", "fong_vedaldi"),
     summary="meaningful perturbation: a deletion mask optimised by plain gradient steps (Adam)",
-    fast={"iterations": 20},
+    fast={"iterations": 20}, params=MaskParams,
 )
-def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, *, resolution: int | tuple[int, int] = 28,
-                            iterations: int = 500, lr: float = 0.1, l1: float = 1e-4, l2: float = 1e-2,
-                            tv_beta: float = 3.0, noise_std: float = 0.0, baseline: str | torch.Tensor = "blur",
-                            score: str = "prob", batch_size: int | None = DEFAULT_BATCH_SIZE,
-                            seed: Seed = 0, init: torch.Tensor | None = None, warmup: int = 0,
-                            warmup_blur: float = 0.5) -> Explanation:
-    """Meaningful perturbation (Fong & Vedaldi, ICCV 2017), the "Mask" of ``igos.txt`` Tables 1, 2, 4.
+def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor, p: MaskParams) -> Explanation:
+    """Meaningful perturbation (Fong & Vedaldi, ICCV 2017), the "Mask" of the I-GOS paper's Tables 1, 2, 4.
 
-    Minimises ``f_c(phi(I, B, up(M))) + l1 * sum|1 - M| + l2 * sum|grad M|^tv_beta`` (``igos.txt``
+    Minimises ``f_c(phi(I, B, up(M))) + l1 * sum|1 - M| + l2 * sum|grad M|^tv_beta`` (I-GOS
     eq. 2 with Fong & Vedaldi's weights lambda1 = 1e-4, lambda2 = 1e-2, beta = 3, in their summed
-    units) by ``iterations`` (500, as in ``igos.txt`` Table 4) projected Adam steps with learning
+    units) by ``iterations`` (500, as in the I-GOS paper's Table 4) projected Adam steps with learning
     rate ``lr`` on the plain gradient at the mask: no integrated gradients, no line search. The
     baseline is the I-GOS blur, as in the I-GOS comparison. ``noise_std`` > 0 adds Gaussian noise
     to the masked image at every step (their jitter is not reproduced). ``init`` (B, h, w) and
     ``warmup`` / ``warmup_blur``: AOP's start mask and start-up blur (``aop`` with ``refine="mask"``).
-    Returns saliency ``1 - M`` at mask resolution.
+    Settings :class:`MaskParams`. Returns saliency ``1 - M`` at mask resolution.
     """
-    h, w = check_resolution(resolution, x, 2)
-    if iterations < 0 or lr <= 0:
-        raise FaithmapError("mask needs iterations >= 0 and lr > 0")
-    opt = MaskOptimizer(terms=[PathTerm("deletion", 0, integrated=False, noise=noise_std > 0)],
-                        regularizer=SumL1TV(l1, l2, tv_beta), step_rule=AdamStep(lr), iterations=iterations,
-                        ig_steps=1, ls_points=1, noise_std=noise_std)
-    params = dict(resolution=(h, w), iterations=iterations, lr=lr, l1=l1, l2=l2, tv_beta=tv_beta,
-                  noise_std=noise_std, seed=seed)
-    return run_mask_method(opt, model, x, target, name="mask", params=params, resolution=(h, w), baseline=baseline,
-                           score=score, batch_size=batch_size, seed=seed, init=init, warmup=warmup,
-                           warmup_blur=warmup_blur)
+    p = replace(p, resolution=check_resolution(p.resolution, x, 2))
+    opt = MaskOptimizer(terms=[PathTerm("deletion", 0, integrated=False, noise=p.noise_std > 0)],
+                        regularizer=SumL1TV(p.l1, p.l2, p.tv_beta), step_rule=AdamStep(p.lr), iterations=p.iterations,
+                        ig_steps=1, ls_points=1, noise_std=p.noise_std)
+    return run_mask_method(opt, model, x, target, p, name="mask")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +115,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int])
 
 
 @register_method(
-    "rise", family="perturbation", resolution="input", paper="Petsiuk et al. 2018 (igos.txt Tab. 1-2)",
+    "rise", family="perturbation", resolution="input", paper="Petsiuk, Das & Saenko, BMVC 2018",
     summary="RISE: the score-weighted average of random binary cell masks (upsampled, shifted)",
     fast={"n_masks": 48},
 )
@@ -144,6 +149,7 @@ def rise(model, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000, c
     diff = x - base
     sal = torch.zeros(b, hgt * wid, device=x.device, dtype=x.dtype)
     with model_guard(model), torch.no_grad():
+        tick = ticker(math.ceil(b * n_masks / bs), "batch")
         for sl in chunks(b * n_masks, bs):
             flat = torch.arange(sl.start, sl.stop, device=x.device)
             img, j = flat // n_masks, flat % n_masks
@@ -153,6 +159,7 @@ def rise(model, x: torch.Tensor, target: torch.Tensor, *, n_masks: int = 4000, c
                 torch.mul(masks[r].unsqueeze(1), diff[i], out=batch[r]).add_(base[i])
             s = fn(model(batch), target[img])
             sal.index_add_(0, img, s.unsqueeze(1) * masks.flatten(1))
+            tick()
     sal = sal.view(b, hgt, wid) / (n_masks * p)
     return Explanation(saliency=sal, target=target, method="rise",
                        params=dict(n_masks=n_masks, cells=cells, p=p, seed=seed))
@@ -174,7 +181,7 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
 
 
 @register_method(
-    "occlusion", family="perturbation", resolution="input", paper="Zeiler & Fergus 2014",
+    "occlusion", family="perturbation", resolution="input", paper="Zeiler & Fergus, ECCV 2014",
     summary="occlusion: the drop in score when a sliding patch shows the baseline, averaged per pixel",
     fast={"patch": 12, "stride": 8},
 )
@@ -213,11 +220,13 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, *, patch: int = 32, 
     sal = torch.zeros(b, hgt * wid, device=x.device, dtype=x.dtype)
     with model_guard(model), torch.no_grad():
         full = torch.cat([fn(model(x[sl]), target[sl]) for sl in chunks(b, bs)])
+        tick = ticker(math.ceil(b * nw / bs), "batch")
         for sl in chunks(b * nw, bs):
             flat = torch.arange(sl.start, sl.stop, device=x.device)
             img, k = flat // nw, flat % nw
             occ = windows(k)
             s = fn(model(phi(x[img], base[img], 1 - occ.unsqueeze(1))), target[img])
             sal.index_add_(0, img, (full[img] - s).unsqueeze(1) * occ.flatten(1))
+            tick()
     sal = sal.view(b, hgt, wid) / count
     return Explanation(saliency=sal, target=target, method="occlusion", params=dict(patch=patch, stride=stride))

@@ -42,10 +42,12 @@ import numpy as np
 import torch
 
 from ..core.batching import DEFAULT_BATCH_SIZE, torch_threads, Seed
-from ..core.explanation import Explanation
+from ..explanation import Explanation
 from ..core.perturb import BASELINES
 from ..errors import FaithmapError
+from ..params import knob, record
 from ..registry import METHODS, register_method
+from .mask import BatchParams
 
 SCALES = (50, 100, 150, 250, 500, 1200)
 """Felzenszwalb scales of the paper and the authors' package."""
@@ -496,18 +498,6 @@ def base_attribution(model, x: torch.Tensor, target: torch.Tensor, *, base: str 
 # ----------------------------------------------------------------------------------------------
 # the method
 # ----------------------------------------------------------------------------------------------
-def _check(name: str, value, low, high=None, integer=False):
-    try:
-        ok = (not isinstance(value, bool)) and float(value) == float(value) and float(value) >= low \
-             and (high is None or float(value) <= high) and (not integer or int(value) == value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        rng = f"at least {low}" if high is None else f"in [{low}, {high}]"
-        raise FaithmapError(f"xrai: {name} must be {kind} {rng}, got {value!r}")
-
-
 def _as_regions(segments, x: torch.Tensor) -> list[Regions]:
     b, _, h, w = x.shape
     items = list(segments) if isinstance(segments, (list, tuple)) else (
@@ -530,21 +520,43 @@ def _as_regions(segments, x: torch.Tensor) -> list[Regions]:
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class XRAIParams(BatchParams):
+    """XRAI's settings: the base attribution, the Felzenszwalb regions and the greedy selection
+    (:func:`xrai`)."""
+
+    base: str = knob("ig", "the base attribution: a registered method")
+    base_params: dict | None = knob(None, "more parameters of the base method")
+    baselines: str = knob("black,white", "the base's baselines, comma-separated (attributions averaged)")
+    steps: int | None = knob(None, "the base's steps (None: its default)", "[1, inf)")
+    fast_base: bool = knob(False, "the base method's fast settings")
+    variant: Literal["full", "fast"] = knob("full", "greedy selection: full (gain per new pixel) or fast")
+    scales: tuple[float, ...] = knob(SCALES, "Felzenszwalb scales")
+    sigma: float = knob(0.8, "Felzenszwalb's smoothing sigma", "[0, inf)")
+    min_size: int = knob(150, "Felzenszwalb's smallest region (pixels, at segment_size)", "[1, inf)")
+    segment_size: int | None = knob(224, "side the image is resized to for segmentation (None: as is)", "[8, 4096]")
+    dilation: int = knob(5, "pixels each region is dilated by", "[0, 64]")
+    min_pixel_diff: int = knob(50, "fewest new pixels a selected region must add", "[1, inf)")
+    area_threshold: float = knob(1.0, "fraction of the image selected before stopping", "[0, 1]")
+    segments: list | torch.Tensor | None = knob(None, "given regions: one (N, H, W) boolean tensor per image")
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise FaithmapError(f"xrai: scales must be a non-empty tuple of positive numbers, got {self.scales!r}")
+        for s in self.scales:
+            if not s > 0:
+                raise FaithmapError(f"xrai: every scale must be a number above 0, got {s!r}")
+
+
 @register_method(
     "xrai", family="region", paper="Kapishnikov et al., ICCV 2019",
     summary="XRAI: Felzenszwalb regions (6 scales, dilated) selected greedily by the mean IG attribution "
             "(black and white baselines) of their new pixels; variants full and fast",
-    fast={"fast_base": True},
-    bounds={"steps": (1, None), "sigma": (0, None), "min_size": (1, None), "segment_size": (8, 4096),
-            "dilation": (0, 64), "min_pixel_diff": (1, None), "area_threshold": (0, 1)},
+    fast={"fast_base": True}, params=XRAIParams,
 )
-def xrai(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig", base_params: dict | None = None,
-         baselines: str = "black,white", steps: int | None = None, variant: Literal["full", "fast"] = "full",
-         scales: tuple[float, ...] = SCALES, sigma: float = 0.8, min_size: int = 150, segment_size: int | None = 224,
-         dilation: int = 5, min_pixel_diff: int = 50, area_threshold: float = 1.0,
-         segments: list | torch.Tensor | None = None, fast_base: bool = False,
-         batch_size: int | None = DEFAULT_BATCH_SIZE, seed: Seed = 0) -> Explanation:
-    """XRAI (Kapishnikov et al., ICCV 2019, sec. 3 and Algorithm 1); see the module docstring.
+def xrai(model, x: torch.Tensor, target: torch.Tensor, p: XRAIParams) -> Explanation:
+    """XRAI (Kapishnikov et al., ICCV 2019, sec. 3 and Algorithm 1); see the module docstring; settings
+    :class:`XRAIParams`.
 
     ``base`` / ``base_params`` / ``baselines`` / ``steps`` / ``fast_base``: the base attribution
     (default: Integrated Gradients, registered ``ig`` with its 50 Gauss-Legendre steps, from a black
@@ -556,47 +568,25 @@ def xrai(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig", base
     ``extras``: ``ranks`` (B, H, W), ``base_map`` (B, H, W), ``regions`` and ``selected`` (B,)
     (candidate and selected region counts), ``order`` (per image, the selected region indices).
     """
-    if variant not in VARIANTS:
-        raise FaithmapError(f"unknown XRAI variant {variant!r}; choose from: {', '.join(VARIANTS)}")
-    _check("min_pixel_diff", min_pixel_diff, 1, integer=True)
-    _check("area_threshold", area_threshold, 0, 1)
-    if segments is None:
-        if isinstance(scales, (int, float)) and not isinstance(scales, bool):
-            scales = (scales,)
-        if not isinstance(scales, (tuple, list)) or not scales:
-            raise FaithmapError(f"xrai: scales must be a non-empty tuple of positive numbers, got {scales!r}")
-        for s in scales:
-            _check("every scale", s, 1e-12)
-        _check("sigma", sigma, 0)
-        _check("min_size", min_size, 1, integer=True)
-        _check("dilation", dilation, 0, 64, integer=True)
-        if segment_size is not None and segment_size != 0:
-            _check("segment_size", segment_size, 8, 4096, integer=True)
-        regions = None
-    else:
-        regions = _as_regions(segments, x)
-    attr, info = base_attribution(model, x, target, base=base, base_params=base_params, baselines=baselines,
-                                  steps=steps, fast_base=fast_base, batch_size=batch_size, seed=seed)
+    regions = None if p.segments is None else _as_regions(p.segments, x)
+    attr, info = base_attribution(model, x, target, base=p.base, base_params=p.base_params, baselines=p.baselines,
+                                  steps=p.steps, fast_base=p.fast_base, batch_size=p.batch_size, seed=p.seed)
     base_map = attr.amax(1)
     if not torch.isfinite(base_map).all():
         raise FaithmapError(f"xrai: the base attribution ({info['base']}) has NaN or infinite values")
     if regions is None:
         pixels = model.to_pixels(x) if hasattr(model, "to_pixels") else x
-        regions = felzenszwalb_regions(pixels, scales=tuple(scales), sigma=float(sigma), min_size=int(min_size),
-                                       size=int(segment_size) if segment_size else None, dilation=int(dilation))
-    results = select_regions(base_map, regions, variant=variant, min_pixel_diff=int(min_pixel_diff),
-                             area_threshold=float(area_threshold))
+        regions = felzenszwalb_regions(pixels, scales=tuple(p.scales), sigma=float(p.sigma), min_size=p.min_size,
+                                       size=p.segment_size or None, dilation=p.dilation)
+    results = select_regions(base_map, regions, variant=p.variant, min_pixel_diff=p.min_pixel_diff,
+                             area_threshold=float(p.area_threshold))
     dev = x.device
     sal = torch.stack([r.map for r in results]).to(dev, x.dtype)
     extras = {"ranks": torch.stack([r.ranks for r in results]).to(dev), "base_map": base_map,
               "regions": torch.tensor([r.count for r in regions], device=dev),
               "selected": torch.tensor([len(r.order) for r in results], device=dev),
               "order": [r.order.to(dev) for r in results]}
-    params = dict(variant=variant, min_pixel_diff=int(min_pixel_diff), area_threshold=float(area_threshold),
-                  segments="given" if segments is not None else "felzenszwalb", **info)
-    if segments is None:
-        params.update(scales=tuple(scales), sigma=float(sigma), min_size=int(min_size), segment_size=segment_size,
-                      dilation=int(dilation))
+    params = {**record(p), "segments": "given" if p.segments is not None else "felzenszwalb", **info}
     return Explanation(saliency=sal, target=target, method="xrai", params=params, attribution=attr, extras=extras)
 
 

@@ -13,7 +13,7 @@ from ._common import check_inputs, prepare_maps
 
 
 @register_metric("complexity", higher_is_better=False, category="complexity",
-                 paper="expected_gradcam.txt (Bhatt et al. 2020)",
+                 paper="Bhatt, Weller & Moura, IJCAI 2020",
                  summary="entropy of the map's fractional attribution per pixel (0 for one pixel, ln(H*W) for a flat map)")
 def complexity(model, x, saliency, target, *, normalise: bool = True, absolute: bool = True,
                batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -27,7 +27,7 @@ def complexity(model, x, saliency, target, *, normalise: bool = True, absolute: 
 
 
 @register_metric("sparseness", higher_is_better=True, category="complexity",
-                 paper="expected_gradcam.txt (Chalasani et al. 2020)",
+                 paper="Chalasani et al., ICML 2020",
                  summary="Gini index of the map's absolute values (1 - 1/(H*W) for one pixel, 0 for a flat map)")
 def sparseness(model, x, saliency, target, *, normalise: bool = True, absolute: bool = True,
                batch_size: int | None = None, seed: int = 0) -> torch.Tensor:

@@ -55,8 +55,8 @@ def explanation_map_scores(model, x: torch.Tensor, saliency: torch.Tensor, targe
     return s[:b].double(), s[b:].double()
 
 
-@register_metric("average_drop", higher_is_better=False, category="faithfulness", paper="Grad-CAM++ (Chattopadhyay et al. 2018)",
-                 aliases=("avg_drop", "drop"),
+@register_metric("average_drop", higher_is_better=False, category="faithfulness", paper="Chattopadhyay et al., WACV 2018",
+                 aliases=("avg_drop", "drop"), default=True,
                  summary="average drop (%): relative fall of the target probability on the image times its map")
 def average_drop(model, x, saliency, target, *, score: str = "prob", batch_size=None, seed=0) -> torch.Tensor:
     """``100 * max(0, Y - O) / Y`` per image (lower is better)."""
@@ -65,7 +65,8 @@ def average_drop(model, x, saliency, target, *, score: str = "prob", batch_size=
 
 
 @register_metric("increase_confidence", higher_is_better=True, category="faithfulness",
-                 paper="Grad-CAM++ (Chattopadhyay et al. 2018)", aliases=("increase", "increase_in_confidence"),
+                 paper="Chattopadhyay et al., WACV 2018", aliases=("increase", "increase_in_confidence"),
+                 default=True,
                  summary="increase in confidence (%): share of images whose target probability rises on the image times its map")
 def increase_confidence(model, x, saliency, target, *, score: str = "prob", batch_size=None, seed=0) -> torch.Tensor:
     """``100 * [Y < O]`` per image (higher is better; its mean is the paper's percentage)."""

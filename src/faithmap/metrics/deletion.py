@@ -130,25 +130,37 @@ def deletion_insertion(model, x: torch.Tensor, saliency: torch.Tensor, target: t
                   ties=ties)
 
 
-@register_metric("deletion", higher_is_better=False, category="faithfulness", paper="igos.txt",
+@dataclass
+class CurveScores:
+    """What the deletion, insertion and overall metrics return: per-image ``scores`` (B,) and the
+    :class:`Curves` they are read from (an evaluation stores the curves beside the scores)."""
+
+    scores: torch.Tensor
+    curves: Curves
+
+
+@register_metric("deletion", higher_is_better=False, category="faithfulness", default=True, paper="Qi, Khorram & Li, AAAI 2020",
                  summary="area under the probability curve as the most salient cells are blurred")
-def deletion_auc(model, x, saliency, target, **kw) -> torch.Tensor:
-    """Deletion AUC per image (lower is better)."""
-    return deletion_insertion(model, x, saliency, target, **kw).deletion_auc
+def deletion_auc(model, x, saliency, target, **kw) -> CurveScores:
+    """Deletion AUC per image (lower is better), with its curves."""
+    c = deletion_insertion(model, x, saliency, target, **kw)
+    return CurveScores(c.deletion_auc, c)
 
 
-@register_metric("insertion", higher_is_better=True, category="faithfulness", paper="igos.txt",
+@register_metric("insertion", higher_is_better=True, category="faithfulness", default=True, paper="Qi, Khorram & Li, AAAI 2020",
                  summary="area under the probability curve as the most salient cells are revealed on the blur")
-def insertion_auc(model, x, saliency, target, **kw) -> torch.Tensor:
-    """Insertion AUC per image (higher is better)."""
-    return deletion_insertion(model, x, saliency, target, **kw).insertion_auc
+def insertion_auc(model, x, saliency, target, **kw) -> CurveScores:
+    """Insertion AUC per image (higher is better), with its curves."""
+    c = deletion_insertion(model, x, saliency, target, **kw)
+    return CurveScores(c.insertion_auc, c)
 
 
-@register_metric("overall", higher_is_better=True, category="faithfulness", paper="aop_sigcam.txt",
+@register_metric("overall", higher_is_better=True, category="faithfulness", default=True, paper="Zhang, Rao & Yang, AAAI 2021",
                  summary="insertion AUC minus deletion AUC (the over-all score of AOP/SIGCAM)")
-def overall_score(model, x, saliency, target, **kw) -> torch.Tensor:
-    """Insertion AUC minus deletion AUC per image (higher is better)."""
-    return deletion_insertion(model, x, saliency, target, **kw).overall
+def overall_score(model, x, saliency, target, **kw) -> CurveScores:
+    """Insertion AUC minus deletion AUC per image (higher is better), with its curves."""
+    c = deletion_insertion(model, x, saliency, target, **kw)
+    return CurveScores(c.overall, c)
 
 
 def images_at_fraction(x: torch.Tensor, saliency: torch.Tensor, fraction: float, baseline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

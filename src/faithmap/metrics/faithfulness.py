@@ -168,7 +168,7 @@ def faithfulness_estimate_scores(model, x, saliency, target, *, pixels_in_step: 
 
 
 @register_metric("faithfulness_estimate", higher_is_better=True, category="faithfulness",
-                 paper="expected_gradcam.txt (Alvarez-Melis and Jaakkola 2018)", aliases=("fe",),
+                 paper="Alvarez-Melis & Jaakkola, NeurIPS 2018", aliases=("fe",),
                  summary="correlation of each pixel group's attribution with the score drop when that group alone is removed")
 def faithfulness_estimate(model, x, saliency, target, *, pixels_in_step: int | None = None, baseline="min",
                           score: str = "logit", normalise: bool = True, absolute: bool = False,
@@ -185,7 +185,7 @@ def faithfulness_estimate(model, x, saliency, target, *, pixels_in_step: int | N
 
 
 @register_metric("pixel_flipping", higher_is_better=False, category="faithfulness",
-                 paper="expected_gradcam.txt (Bach et al. 2015)", aliases=("pf",),
+                 paper="Bach et al., PLoS ONE 2015", aliases=("pf",),
                  summary="area under the score curve as the most relevant pixels are flipped to the baseline, cumulatively")
 def pixel_flipping(model, x, saliency, target, *, pixels_in_step: int | None = None, baseline="min",
                    score: str = "prob", normalise: bool = True, absolute: bool = False, ties: str = "interpolate",
@@ -288,7 +288,7 @@ def _relabel(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register_metric("irof", higher_is_better=True, category="faithfulness",
-                 paper="expected_gradcam.txt (Rieger and Hansen 2020)",
+                 paper="Rieger & Hansen, arXiv 2020",
                  summary="area over the relative score curve as superpixels are removed, most relevant first")
 def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_segments: int = 100,
          baseline="mean", score: str = "prob", normalise: bool = True, absolute: bool = False,
@@ -384,8 +384,8 @@ def irof(model, x, saliency, target, *, segments: torch.Tensor | None = None, n_
 # ----------------------------------------------------------------------------------------------
 
 
-@register_metric("sufficiency", higher_is_better=True, category="faithfulness",
-                 paper="expected_gradcam.txt (Dasgupta et al. 2022)",
+@register_metric("sufficiency", higher_is_better=True, category="faithfulness", set_level=True,
+                 paper="Dasgupta, Frost & Moshkovitz, ICML 2022",
                  summary="share of the other images with a similar map that get the same predicted class (within the batch)")
 def sufficiency(model, x, saliency, target, *, threshold: float = 0.6, normalise: bool = True,
                 absolute: bool = True, batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -461,7 +461,7 @@ def infidelity_perturbations(x: torch.Tensor, n_samples: int, *, perturbation: s
 
 
 @register_metric("infidelity", higher_is_better=False, category="faithfulness",
-                 paper="expected_gradcam.txt (Yeh et al. 2019)",
+                 paper="Yeh et al., NeurIPS 2019",
                  summary="mean squared gap between the map's predicted and the model's actual score change under random perturbations")
 def infidelity(model, x, saliency, target, *, n_samples: int = 10, perturbation: str = "square",
                patch: int | None = None, noise_std: float = 0.2, baseline="black", score: str = "logit",
@@ -619,7 +619,7 @@ def rise_curves(model, x, saliency, target, *, step: int | None = None, score: s
 
 
 @register_metric("rise_deletion", higher_is_better=False, category="faithfulness",
-                 paper="expected_gradcam.txt (Petsiuk et al. 2018)",
+                 paper="Petsiuk, Das & Saenko, BMVC 2018",
                  summary="RISE deletion AUC: input-size pixels, most salient first, moved to the zero image, 224 a step")
 def rise_deletion(model, x, saliency, target, *, step: int | None = None, score: str = "prob",
                   deletion_baseline="zero", insertion_baseline="blur11", ties: str = "interpolate",
@@ -631,7 +631,7 @@ def rise_deletion(model, x, saliency, target, *, step: int | None = None, score:
 
 
 @register_metric("rise_insertion", higher_is_better=True, category="faithfulness",
-                 paper="expected_gradcam.txt (Petsiuk et al. 2018)",
+                 paper="Petsiuk, Das & Saenko, BMVC 2018",
                  summary="RISE insertion AUC: input-size pixels, most salient first, revealed on an 11x11 blur, 224 a step")
 def rise_insertion(model, x, saliency, target, *, step: int | None = None, score: str = "prob",
                    deletion_baseline="zero", insertion_baseline="blur11", ties: str = "interpolate",
@@ -643,7 +643,7 @@ def rise_insertion(model, x, saliency, target, *, step: int | None = None, score
 
 
 @register_metric("ins_del", higher_is_better=True, category="faithfulness",
-                 paper="expected_gradcam.txt (Englebert et al.; Petsiuk et al. 2018)", aliases=("insertion_deletion",),
+                 paper="Englebert, Cornu & De Vleeschouwer, arXiv 2022; Petsiuk, Das & Saenko, BMVC 2018", aliases=("insertion_deletion",),
                  summary="RISE insertion AUC minus RISE deletion AUC (pixel level, the paper's Ins-Del)")
 def ins_del(model, x, saliency, target, *, step: int | None = None, score: str = "prob", deletion_baseline="zero",
             insertion_baseline="blur11", ties: str = "interpolate", batch_size: int | None = None,

@@ -60,7 +60,7 @@ def _nan_where_empty(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 @register_metric("attribution_localisation", higher_is_better=True, category="localisation", needs=("masks",),
-                 paper="expected_gradcam.txt (Kohlbrenner et al. 2020)", aliases=("attribution_localization",),
+                 paper="Kohlbrenner et al., IJCNN 2020", aliases=("attribution_localization",),
                  summary="share of the map's (absolute) attribution that falls inside the object region")
 def attribution_localisation(model, x, saliency, target, *, masks=None, boxes=None, weighted: bool = False,
                              positive: bool = False, normalise: bool = True, absolute: bool = True,
@@ -91,7 +91,7 @@ def attribution_localisation(model, x, saliency, target, *, masks=None, boxes=No
 
 
 @register_metric("top_k_intersection", higher_is_better=True, category="localisation", needs=("masks",),
-                 paper="expected_gradcam.txt (Theiner et al. 2022)",
+                 paper="Theiner, Müller-Budack & Ewerth, WACV 2022",
                  summary="share of the map's k most relevant pixels (k = 1000) that lie inside the object region")
 def top_k_intersection(model, x, saliency, target, *, masks=None, boxes=None, k: int = 1000,
                        concept_influence: bool = False, normalise: bool = True, absolute: bool = False,
@@ -118,7 +118,7 @@ def top_k_intersection(model, x, saliency, target, *, masks=None, boxes=None, k:
 
 
 @register_metric("relevance_rank_accuracy", higher_is_better=True, category="localisation", needs=("masks",),
-                 paper="expected_gradcam.txt (Arras et al. 2022)",
+                 paper="Arras, Osman & Samek, Information Fusion 2022",
                  summary="share of the K most relevant pixels inside the region, K = the region's size")
 def relevance_rank_accuracy(model, x, saliency, target, *, masks=None, boxes=None, normalise: bool = True,
                             absolute: bool = False, ties: str = "interpolate", batch_size: int | None = None,
@@ -139,7 +139,7 @@ def relevance_rank_accuracy(model, x, saliency, target, *, masks=None, boxes=Non
 
 
 @register_metric("relevance_mass_accuracy", higher_is_better=True, category="localisation", needs=("masks",),
-                 paper="expected_gradcam.txt (Arras et al. 2022)",
+                 paper="Arras, Osman & Samek, Information Fusion 2022",
                  summary="share of the map's total relevance that lies inside the region")
 def relevance_mass_accuracy(model, x, saliency, target, *, masks=None, boxes=None, normalise: bool = True,
                             absolute: bool = False, batch_size: int | None = None, seed: int = 0) -> torch.Tensor:

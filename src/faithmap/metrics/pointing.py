@@ -105,7 +105,8 @@ def _apply_min_score(hits, model, x, target, min_score, batch_size):
 
 
 @register_metric("pointing", higher_is_better=True, category="localisation", needs=("boxes",),
-                 aggregate="category_mean", paper="igos.txt",
+                 aggregate="category_mean", paper="Zhang et al., ECCV 2016 (as run by Qi, Khorram & Li, AAAI 2020)",
+                 default=True,
                  summary="pointing game: the most salient point lies in a box of the target; hits per category, mean over categories")
 def pointing(model, x, saliency, target, *, boxes, tolerance: float = 0.0, min_score: float | None = None,
              batch_size=None, seed=0) -> torch.Tensor:
@@ -115,7 +116,7 @@ def pointing(model, x, saliency, target, *, boxes, tolerance: float = 0.0, min_s
 
 
 @register_metric("pointing_mask", higher_is_better=True, category="localisation", needs=("masks",),
-                 aggregate="category_mean", paper="aop_sigcam.txt",
+                 aggregate="category_mean", paper="Zhang et al., ECCV 2016 (as run by Zhang, Rao & Yang, AAAI 2021)",
                  summary="pointing game on segmentation masks (AOP/SIGCAM protocol); boxes filled where no mask is given")
 def pointing_mask(model, x, saliency, target, *, masks, tolerance: float = 0.0, min_score: float | None = None,
                   batch_size=None, seed=0) -> torch.Tensor:

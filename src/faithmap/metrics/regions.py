@@ -144,7 +144,7 @@ def region_sensitivity_of_masks(model, x: torch.Tensor, masks: torch.Tensor, tar
     return torch.where(area > 0, diff / area.clamp_min(1), torch.full_like(diff, float("nan")))
 
 
-@register_metric("hull_area", higher_is_better=False, category="complexity", paper="gad.txt",
+@register_metric("hull_area", higher_is_better=False, category="complexity", paper="Mazini Rodrigues, Boutry & Najman, 2024",
                  summary="fraction of the image inside the convex hull of the map's top-50% pixels (GAD sec. 5)")
 def hull_area_metric(model, x, saliency, target, *, threshold: float = 0.5, mode: str = "fraction",
                      batch_size=None, seed=0) -> torch.Tensor:
@@ -154,7 +154,7 @@ def hull_area_metric(model, x, saliency, target, *, threshold: float = 0.5, mode
     return (hull_area(m) / (s.shape[-2] * s.shape[-1])).float().to(x.device)
 
 
-@register_metric("region_sensitivity", higher_is_better=True, category="faithfulness", paper="gad.txt",
+@register_metric("region_sensitivity", higher_is_better=True, category="faithfulness", paper="Mazini Rodrigues, Boutry & Najman, 2024",
                  summary="RS: absolute logit change per occluded pixel when the hull of the map's top-50% pixels is blacked out (GAD eq. 2)")
 def region_sensitivity_metric(model, x, saliency, target, *, threshold: float = 0.5, mode: str = "fraction",
                               score: str = "logit", batch_size=None, seed=0) -> torch.Tensor:

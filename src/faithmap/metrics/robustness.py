@@ -156,7 +156,7 @@ def _sensitivity(name, model, x, saliency, target, explain, *, n_samples, radius
 
 
 @register_metric("max_sensitivity", higher_is_better=False, category="robustness", needs=("explain",),
-                 paper="expected_gradcam.txt (Yeh et al. 2019)",
+                 paper="Yeh et al., NeurIPS 2019",
                  summary="largest relative change of the map under uniform input noise of radius 0.2")
 def max_sensitivity(model, x, saliency, target, *, explain: Callable | None = None, n_samples: int = 200,
                     radius: float = 0.2, relative: bool = True, normalise: bool = False, absolute: bool = False,
@@ -176,7 +176,7 @@ def max_sensitivity(model, x, saliency, target, *, explain: Callable | None = No
 
 
 @register_metric("avg_sensitivity", higher_is_better=False, category="robustness", needs=("explain",),
-                 paper="expected_gradcam.txt (Yeh et al. 2019)",
+                 paper="Yeh et al., NeurIPS 2019",
                  summary="mean relative change of the map under uniform input noise of radius 0.2")
 def avg_sensitivity(model, x, saliency, target, *, explain: Callable | None = None, n_samples: int = 200,
                     radius: float = 0.2, relative: bool = True, normalise: bool = False, absolute: bool = False,
@@ -195,7 +195,7 @@ def avg_sensitivity(model, x, saliency, target, *, explain: Callable | None = No
 
 
 @register_metric("local_lipschitz", higher_is_better=False, category="robustness", needs=("explain",),
-                 paper="expected_gradcam.txt (Alvarez-Melis and Jaakkola 2018)", aliases=("local_lipschitz_estimate",),
+                 paper="Alvarez-Melis & Jaakkola, arXiv 1806.08049, 2018", aliases=("local_lipschitz_estimate",),
                  summary="largest ratio of map change to input change under Gaussian input noise (std 0.1)")
 def local_lipschitz(model, x, saliency, target, *, explain: Callable | None = None, n_samples: int = 200,
                     std: float = 0.1, normalise: bool = True, absolute: bool = False, exclude_changed: bool = False,
@@ -228,7 +228,7 @@ def _relative(v: torch.Tensor, ref: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @register_metric("relative_input_stability", higher_is_better=False, category="robustness", needs=("explain",),
-                 paper="expected_gradcam.txt (Agarwal et al. 2022)", aliases=("ris",),
+                 paper="Agarwal et al., arXiv 2022", aliases=("ris",),
                  summary="largest relative map change over relative input change, among perturbations keeping the class")
 def relative_input_stability(model, x, saliency, target, *, explain: Callable | None = None, n_samples: int = 200,
                              low: float = 0.02, high: float = 0.2, eps_min: float = 1e-6, normalise: bool = False,
@@ -258,7 +258,7 @@ def relative_input_stability(model, x, saliency, target, *, explain: Callable | 
 
 
 @register_metric("relative_output_stability", higher_is_better=False, category="robustness", needs=("explain",),
-                 paper="expected_gradcam.txt (Agarwal et al. 2022)", aliases=("ros",),
+                 paper="Agarwal et al., arXiv 2022", aliases=("ros",),
                  summary="largest relative map change over logit change, among perturbations keeping the class")
 def relative_output_stability(model, x, saliency, target, *, explain: Callable | None = None, n_samples: int = 200,
                               low: float = 0.02, high: float = 0.2, eps_min: float = 1e-6, normalise: bool = False,

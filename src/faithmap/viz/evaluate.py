@@ -1,32 +1,21 @@
 """Pictures of an evaluation: mean deletion/insertion curves per method, and a heatmap grid.
 
-Drawing only: the numbers come from :mod:`faithmap.evaluate.stats`.
+Drawing only: the numbers come from :mod:`faithmap.evaluation.stats`.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from .draw import _save, overlay, to_image  # noqa: E402
-
-
-def _plain_text(fig) -> None:
-    """No text of the figure is parsed as mathtext: image names and labels come from users (``$x$`` stays ``$x$``)."""
-    from matplotlib.text import Text
-
-    for t in fig.findobj(Text):
-        t.set_parse_math(False)
+from .draw import _save, overlay, plain_text, subplots, to_image
 
 
 def _colors(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -38,7 +27,7 @@ def save_mean_curves(path: str, curves: Sequence[tuple[str, np.ndarray, np.ndarr
     gives the AUC of each mean curve (the mean AUC when all maps share a grid). As Fig. 4 of
     ``aop_sigcam.txt``: the probability of the target as cells are deleted or inserted.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), dpi=100, sharey=True)
+    fig, axes = subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
     colors = _colors(len(curves))
     for (label, fr, d, ins, n), c in zip(curves, colors):
         fr, d, ins = np.asarray(fr), np.asarray(d), np.asarray(ins)
@@ -54,7 +43,7 @@ def save_mean_curves(path: str, curves: Sequence[tuple[str, np.ndarray, np.ndarr
     axes[0].set_ylabel("mean probability of the target")
     if title:
         fig.suptitle(title, fontsize=11)
-    _plain_text(fig)
+    plain_text(fig)  # image names and labels come from users: ``$x$`` stays ``$x$``
     fig.tight_layout()
     _save(fig, path)
 
@@ -71,8 +60,7 @@ def save_heatmap_grid(path: str, rows: Sequence[tuple[str, np.ndarray, Sequence[
     """
     points = points or {}
     nr, nc = len(rows), len(columns) + 1
-    fig, axes = plt.subplots(nr, nc, figsize=(cell_inches * nc, cell_inches * nr + (0.5 if title else 0.2)),
-                             dpi=100, squeeze=False)
+    fig, axes = subplots(nr, nc, figsize=(cell_inches * nc, cell_inches * nr + (0.5 if title else 0.2)), squeeze=False)
     for i, (name, pix, boxes) in enumerate(rows):
         img = to_image(pix)
         ax = axes[i][0]
@@ -102,6 +90,6 @@ def save_heatmap_grid(path: str, rows: Sequence[tuple[str, np.ndarray, Sequence[
                 s.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
-    _plain_text(fig)
+    plain_text(fig)  # image names and labels come from users: ``$x$`` stays ``$x$``
     fig.tight_layout(pad=0.3)
     _save(fig, path)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .draw import _save, colorize, plt, to_image
+from .draw import _save, colorize, new_figure, subplots, to_image
 
 
 def save_randomisation_plot(path: str, steps: Sequence[str], sims: dict[str, torch.Tensor], title: str,
@@ -16,7 +16,7 @@ def save_randomisation_plot(path: str, steps: Sequence[str], sims: dict[str, tor
     """Similarity to the original map (mean and spread over images) per randomisation step, and,
     if ``maps`` are given, the first image's map after a few of the steps."""
     show = maps is not None and len(maps) > 0
-    fig = plt.figure(figsize=(max(6.0, 0.55 * len(steps) + 2), 6.5 if show else 4.0), dpi=110)
+    fig = new_figure((max(6.0, 0.55 * len(steps) + 2), 6.5 if show else 4.0), dpi=110)
     ax = fig.add_axes([0.08, 0.42 if show else 0.28, 0.9, 0.5 if show else 0.62])
     xs = np.arange(len(steps))
     for key, label in (("spearman", "Spearman rank"), ("spearman_abs", "Spearman rank of |map|"), ("ssim", "SSIM")):
@@ -60,7 +60,7 @@ def save_data_randomisation_plot(path: str, images: torch.Tensor, maps_true: tor
                                  sims: dict[str, torch.Tensor], title: str, max_rows: int = 6) -> None:
     """Rows of (input, map of the real-label model, map of the random-label model) with the similarities."""
     n = min(max_rows, images.shape[0])
-    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.0 * n + 0.6), dpi=110, squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(6.0, 2.0 * n + 0.6), dpi=110, squeeze=False)
     size = tuple(images.shape[-2:])
     for i in range(n):
         axes[i, 0].imshow(to_image(images[i]))

@@ -1,0 +1,7 @@
+"""``python -m faithmap``: the ``faithmap`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
