@@ -156,7 +156,8 @@ def test_same_seed_same_rows_and_the_cli_writes_the_page(tmp_path, capsys):
 
     a, b = rows(), rows()
     assert a == b and len(a) > 0
-    vals = np.array([r[-1] for r in a if r[5] == "outside" and r[3] == "saliency"])
+    metric, method = COLUMNS.index("metric"), COLUMNS.index("method")
+    vals = np.array([r[-1] for r in a if r[metric] == "outside" and r[method] == "saliency"])
     np.testing.assert_allclose(vals, 0.0, atol=1e-7)
     out = tmp_path / "cli"
     rc, stdout, _ = cli(["truth", "--tier", "0", "--trunk", "cnn", "--methods", "saliency,edge", "--seeds", "1",

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ..api import explain
 from ..core.device import resolve_device
-from ..core.io import atomic_open, write_json
+from ..core.io import write_json
 from ..errors import FaithmapError
+from ..evaluation.store import Column, Store
 from ..evaluation.tasks import image_seed
 from ..registry import METHODS
 from . import tier0
@@ -41,9 +43,15 @@ RHOS = (0.5, 0.75, 0.9, 1.0)
 ARCHS = ("cnn", "vit", "resnet18")
 FULL_DEFAULTS = ("igos", "igos++", "rise", "occlusion", "extremal_perturbation")
 """Methods run at their default settings in a full run (the others at their ``fast`` settings)."""
-COLUMNS = ("tier", "scenario", "model_seed", "method", "kind", "metric", "image", "target", "value")
-"""The columns of a Parquet part: ``kind`` is ``truth``, ``proxy`` or ``cost`` (``seconds`` and
-``model_images`` per image)."""
+STORE_COLUMNS: tuple[Column, ...] = (
+    Column("key", pa.string()), Column("tier", pa.int8()), Column("scenario", pa.string()),
+    Column("model_seed", pa.int64()), Column("method", pa.string()), Column("kind", pa.string()),
+    Column("metric", pa.string()), Column("image", pa.int32()), Column("target", pa.int64()),
+    Column("value", pa.float64()))
+"""The columns of a Parquet part, written through the evaluation store
+(:class:`faithmap.evaluation.store.Store`): ``key`` is ``t<tier>/<scenario>/s<seed>/<image>|<method>|<metric>``;
+``kind`` is ``truth``, ``proxy`` or ``cost`` (``seconds`` and ``model_images`` per image)."""
+COLUMNS = tuple(c.name for c in STORE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,7 +365,8 @@ def _rows(rec: ScenarioRecord) -> dict[str, list]:
     for method, vals in rec.scores.items():
         for metric, v in vals.items():
             for i, value in enumerate(np.asarray(v, dtype=np.float64).tolist()):
-                for c, x in zip(COLUMNS, (rec.tier, rec.name, rec.model_seed, method, _kind(metric), metric, i,
+                key = f"t{rec.tier}/{rec.name}/s{rec.model_seed}/{i}|{method}|{metric}"
+                for c, x in zip(COLUMNS, (key, rec.tier, rec.name, rec.model_seed, method, _kind(metric), metric, i,
                                           rec.targets[i], value)):
                     cols[c].append(x)
     return cols
@@ -460,31 +469,22 @@ def _jsonable(v):
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
-def _write_rows(path: str, columns: dict[str, list]) -> str:
-    """Write one Parquet part of truth rows (:data:`COLUMNS`) atomically; the one place rows are written."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    types = {"tier": pa.int8(), "scenario": pa.string(), "model_seed": pa.int64(), "method": pa.string(),
-             "kind": pa.string(), "metric": pa.string(), "image": pa.int32(), "target": pa.int64(),
-             "value": pa.float64()}
-    table = pa.table({c: pa.array(columns[c], type=types[c]) for c in COLUMNS})
-    with atomic_open(path) as fh:
-        pq.write_table(table, fh, compression="zstd")
-    return path
+def _write_rows(store: Store, rec: ScenarioRecord) -> str:
+    """One scenario's rows (:data:`STORE_COLUMNS`) as one part of the evaluation store: the one place
+    truth rows are written (atomically, as every store part)."""
+    return store.write(_rows(rec), keys=[f"t{rec.tier}/{rec.name}/s{rec.model_seed}"], images={})
 
 
 def write(result: TruthResult, out: str) -> list[str]:
     """The parts, ``truth.json`` and ``truth.html`` of ``result`` in ``out``."""
     from .report import write_html
 
-    parts = os.path.join(out, "parts")
-    os.makedirs(parts, exist_ok=True)
-    written = []
-    for r in result.records:
-        if r.scores:
-            name = f"part-t{r.tier}-{r.name}-s{r.model_seed}.parquet"
-            written.append(_write_rows(os.path.join(parts, name), _rows(r)))
+    store = Store(out, STORE_COLUMNS)
+    old = dict(store.scan(repair=True).keys)  # a rerun into the same folder replaces its scenarios' parts
+    written = [_write_rows(store, r) for r in result.records if r.scores]
+    stale = {old[k] for r in result.records if r.scores for k in [f"t{r.tier}/{r.name}/s{r.model_seed}"] if k in old}
+    for path in stale:
+        os.remove(path)
     write_json(os.path.join(out, "truth.json"), result.summary)
     written.append(os.path.join(out, "truth.json"))
     written.append(write_html(result, os.path.join(out, "truth.html")))
@@ -528,5 +528,5 @@ def run(config: TruthConfig | None = None, **overrides) -> TruthResult:
     return result
 
 
-__all__ = ["COLUMNS", "FULL_DEFAULTS", "ScenarioRecord", "TruthConfig", "TruthResult", "method_params", "run",
+__all__ = ["COLUMNS", "STORE_COLUMNS", "FULL_DEFAULTS", "ScenarioRecord", "TruthConfig", "TruthResult", "method_params", "run",
            "score_scenario", "summarise", "write"]
