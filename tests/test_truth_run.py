@@ -85,6 +85,22 @@ def test_planted_scenario_scored_and_written(tmp_path, tier1, few_methods):
     assert "data:image/png;base64," in page and "planted-test" in page and "tier 2 is not available" in page
 
 
+def test_a_rerun_into_the_same_folder_replaces_its_parts(tmp_path, tier1, few_methods):
+    """Rows go through the evaluation store: a second run into the folder leaves one part per
+    scenario and seed, not two."""
+    import pyarrow.parquet as pq
+
+    args = dict(tiers=1, seeds=1, images_per_scenario=2, out=str(tmp_path / "r"), n_boot=100, proxies=False, archs="cnn",
+                methods="saliency,edge")
+    run(**args)
+    first = sorted(os.listdir(tmp_path / "r" / "parts"))
+    run(**args)
+    again = sorted(os.listdir(tmp_path / "r" / "parts"))
+    assert len(first) == len(again) == 1 and first != again  # a new part, the old one gone
+    keys = pq.read_table(tmp_path / "r" / "parts").column("key").to_pylist()
+    assert len(keys) == len(set(keys)) and keys[0].startswith("t1/planted-test/s0/0|")
+
+
 def test_failed_gate_ends_the_scenario_with_one_line(tmp_path, tier1, few_methods, capsys):
     tier1.options = {"passing": False}
     rc, out, err = cli(["truth", "--tier", "1", "--seeds", "1", "--arch", "cnn", "--out", str(tmp_path / "g"),

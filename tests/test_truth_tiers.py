@@ -115,9 +115,15 @@ def test_rho_outside_the_unit_interval_is_refused():
             tier2.build(0, rho=rho, n_train=50, epochs=1)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Trained quick weights shared by this file's slow tests (each model is trained once)."""
+    return str(tmp_path_factory.mktemp("truth-weights"))
+
+
 @pytest.mark.slow
-def test_quick_tier1_cnn_passes_every_gate():
-    sc = tier1.build(0, quick=True)
+def test_quick_tier1_cnn_passes_every_gate(cache):
+    sc = tier1.build(0, quick=True, cache_dir=cache)
     assert sc.passed, [g for g in sc.gates if not g.passed]
     assert sc.info["test_accuracy"] >= tier1.ACCURACY and sc.uses["pattern"] >= 0.9
     assert sc.info["explained_correct"] == len(sc.target)
@@ -127,9 +133,9 @@ def test_quick_tier1_cnn_passes_every_gate():
 
 
 @pytest.mark.slow
-def test_quick_tier2_rho_one_model_is_measured_not_assumed():
+def test_quick_tier2_rho_one_model_is_measured_not_assumed(cache):
     # a tag that always agreed: which cues the model uses is measured (here the tag at least)
-    sc = tier2.build(0, rho=1.0, quick=True)
+    sc = tier2.build(0, rho=1.0, quick=True, cache_dir=cache)
     assert sc.passed, [g for g in sc.gates if not g.passed]
     assert "watermark" in sc.info["used"]
     assert (sc.evidence & sc.regions["watermark"]).any()
@@ -148,3 +154,36 @@ def test_resnet18_runs_on_the_cpu_at_a_small_size():
     sc = tier2.build(0, rho=1.0, arch="resnet18", size=64, n_train=64, epochs=1, n_test=2, n_gate=50)
     assert sc.model.cam_layer == "layer4" and sc.x.shape == (2, 3, 64, 64)
     assert explain(sc.model, sc.x, "gradcam", target=sc.target).resolution == (2, 2)
+
+
+@pytest.mark.slow
+def test_the_run_scores_trained_tiers_and_the_same_seed_gives_the_same_rows(cache, tmp_path):
+    """Tiers 1 and 2 through faithmap.truth.run (weights from the cache the tests above filled, or
+    trained here): gates reported, tier 2's measured use per model in truth.json, the same rows twice."""
+    import json
+
+    from faithmap.truth import run
+    from faithmap.truth.run import COLUMNS
+
+    args = dict(tiers="1,2", seeds=1, rhos=(1.0,), quick=True, methods="saliency,gradcam,edge,random",
+                cache_dir=cache, images_per_scenario=2, n_boot=100, proxies=False)
+    a = run(out=str(tmp_path / "a"), **args)
+    b = run(**args)
+    kind = COLUMNS.index("kind")
+
+    def rows(res):
+        cols = res.rows()
+        return [tuple(cols[c][i] for c in COLUMNS) for i in range(len(cols["key"])) if cols["kind"][i] != "cost"]
+
+    assert rows(a) == rows(b) and {r[kind] for r in rows(a)} == {"truth"}
+    summary = json.loads((tmp_path / "a" / "truth.json").read_text())
+    by_tier = {s["tier"]: s for s in summary["scenarios"]}
+    assert set(by_tier) == {1, 2} and all(s["passed"] for s in summary["scenarios"]), summary["scenarios"]
+    t2 = by_tier[2]["info"]
+    assert set(t2["uses"]) == {"object", "watermark"} and t2["used"] == [c for c in ("object", "watermark")
+                                                                         if t2["uses"][c] >= tier2.USED]
+    assert {g["name"] for g in by_tier[1]["gates"]} >= {"accuracy", "evidence removed -> chance"}
+    assert set(summary["seconds_by_part"]) >= {"generate", "train", "gates", "explain", "score", "proxies"}
+    # the planted pattern is what the model reads: the gradient's mass in it beats the random floor
+    board = a.leaderboard(1)
+    assert board["saliency"]["mass"]["mean"] > board["random"]["mass"]["mean"]

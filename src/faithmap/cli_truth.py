@@ -63,10 +63,17 @@ def run_truth(args: argparse.Namespace) -> int:
     for r in result.records:
         if not r.passed:
             print(f"faithmap: note: {r.failed_line()}", file=sys.stderr)
+    from .truth.report import use_line
+
+    for r in result.records:
+        if r.tier > 0 and r.info.get("uses"):
+            print(f"tier {r.tier} {r.name} measured use, {use_line(r)}")
     for tier in result.config.tiers:
         if result.leaderboard(tier):
             print(f"tier {tier} (all scenarios, mean [95% interval]):")
             print("\n".join(_board_lines(result, tier)))
+    parts = result.summary.get("seconds_by_part", {})
+    print("seconds by part: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     print(f"{result.seconds:.1f} s; wrote {len(result.written)} files to {args.out} (truth.json, truth.html, parts/)")
     return 0
 

@@ -222,6 +222,9 @@ class ScenarioRecord:
     proxy_errors: dict[str, str] = field(default_factory=dict)
     """``method/proxy`` -> why that proxy refused this scenario's maps (its scores are NaN)."""
     examples: dict[str, Any] = field(default_factory=dict)
+    clock: dict[str, float] = field(default_factory=dict)
+    """Seconds per part: ``generate``, ``train``, ``gates`` (tiers 1-2; tier 0: ``build``), ``explain``,
+    ``score`` (truth scores), ``proxies``."""
 
     @property
     def passed(self) -> bool:
@@ -321,6 +324,9 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
     """Explain, score and time every method on one scenario (nothing if a gate failed)."""
     rec = ScenarioRecord(sc.tier, sc.name, int(sc.model_seed), list(sc.gates), dict(sc.info), build_seconds)
     rec.info["uses"] = dict(sc.uses)
+    parts = sc.info.get("seconds")
+    rec.clock = dict(parts) if isinstance(parts, dict) else {"build": build_seconds}
+    rec.clock.update(explain=0.0, score=0.0, proxies=0.0)
     if not rec.passed:
         return rec
     n = min(cfg.images, int(sc.x.shape[0]))
@@ -336,8 +342,12 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
         if e is None:
             rec.skipped[name] = reason
             continue
+        rec.clock["explain"] += time.perf_counter() - start
+        t = time.perf_counter()
         sal = e.saliency.detach()
         vals = dict(truth_scores(sal, evidence, tier=sc.tier, tolerance=cfg.tolerance))
+        rec.clock["score"] += time.perf_counter() - t
+        t = time.perf_counter()
         if cfg.proxies:
             seeds = [image_seed(sc.model_seed, f"{sc.name}/{i}", name, "proxy") for i in range(n)]
             proxies, errors = proxy_scores(sc.model, x, sal, target, seeds=seeds, batch_size=cfg.batch_size,
@@ -345,6 +355,7 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
             vals.update(proxies)
             for p, why in errors.items():
                 rec.proxy_errors[f"{name}/{p}"] = why
+        rec.clock["proxies"] += time.perf_counter() - t
         vals["seconds"] = np.full(n, e.seconds / n)
         vals["model_images"] = np.full(n, e.counts.get("images", 0) / n)
         rec.scores[name] = vals
@@ -425,9 +436,14 @@ def summarise(records: list[ScenarioRecord], unavailable: dict[int, str], cfg: T
     for r in records:
         summary["scenarios"].append({
             "tier": r.tier, "scenario": r.name, "model_seed": r.model_seed, "passed": r.passed,
-            "build_seconds": r.build_seconds, "images": len(r.targets),
+            "build_seconds": r.build_seconds, "seconds": r.clock, "images": len(r.targets),
             "gates": [dataclasses.asdict(g) for g in r.gates], "info": _jsonable(r.info), "skipped": r.skipped,
             "proxy_errors": r.proxy_errors})
+    parts: dict[str, float] = {}
+    for r in records:
+        for k, v in r.clock.items():
+            parts[k] = parts.get(k, 0.0) + float(v)
+    summary["seconds_by_part"] = parts
     for tier in sorted({r.tier for r in scored}):
         recs = [r for r in scored if r.tier == tier]
         methods = [m for m in cfg.method_names if any(m in r.scores for r in recs)]

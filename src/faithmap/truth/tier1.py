@@ -20,6 +20,7 @@ out of distribution, and a model cannot learn to count them); the gate and test 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -167,21 +168,31 @@ def build(seed: int, *, arch: str = "cnn", size: int | None = None, n_train: int
     r = recipe(arch, (RECIPES, QUICK), size=size, n_train=n_train, epochs=epochs, quick=quick)
     n_test, n_gate = image_counts(n_test, n_gate, TEST_IMAGES, GATE_IMAGES, quick)
 
+    clock = {"generate": 0.0}
+
     def data():
+        t = time.perf_counter()
         sc = planted(seed, r.n_train, r.size, distractors=TRAIN_DISTRACTORS, cue=cue, stream=0)
+        clock["generate"] += time.perf_counter() - t
         return sc.images, torch.from_numpy(sc.labels)
 
     settings = {"tier": 1, "cue": cue, "distractors": list(TRAIN_DISTRACTORS)}
     clf, report = model(arch, PATTERNS, r, seed, data, name=f"planted-{arch}", settings=settings, device=device,
                         cache_dir=cache_dir, progress=progress)
+    t = time.perf_counter()
     gate_set = planted(seed, n_gate, r.size, distractors=DISTRACTORS, cue=cue, stream=1)
-    gates, uses, measured = _measure(clf, gate_set, seed)
     pool = planted(seed, 2 * n_test + 16, r.size, distractors=DISTRACTORS, cue=cue, stream=2)
+    clock["generate"] += time.perf_counter() - t
+    t = time.perf_counter()
+    gates, uses, measured = _measure(clf, gate_set, seed)
+    clock["gates"] = time.perf_counter() - t
     pick = explained(predict(clf.net, pool.images, clf.device), pool.labels, n_test)
     test = pool.subset(pick)
     info = {"arch": arch, "size": r.size, "n_train": r.n_train, "epochs": r.epochs, "batch_size": r.batch_size,
             "lr": r.lr, "cue": cue, "classes": list(PATTERNS), "test_accuracy": measured["accuracy"],
             "parameters": sum(p.numel() for p in clf.net.parameters()), **report, "measured": measured,
+            "seconds": {"generate": clock["generate"], "train": 0.0 if report["cached"] else report["train_seconds"],
+                        "gates": clock["gates"]},
             "explained_correct": int(sum(predict(clf.net, test.images, clf.device).argmax(1).numpy() == test.labels)),
             "thresholds": {"accuracy": ACCURACY, "chance_margin": CHANCE_MARGIN,
                            "distractor_change": DISTRACTOR_CHANGE, "swap_follow": SWAP_FOLLOW}}

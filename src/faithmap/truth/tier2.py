@@ -23,6 +23,8 @@ regions. Gates: accuracy >= 0.98 where the cues agree; both cues removed -> accu
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -94,16 +96,25 @@ def build(seed: int, *, rho: float, arch: str = "cnn", size: int | None = None, 
     r = recipe(arch, (RECIPES, QUICK), size=size, n_train=n_train, epochs=epochs, quick=quick)
     n_test, n_gate = image_counts(n_test, n_gate, TEST_IMAGES, GATE_IMAGES, quick)
 
+    clock = {"generate": 0.0}
+
     def data():
+        t = time.perf_counter()
         sc = watermarked(seed, r.n_train, r.size, rho, stream=0)
+        clock["generate"] += time.perf_counter() - t
         return sc.images, torch.from_numpy(sc.labels)
 
     name = f"watermark-{arch}-rho{rho:.2f}"
     clf, report = model(arch, OBJECTS, r, seed, data, name=name, settings={"tier": 2, "rho": rho}, device=device,
                         cache_dir=cache_dir, progress=progress)
-    gates, uses, measured = _measure(clf, watermarked(seed, n_gate, r.size, rho, agree=True, stream=1))
-    used = [cue for cue, v in uses.items() if v >= USED]
+    t = time.perf_counter()
+    gate_set = watermarked(seed, n_gate, r.size, rho, agree=True, stream=1)
     pool = watermarked(seed, 2 * n_test + 16, r.size, rho, agree=True, stream=2)
+    clock["generate"] += time.perf_counter() - t
+    t = time.perf_counter()
+    gates, uses, measured = _measure(clf, gate_set)
+    clock["gates"] = time.perf_counter() - t
+    used = [cue for cue, v in uses.items() if v >= USED]
     test = pool.subset(explained(predict(clf.net, pool.images, clf.device), pool.labels, n_test))
     regions = test.regions()
     evidence = torch.zeros_like(regions["object"])
@@ -113,6 +124,8 @@ def build(seed: int, *, rho: float, arch: str = "cnn", size: int | None = None, 
             "lr": r.lr, "rho": rho, "classes": list(OBJECTS), "glyphs": list(GLYPHS),
             "test_accuracy": measured["accuracy"], "used": used, "used_threshold": USED,
             "parameters": sum(p.numel() for p in clf.net.parameters()), **report, "measured": measured,
+            "seconds": {"generate": clock["generate"], "train": 0.0 if report["cached"] else report["train_seconds"],
+                        "gates": clock["gates"]},
             "train_agreement": rho}
     return Scenario(tier=2, name=name, model_seed=int(seed), model=clf,
                     x=clf.normalize(test.pixels().to(clf.device)), target=torch.from_numpy(test.labels).to(clf.device),
