@@ -59,9 +59,9 @@ class SmallViT(nn.Module):
     patches embedded by a convolutional stem (for ``patch=4``, three 3x3 convolutions with batch norm
     and ReLU, the last two of stride 2, and a 1x1 convolution, so that each token sees 11 x 11 pixels:
     the early convolutions of Xiao et al., NeurIPS 2021, which let a small transformer learn from few
-    images; ``stem=False`` embeds each patch linearly as the original), learned position embeddings, ``depth`` pre-norm blocks, a final
-    LayerNorm, the mean of the patch tokens (no class token, as the plain ViT baselines of Beyer,
-    Zhai & Kolesnikov, 2022) and a linear head.
+    images; ``stem=False`` embeds each patch linearly as the original), learned position embeddings,
+    ``depth`` pre-norm blocks, a final LayerNorm, the mean of the patch tokens (no class token, as the
+    plain ViT baselines of Beyer, Zhai & Kolesnikov, 2022) and a linear head.
 
     ``num_prefix_tokens = 0`` tells :func:`faithmap.models.layers.prefix_tokens` that every token is
     a patch. Its CAM layer is the final LayerNorm (``norm``): its tokens are what the head averages,

@@ -159,7 +159,9 @@ def build(seed: int, *, arch: str = "cnn", size: int | None = None, n_train: int
     ``distractors``: their painted pixels), the gates and the measured uses.
 
     ``n_gate`` other held-out images (:data:`GATE_IMAGES`) measure the gates. ``size``, ``n_train``,
-    ``epochs`` override the architecture's recipe (:data:`RECIPES`; ``quick`` applies :data:`QUICK`); ``cache_dir`` caches the weights by seed and settings. ``cue`` is for
+    ``epochs`` override the architecture's recipe (:data:`RECIPES`; ``quick`` applies :data:`QUICK`);
+    ``cache_dir`` caches the weights by seed and settings. ``info["seconds"]`` times the parts
+    (``generate``, ``train``: 0 when the weights came from the cache, ``gates``). ``cue`` is for
     the gate tests (see :func:`faithmap.truth.data.planted`): a model trained with ``cue != "pattern"``
     does not rely on the pattern, and its gates say so.
     """

@@ -88,7 +88,9 @@ def build(seed: int, *, rho: float, arch: str = "cnn", size: int | None = None, 
     ``n_test`` held-out images whose tag agrees with the label, their regions (``object``,
     ``watermark``, and ``evidence``: the union of the cues measured as used), the gates and ``uses``.
 
-    ``n_gate`` other held-out images (tags agreeing) measure the gates and uses. ``info["used"]`` lists the used cues; ``info["measured"]`` every measurement behind them.
+    ``n_gate`` other held-out images (tags agreeing) measure the gates and uses. ``info["used"]``
+    lists the used cues; ``info["measured"]`` every measurement behind them; ``info["seconds"]`` the
+    time of each part (``generate``, ``train``, ``gates``).
     """
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= float(rho) <= 1.0:
         raise FaithmapError(f"rho must be a number in [0, 1], got {rho!r}")
