@@ -137,6 +137,8 @@ def test_a_method_that_cannot_run_is_skipped_or_refused(tmp_path, tier1, few_met
     (["--methods", "nosuch"], "unknown method 'nosuch'"),
     (["--images-per-scenario", "0"], "images_per_scenario must be an integer of at least 1"),
     (["--trunk", "vgg"], "unknown tier-0 trunk 'vgg'"),
+    (["--rho", "2"], "rhos must be rates in [0, 1]"),
+    (["--seeds", "-1"], "seeds must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needle):
     out = tmp_path / "bad"
@@ -147,11 +149,13 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, ne
 
 def test_config_is_checked_once_and_defaults_follow_quick():
     cfg = TruthConfig()
-    assert cfg.images == 8 and cfg.trunk_names == ("cnn", "lite0") and cfg.seeds == (0, 1, 2)
+    assert cfg.images == 8 and cfg.trunk_names == ("cnn", "lite0") and cfg.seed_list == (0, 1, 2)
     import dataclasses
 
     quick = dataclasses.replace(cfg, quick=True)
     assert quick.images == 2 and quick.trunk_names == ("cnn",) and quick.arch_names == ("cnn",)
+    assert quick.seed_list == (0,) and quick.rho_list == (0.5, 1.0) and cfg.rho_list == (0.5, 0.75, 0.9, 1.0)
+    assert TruthConfig(rhos="0.9, 1").rhos == (0.9, 1.0) and dataclasses.replace(quick, seeds=3).seed_list == (0, 1, 2)
     assert TruthConfig(methods="Saliency,gradient").methods == ("saliency",)  # canonical names, aliases merged
     assert TruthConfig(fast=None).fast_for("igos") is False and TruthConfig(quick=True).fast_for("igos") is True
     with pytest.raises(faithmap.FaithmapError, match="unknown truth setting 'tier'"):

@@ -40,6 +40,7 @@ from .scores import HIGHER_IS_BETTER, SCORES, TIER0_SCORES, at_input, interval, 
 
 TIERS = (0, 1, 2)
 RHOS = (0.5, 0.75, 0.9, 1.0)
+QUICK_RHOS = (0.5, 1.0)
 ARCHS = ("cnn", "vit", "resnet18")
 FULL_DEFAULTS = ("igos", "igos++", "rise", "occlusion", "extremal_perturbation")
 """Methods run at their default settings in a full run (the others at their ``fast`` settings)."""
@@ -87,20 +88,21 @@ class TruthConfig:
     :class:`~faithmap.errors.FaithmapError` line).
 
     ``tiers``: 0, 1, 2 (an int, ``"0,1"`` or a sequence); ``methods``: ``"all"`` or names; ``seeds``:
-    a count (model seeds 0..n-1) or the seeds themselves; ``images_per_scenario``: images explained
-    per scenario and seed (default 8; quick: 2); ``quick``: a CI-sized run (tier 0 on the small CNN
-    only, the methods' fast settings, coarse proxy curves); ``fast``: None (default: fast settings,
+    a count (model seeds 0..n-1) or the seeds themselves (default 3; quick: 1); ``images_per_scenario``:
+    images explained per scenario and seed (default 8; quick: 2); ``quick``: a CI-sized run (one model
+    seed, tier 0 on the small CNN only, tiers 1-2 the small CNN at its quick training, tier 2 at rho
+    0.5 and 1.0, the methods' fast settings, coarse proxy curves); ``fast``: None (default: fast settings,
     except :data:`FULL_DEFAULTS` at their defaults in a full run), True (all fast) or False (all at
     their defaults); ``trunks``: tier-0 trunks (default ``cnn, lite0``; quick ``cnn``); ``archs``:
     tier 1-2 architectures (default ``cnn, vit``, plus ``resnet18`` on CUDA; quick ``cnn``);
-    ``rhos``: tier-2 watermark agreement rates; ``tolerance``: pointing-game tolerance in pixels;
+    ``rhos``: tier-2 watermark agreement rates (default 0.5, 0.75, 0.9, 1.0; quick: 0.5, 1.0); ``tolerance``: pointing-game tolerance in pixels;
     ``n_boot``: bootstrap replicates; ``proxies``: compute the proxy metrics; ``examples``: images
     per scenario drawn in the HTML page; ``out``: folder to write (None: write nothing).
     """
 
     tiers: Any = TIERS
     methods: Any = "all"
-    seeds: Any = 3
+    seeds: Any = None
     images_per_scenario: int | None = None
     device: str = "cpu"
     out: str | None = None
@@ -114,7 +116,7 @@ class TruthConfig:
     tolerance: int = 0
     trunks: Any = None
     archs: Any = None
-    rhos: Any = RHOS
+    rhos: Any = None
     examples: int = 2
 
     def __post_init__(self):
@@ -130,14 +132,15 @@ class TruthConfig:
             raise FaithmapError(f"unknown tier {bad[0]}; choose from: {', '.join(map(str, TIERS))}")
         set_("tiers", tuple(sorted(set(tiers))))
         set_("methods", self._methods(self.methods))
-        seeds = _ints(self.seeds, "seeds")
-        if len(seeds) == 1 and isinstance(self.seeds, (int, np.integer)):
-            if seeds[0] < 1:
-                raise FaithmapError(f"seeds must be at least 1 (the number of model seeds), got {seeds[0]}")
-            seeds = tuple(range(seeds[0]))
-        if min(seeds) < 0 or len(set(seeds)) != len(seeds):
-            raise FaithmapError(f"model seeds must be distinct non-negative integers, got {list(seeds)}")
-        set_("seeds", seeds)
+        if self.seeds is not None:
+            seeds = _ints(self.seeds, "seeds")
+            if len(seeds) == 1 and isinstance(self.seeds, (int, np.integer)):
+                if seeds[0] < 1:
+                    raise FaithmapError(f"seeds must be at least 1 (the number of model seeds), got {seeds[0]}")
+                seeds = tuple(range(seeds[0]))
+            if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+                raise FaithmapError(f"model seeds must be distinct non-negative integers, got {list(seeds)}")
+            set_("seeds", seeds)
         for name, v, low in (("images_per_scenario", self.images_per_scenario, 1), ("n_boot", self.n_boot, 100),
                              ("tolerance", self.tolerance, 0), ("examples", self.examples, 0),
                              ("batch_size", self.batch_size, 1)):
@@ -151,10 +154,16 @@ class TruthConfig:
             set_("trunks", _names(self.trunks, "tier-0 trunk", tier0.TRUNKS))
         if self.archs is not None:
             set_("archs", _names(self.archs, "architecture", ARCHS))
-        rhos = (self.rhos,) if isinstance(self.rhos, (int, float)) else tuple(self.rhos)
-        if not rhos or any(isinstance(r, bool) or not 0 <= float(r) <= 1 for r in rhos):
-            raise FaithmapError(f"rhos must be rates in [0, 1], got {self.rhos!r}")
-        set_("rhos", tuple(float(r) for r in rhos))
+        if self.rhos is not None:
+            rhos = (self.rhos,) if isinstance(self.rhos, (int, float)) else (
+                [r.strip() for r in self.rhos.split(",") if r.strip()] if isinstance(self.rhos, str) else tuple(self.rhos))
+            try:
+                ok = bool(rhos) and all(not isinstance(r, bool) and 0 <= float(r) <= 1 for r in rhos)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise FaithmapError(f"rhos must be rates in [0, 1], got {self.rhos!r}")
+            set_("rhos", tuple(float(r) for r in rhos))
         if self.out is not None:
             set_("out", os.fspath(self.out))
 
@@ -172,6 +181,16 @@ class TruthConfig:
     def images(self) -> int:
         """Images per scenario and seed: ``images_per_scenario``, else 8 (quick: 2)."""
         return self.images_per_scenario or (2 if self.quick else 8)
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """Model seeds: ``seeds``, else 0, 1, 2 (quick: 0)."""
+        return self.seeds or tuple(range(1 if self.quick else 3))
+
+    @property
+    def rho_list(self) -> tuple[float, ...]:
+        """Tier-2 watermark agreement rates: ``rhos``, else 0.5, 0.75, 0.9, 1.0 (quick: 0.5 and 1.0)."""
+        return self.rhos or (QUICK_RHOS if self.quick else RHOS)
 
     @property
     def trunk_names(self) -> tuple[str, ...]:
@@ -197,7 +216,7 @@ class TruthConfig:
     def as_dict(self) -> dict:
         """The settings as run (defaults resolved), for ``truth.json``."""
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-        d.update(images_per_scenario=self.images, trunks=list(self.trunk_names), archs=list(self.arch_names),
+        d.update(images_per_scenario=self.images, seeds=list(self.seed_list), rhos=list(self.rho_list), trunks=list(self.trunk_names), archs=list(self.arch_names),
                  methods=self.methods if self.methods == "all" else list(self.methods))
         return d
 
@@ -289,7 +308,7 @@ def _scenarios(tier: int, seed: int, cfg: TruthConfig, module):
         if tier == 1:
             yield module.build(seed, arch=arch, **common)
         else:
-            for rho in cfg.rhos:
+            for rho in cfg.rho_list:
                 yield module.build(seed, rho=rho, arch=arch, **common)
 
 
@@ -531,7 +550,7 @@ def run(config: TruthConfig | None = None, **overrides) -> TruthResult:
         if module is None:
             unavailable[tier] = reason
             continue
-        for seed in cfg.seeds:
+        for seed in cfg.seed_list:
             t0 = time.perf_counter()
             for sc in _scenarios(tier, seed, cfg, module):
                 built = time.perf_counter() - t0
