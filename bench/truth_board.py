@@ -37,7 +37,9 @@ def board(summary: dict, command: str, date: str) -> dict:
             row = methods.setdefault(m, {"family": METHODS.get(m).family if m in METHODS else "?"})
             row[f"tier{tier}"] = {s: {k: entry[s][k] for k in ("mean", "low", "high", "n")} for s in SCORES if s in entry}
     mine = {t: [s for s in passed if str(s["tier"]) == t] for t in TIERS}
+    cfg = summary.get("config", {})
     return {"command": command, "date": date, "interval": summary.get("notes", {}).get("interval"),
+            "settings": {k: cfg.get(k) for k in ("quick", "fast", "images_per_scenario", "archs", "seeds", "rhos")},
             "scores": {"pointing": "share of the map's maximal pixels inside the evidence",
                        "mass": "share of the map's (non-negative) mass inside the evidence",
                        "auroc": "pixel AUROC of the map as a detector of the evidence"},
@@ -70,7 +72,8 @@ def markdown(doc: dict) -> str:
     lines.append("")
     lines.append(f"Mean [95% interval] over images and model seeds ({doc['interval']}). Tier 1: "
                  f"{t['1']['models']} models ({', '.join(t['1']['scenarios']) or 'none'}), tier 2: {t['2']['models']} "
-                 f"models ({', '.join(t['2']['scenarios']) or 'none'}) that passed their reliance gates.")
+                 f"models ({', '.join(t['2']['scenarios']) or 'none'}) that passed their reliance gates; "
+                 f"settings: {doc.get('settings')}.")
     return "\n".join(lines) + "\n"
 
 
