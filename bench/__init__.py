@@ -16,7 +16,7 @@ import faithmap
 from faithmap.errors import FaithmapError
 
 from . import ablations, aop, audit, cams, deletion, evaluate, excitation, gather, gpu, gradients, igos, igospp  # noqa: F401
-from . import metrics, ties, truth_leaks, xrai  # noqa: F401  (each module registers its benchmarks)
+from . import audit_tier2, metrics, ties, truth_board, truth_cost, truth_leaks, xrai  # noqa: F401  (each module registers its benchmarks)
 from .common import BENCHES, Options, listing, parse_args
 
 EXIT_BAD_INPUT = 2

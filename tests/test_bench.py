@@ -144,3 +144,29 @@ def test_gpu_bench_quick_on_cpu(tmp_path, capsys):
                  "--json", str(tmp_path / "never.json")]) == 2
     assert "other settings (quick)" in capsys.readouterr().err
     assert not (tmp_path / "never.json").exists()
+
+
+def test_truth_board_writes_the_pooled_tier_1_2_scores(tmp_path, capsys):
+    """docs/data/truth_leaderboard.{json,md} from a truth.json: tiers 1-2 pooled scores with their
+    intervals, the models behind them (passed gates only), the command and date; rows by tier-1 mass."""
+    e = lambda m: {"mean": m, "low": m - 0.1, "high": m + 0.1, "n": 6}  # noqa: E731
+    summary = {"notes": {"interval": "seeds then images"},
+               "scenarios": [{"tier": 1, "scenario": "planted-cnn", "model_seed": s, "passed": True, "images": 2}
+                             for s in (0, 1)] + [{"tier": 2, "scenario": "watermark-cnn-rho0.50", "model_seed": 0,
+                                                  "passed": False, "images": 0}],
+               "scores": {"1": {"all": {"edge": {"pointing": e(0.3), "mass": e(0.2), "auroc": e(0.6)},
+                                        "occlusion": {"pointing": e(0.9), "mass": e(0.7), "auroc": e(0.9)}}}}}
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(summary))
+    rc = main(["truth-board", "--param", f"truth={path}", "--param", "command=faithmap truth --quick",
+               "--param", "date=2026-12-07", "--param", f"out={tmp_path / 'd'}"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "d" / "truth_leaderboard.json").read_text())
+    assert doc["command"] == "faithmap truth --quick" and doc["date"] == "2026-12-07"
+    assert doc["methods"]["occlusion"]["family"] == "perturbation" and doc["methods"]["edge"]["family"] == "baseline"
+    assert doc["methods"]["occlusion"]["tier1"]["mass"] == e(0.7) and "tier2" not in doc["methods"]["edge"]
+    assert doc["tiers"]["1"] == {"scenarios": ["planted-cnn"], "model_seeds": [0, 1], "models": 2}
+    assert doc["tiers"]["2"]["models"] == 0  # its only model failed a gate
+    md = (tmp_path / "d" / "truth_leaderboard.md").read_text().splitlines()
+    rows = [ln for ln in md if ln.startswith("| ") and not ln.startswith("| method")]
+    assert rows[0].startswith("| occlusion |") and "0.70 [0.60, 0.80]" in rows[0] and rows[1].startswith("| edge |")

@@ -85,6 +85,22 @@ def test_planted_scenario_scored_and_written(tmp_path, tier1, few_methods):
     assert "data:image/png;base64," in page and "planted-test" in page and "tier 2 is not available" in page
 
 
+def test_a_rerun_into_the_same_folder_replaces_its_parts(tmp_path, tier1, few_methods):
+    """Rows go through the evaluation store: a second run into the folder leaves one part per
+    scenario and seed, not two."""
+    import pyarrow.parquet as pq
+
+    args = dict(tiers=1, seeds=1, images_per_scenario=2, out=str(tmp_path / "r"), n_boot=100, proxies=False, archs="cnn",
+                methods="saliency,edge")
+    run(**args)
+    first = sorted(os.listdir(tmp_path / "r" / "parts"))
+    run(**args)
+    again = sorted(os.listdir(tmp_path / "r" / "parts"))
+    assert len(first) == len(again) == 1 and first != again  # a new part, the old one gone
+    keys = pq.read_table(tmp_path / "r" / "parts").column("key").to_pylist()
+    assert len(keys) == len(set(keys)) and keys[0].startswith("t1/planted-test/s0/0|")
+
+
 def test_failed_gate_ends_the_scenario_with_one_line(tmp_path, tier1, few_methods, capsys):
     tier1.options = {"passing": False}
     rc, out, err = cli(["truth", "--tier", "1", "--seeds", "1", "--arch", "cnn", "--out", str(tmp_path / "g"),
@@ -121,6 +137,8 @@ def test_a_method_that_cannot_run_is_skipped_or_refused(tmp_path, tier1, few_met
     (["--methods", "nosuch"], "unknown method 'nosuch'"),
     (["--images-per-scenario", "0"], "images_per_scenario must be an integer of at least 1"),
     (["--trunk", "vgg"], "unknown tier-0 trunk 'vgg'"),
+    (["--rho", "2"], "rhos must be rates in [0, 1]"),
+    (["--seeds", "-1"], "seeds must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needle):
     out = tmp_path / "bad"
@@ -131,11 +149,13 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, ne
 
 def test_config_is_checked_once_and_defaults_follow_quick():
     cfg = TruthConfig()
-    assert cfg.images == 8 and cfg.trunk_names == ("cnn", "lite0") and cfg.seeds == (0, 1, 2)
+    assert cfg.images == 8 and cfg.trunk_names == ("cnn", "lite0") and cfg.seed_list == (0, 1, 2)
     import dataclasses
 
     quick = dataclasses.replace(cfg, quick=True)
     assert quick.images == 2 and quick.trunk_names == ("cnn",) and quick.arch_names == ("cnn",)
+    assert quick.seed_list == (0,) and quick.rho_list == (0.5, 1.0) and cfg.rho_list == (0.5, 0.75, 0.9, 1.0)
+    assert TruthConfig(rhos="0.9, 1").rhos == (0.9, 1.0) and dataclasses.replace(quick, seeds=3).seed_list == (0, 1, 2)
     assert TruthConfig(methods="Saliency,gradient").methods == ("saliency",)  # canonical names, aliases merged
     assert TruthConfig(fast=None).fast_for("igos") is False and TruthConfig(quick=True).fast_for("igos") is True
     with pytest.raises(faithmap.FaithmapError, match="unknown truth setting 'tier'"):
@@ -156,7 +176,8 @@ def test_same_seed_same_rows_and_the_cli_writes_the_page(tmp_path, capsys):
 
     a, b = rows(), rows()
     assert a == b and len(a) > 0
-    vals = np.array([r[-1] for r in a if r[5] == "outside" and r[3] == "saliency"])
+    metric, method = COLUMNS.index("metric"), COLUMNS.index("method")
+    vals = np.array([r[-1] for r in a if r[metric] == "outside" and r[method] == "saliency"])
     np.testing.assert_allclose(vals, 0.0, atol=1e-7)
     out = tmp_path / "cli"
     rc, stdout, _ = cli(["truth", "--tier", "0", "--trunk", "cnn", "--methods", "saliency,edge", "--seeds", "1",

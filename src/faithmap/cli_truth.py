@@ -1,6 +1,6 @@
 """``faithmap truth``: score every method against evidence the model is known to use.
 
-    faithmap truth [--tier 0,1,2] [--methods all|NAME,...] [--seeds 3] [--images-per-scenario N]
+    faithmap truth [--tier 0,1,2] [--methods all|NAME,...] [--seeds 3] [--rho 0.5,...] [--images-per-scenario N]
                    [--device auto] [--out DIR] [--quick] [--fast|--no-fast] [--cache-dir DIR]
 
 A thin shell over :func:`faithmap.truth.run`: the flags make one :class:`faithmap.truth.TruthConfig`
@@ -24,13 +24,15 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", default="0,1,2", help="tiers, comma-separated (default 0,1,2)")
     p.add_argument("--methods", default="all", help="'all' (default; methods that cannot run on a model are skipped "
                                                     "and said) or comma-separated names")
-    p.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=None, help="model seeds 0..N-1 (default 3; --quick 1)")
+    p.add_argument("--rho", default=None, help="tier-2 watermark agreement rates, comma-separated "
+                                               "(default 0.5,0.75,0.9,1.0; --quick 0.5,1.0)")
     p.add_argument("--images-per-scenario", type=int, default=None,
                    help="images explained per scenario and seed (default 8; --quick 2)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", default="faithmap_truth", help="output folder (default faithmap_truth)")
-    p.add_argument("--quick", action="store_true", help="a CI-sized run: tier 0 on the small CNN, fast settings, "
-                                                        "coarse proxy curves")
+    p.add_argument("--quick", action="store_true", help="a CI-sized run: one model seed, the small CNN, tier 2 at "
+                                                        "rho 0.5 and 1.0, fast settings, coarse proxy curves")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="every method at its fast settings (--no-fast: every method at its defaults; default: fast, "
                         "except I-GOS, iGOS++, RISE, occlusion and Extremal Perturbation in a full run)")
@@ -57,16 +59,23 @@ def run_truth(args: argparse.Namespace) -> int:
     result = run(tiers=args.tier, methods=args.methods, seeds=args.seeds, images_per_scenario=args.images_per_scenario,
                  device=pick_device(args.device), out=args.out, quick=args.quick, fast=args.fast,
                  cache_dir=args.cache_dir, batch_size=args.batch_size, proxies=not args.no_proxies,
-                 progress=args.progress, archs=args.arch, trunks=args.trunk)
+                 progress=args.progress, archs=args.arch, trunks=args.trunk, rhos=args.rho)
     for tier, why in result.unavailable.items():
         print(f"faithmap: note: {why}", file=sys.stderr)
     for r in result.records:
         if not r.passed:
             print(f"faithmap: note: {r.failed_line()}", file=sys.stderr)
+    from .truth.report import use_line
+
+    for r in result.records:
+        if r.tier > 0 and r.info.get("uses"):
+            print(f"tier {r.tier} {r.name} measured use, {use_line(r)}")
     for tier in result.config.tiers:
         if result.leaderboard(tier):
             print(f"tier {tier} (all scenarios, mean [95% interval]):")
             print("\n".join(_board_lines(result, tier)))
+    parts = result.summary.get("seconds_by_part", {})
+    print("seconds by part: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     print(f"{result.seconds:.1f} s; wrote {len(result.written)} files to {args.out} (truth.json, truth.html, parts/)")
     return 0
 

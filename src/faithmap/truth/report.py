@@ -95,6 +95,14 @@ def gate_rows(records) -> list[list[str]]:
     return rows
 
 
+def use_line(rec) -> str:
+    """What a trained model was measured to use: ``seed 0: object 0.91, watermark 0.35 (used: ...)``."""
+    uses = rec.info.get("uses", {})
+    used = rec.info.get("used")
+    tail = f" (used: {', '.join(used) or 'none'})" if used is not None else ""
+    return f"seed {rec.model_seed}: " + ", ".join(f"{k} {float(v):.2f}" for k, v in uses.items()) + tail
+
+
 # ----------------------------------------------------------------------------------------------
 # pictures
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +175,10 @@ def _tier_section(result, tier: int) -> list[str]:
         mine = [r for r in recs if r.name == name]
         parts.append(f"<h3 id='t{tier}-{html.escape(name)}'>{html.escape(name)}</h3>")
         parts.append(html_table(gate_rows(mine), "gates"))
+        uses = [use_line(r) for r in mine if r.tier > 0 and r.info.get("uses")]
+        if uses:
+            parts.append("<p class='note'>measured use (reliance by intervention; used at &ge; 0.10): "
+                         + "; ".join(html.escape(u) for u in uses) + "</p>")
         skipped = {m: why for r in mine for m, why in r.skipped.items()}
         if skipped:
             parts.append("<p class='note'>skipped: " + "; ".join(f"{html.escape(m)} ({html.escape(w)})"

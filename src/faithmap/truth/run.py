@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ..api import explain
 from ..core.device import resolve_device
-from ..core.io import atomic_open, write_json
+from ..core.io import write_json
 from ..errors import FaithmapError
+from ..evaluation.store import Column, Store
 from ..evaluation.tasks import image_seed
 from ..registry import METHODS
 from . import tier0
@@ -38,12 +40,19 @@ from .scores import HIGHER_IS_BETTER, SCORES, TIER0_SCORES, at_input, interval, 
 
 TIERS = (0, 1, 2)
 RHOS = (0.5, 0.75, 0.9, 1.0)
+QUICK_RHOS = (0.5, 1.0)
 ARCHS = ("cnn", "vit", "resnet18")
 FULL_DEFAULTS = ("igos", "igos++", "rise", "occlusion", "extremal_perturbation")
 """Methods run at their default settings in a full run (the others at their ``fast`` settings)."""
-COLUMNS = ("tier", "scenario", "model_seed", "method", "kind", "metric", "image", "target", "value")
-"""The columns of a Parquet part: ``kind`` is ``truth``, ``proxy`` or ``cost`` (``seconds`` and
-``model_images`` per image)."""
+STORE_COLUMNS: tuple[Column, ...] = (
+    Column("key", pa.string()), Column("tier", pa.int8()), Column("scenario", pa.string()),
+    Column("model_seed", pa.int64()), Column("method", pa.string()), Column("kind", pa.string()),
+    Column("metric", pa.string()), Column("image", pa.int32()), Column("target", pa.int64()),
+    Column("value", pa.float64()))
+"""The columns of a Parquet part, written through the evaluation store
+(:class:`faithmap.evaluation.store.Store`): ``key`` is ``t<tier>/<scenario>/s<seed>/<image>|<method>|<metric>``;
+``kind`` is ``truth``, ``proxy`` or ``cost`` (``seconds`` and ``model_images`` per image)."""
+COLUMNS = tuple(c.name for c in STORE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,20 +88,21 @@ class TruthConfig:
     :class:`~faithmap.errors.FaithmapError` line).
 
     ``tiers``: 0, 1, 2 (an int, ``"0,1"`` or a sequence); ``methods``: ``"all"`` or names; ``seeds``:
-    a count (model seeds 0..n-1) or the seeds themselves; ``images_per_scenario``: images explained
-    per scenario and seed (default 8; quick: 2); ``quick``: a CI-sized run (tier 0 on the small CNN
-    only, the methods' fast settings, coarse proxy curves); ``fast``: None (default: fast settings,
+    a count (model seeds 0..n-1) or the seeds themselves (default 3; quick: 1); ``images_per_scenario``:
+    images explained per scenario and seed (default 8; quick: 2); ``quick``: a CI-sized run (one model
+    seed, tier 0 on the small CNN only, tiers 1-2 the small CNN at its quick training, tier 2 at rho
+    0.5 and 1.0, the methods' fast settings, coarse proxy curves); ``fast``: None (default: fast settings,
     except :data:`FULL_DEFAULTS` at their defaults in a full run), True (all fast) or False (all at
     their defaults); ``trunks``: tier-0 trunks (default ``cnn, lite0``; quick ``cnn``); ``archs``:
     tier 1-2 architectures (default ``cnn, vit``, plus ``resnet18`` on CUDA; quick ``cnn``);
-    ``rhos``: tier-2 watermark agreement rates; ``tolerance``: pointing-game tolerance in pixels;
+    ``rhos``: tier-2 watermark agreement rates (default 0.5, 0.75, 0.9, 1.0; quick: 0.5, 1.0); ``tolerance``: pointing-game tolerance in pixels;
     ``n_boot``: bootstrap replicates; ``proxies``: compute the proxy metrics; ``examples``: images
     per scenario drawn in the HTML page; ``out``: folder to write (None: write nothing).
     """
 
     tiers: Any = TIERS
     methods: Any = "all"
-    seeds: Any = 3
+    seeds: Any = None
     images_per_scenario: int | None = None
     device: str = "cpu"
     out: str | None = None
@@ -106,7 +116,7 @@ class TruthConfig:
     tolerance: int = 0
     trunks: Any = None
     archs: Any = None
-    rhos: Any = RHOS
+    rhos: Any = None
     examples: int = 2
 
     def __post_init__(self):
@@ -122,14 +132,15 @@ class TruthConfig:
             raise FaithmapError(f"unknown tier {bad[0]}; choose from: {', '.join(map(str, TIERS))}")
         set_("tiers", tuple(sorted(set(tiers))))
         set_("methods", self._methods(self.methods))
-        seeds = _ints(self.seeds, "seeds")
-        if len(seeds) == 1 and isinstance(self.seeds, (int, np.integer)):
-            if seeds[0] < 1:
-                raise FaithmapError(f"seeds must be at least 1 (the number of model seeds), got {seeds[0]}")
-            seeds = tuple(range(seeds[0]))
-        if min(seeds) < 0 or len(set(seeds)) != len(seeds):
-            raise FaithmapError(f"model seeds must be distinct non-negative integers, got {list(seeds)}")
-        set_("seeds", seeds)
+        if self.seeds is not None:
+            seeds = _ints(self.seeds, "seeds")
+            if len(seeds) == 1 and isinstance(self.seeds, (int, np.integer)):
+                if seeds[0] < 1:
+                    raise FaithmapError(f"seeds must be at least 1 (the number of model seeds), got {seeds[0]}")
+                seeds = tuple(range(seeds[0]))
+            if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+                raise FaithmapError(f"model seeds must be distinct non-negative integers, got {list(seeds)}")
+            set_("seeds", seeds)
         for name, v, low in (("images_per_scenario", self.images_per_scenario, 1), ("n_boot", self.n_boot, 100),
                              ("tolerance", self.tolerance, 0), ("examples", self.examples, 0),
                              ("batch_size", self.batch_size, 1)):
@@ -143,10 +154,16 @@ class TruthConfig:
             set_("trunks", _names(self.trunks, "tier-0 trunk", tier0.TRUNKS))
         if self.archs is not None:
             set_("archs", _names(self.archs, "architecture", ARCHS))
-        rhos = (self.rhos,) if isinstance(self.rhos, (int, float)) else tuple(self.rhos)
-        if not rhos or any(isinstance(r, bool) or not 0 <= float(r) <= 1 for r in rhos):
-            raise FaithmapError(f"rhos must be rates in [0, 1], got {self.rhos!r}")
-        set_("rhos", tuple(float(r) for r in rhos))
+        if self.rhos is not None:
+            rhos = (self.rhos,) if isinstance(self.rhos, (int, float)) else (
+                [r.strip() for r in self.rhos.split(",") if r.strip()] if isinstance(self.rhos, str) else tuple(self.rhos))
+            try:
+                ok = bool(rhos) and all(not isinstance(r, bool) and 0 <= float(r) <= 1 for r in rhos)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise FaithmapError(f"rhos must be rates in [0, 1], got {self.rhos!r}")
+            set_("rhos", tuple(float(r) for r in rhos))
         if self.out is not None:
             set_("out", os.fspath(self.out))
 
@@ -164,6 +181,16 @@ class TruthConfig:
     def images(self) -> int:
         """Images per scenario and seed: ``images_per_scenario``, else 8 (quick: 2)."""
         return self.images_per_scenario or (2 if self.quick else 8)
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """Model seeds: ``seeds``, else 0, 1, 2 (quick: 0)."""
+        return self.seeds or tuple(range(1 if self.quick else 3))
+
+    @property
+    def rho_list(self) -> tuple[float, ...]:
+        """Tier-2 watermark agreement rates: ``rhos``, else 0.5, 0.75, 0.9, 1.0 (quick: 0.5 and 1.0)."""
+        return self.rhos or (QUICK_RHOS if self.quick else RHOS)
 
     @property
     def trunk_names(self) -> tuple[str, ...]:
@@ -189,7 +216,7 @@ class TruthConfig:
     def as_dict(self) -> dict:
         """The settings as run (defaults resolved), for ``truth.json``."""
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-        d.update(images_per_scenario=self.images, trunks=list(self.trunk_names), archs=list(self.arch_names),
+        d.update(images_per_scenario=self.images, seeds=list(self.seed_list), rhos=list(self.rho_list), trunks=list(self.trunk_names), archs=list(self.arch_names),
                  methods=self.methods if self.methods == "all" else list(self.methods))
         return d
 
@@ -214,6 +241,9 @@ class ScenarioRecord:
     proxy_errors: dict[str, str] = field(default_factory=dict)
     """``method/proxy`` -> why that proxy refused this scenario's maps (its scores are NaN)."""
     examples: dict[str, Any] = field(default_factory=dict)
+    clock: dict[str, float] = field(default_factory=dict)
+    """Seconds per part: ``generate``, ``train``, ``gates`` (tiers 1-2; tier 0: ``build``), ``explain``,
+    ``score`` (truth scores), ``proxies``."""
 
     @property
     def passed(self) -> bool:
@@ -278,7 +308,7 @@ def _scenarios(tier: int, seed: int, cfg: TruthConfig, module):
         if tier == 1:
             yield module.build(seed, arch=arch, **common)
         else:
-            for rho in cfg.rhos:
+            for rho in cfg.rho_list:
                 yield module.build(seed, rho=rho, arch=arch, **common)
 
 
@@ -313,6 +343,9 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
     """Explain, score and time every method on one scenario (nothing if a gate failed)."""
     rec = ScenarioRecord(sc.tier, sc.name, int(sc.model_seed), list(sc.gates), dict(sc.info), build_seconds)
     rec.info["uses"] = dict(sc.uses)
+    parts = sc.info.get("seconds")
+    rec.clock = dict(parts) if isinstance(parts, dict) else {"build": build_seconds}
+    rec.clock.update(explain=0.0, score=0.0, proxies=0.0)
     if not rec.passed:
         return rec
     n = min(cfg.images, int(sc.x.shape[0]))
@@ -328,8 +361,12 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
         if e is None:
             rec.skipped[name] = reason
             continue
+        rec.clock["explain"] += time.perf_counter() - start
+        t = time.perf_counter()
         sal = e.saliency.detach()
         vals = dict(truth_scores(sal, evidence, tier=sc.tier, tolerance=cfg.tolerance))
+        rec.clock["score"] += time.perf_counter() - t
+        t = time.perf_counter()
         if cfg.proxies:
             seeds = [image_seed(sc.model_seed, f"{sc.name}/{i}", name, "proxy") for i in range(n)]
             proxies, errors = proxy_scores(sc.model, x, sal, target, seeds=seeds, batch_size=cfg.batch_size,
@@ -337,6 +374,7 @@ def score_scenario(sc: Scenario, cfg: TruthConfig, build_seconds: float = 0.0) -
             vals.update(proxies)
             for p, why in errors.items():
                 rec.proxy_errors[f"{name}/{p}"] = why
+        rec.clock["proxies"] += time.perf_counter() - t
         vals["seconds"] = np.full(n, e.seconds / n)
         vals["model_images"] = np.full(n, e.counts.get("images", 0) / n)
         rec.scores[name] = vals
@@ -357,7 +395,8 @@ def _rows(rec: ScenarioRecord) -> dict[str, list]:
     for method, vals in rec.scores.items():
         for metric, v in vals.items():
             for i, value in enumerate(np.asarray(v, dtype=np.float64).tolist()):
-                for c, x in zip(COLUMNS, (rec.tier, rec.name, rec.model_seed, method, _kind(metric), metric, i,
+                key = f"t{rec.tier}/{rec.name}/s{rec.model_seed}/{i}|{method}|{metric}"
+                for c, x in zip(COLUMNS, (key, rec.tier, rec.name, rec.model_seed, method, _kind(metric), metric, i,
                                           rec.targets[i], value)):
                     cols[c].append(x)
     return cols
@@ -416,9 +455,14 @@ def summarise(records: list[ScenarioRecord], unavailable: dict[int, str], cfg: T
     for r in records:
         summary["scenarios"].append({
             "tier": r.tier, "scenario": r.name, "model_seed": r.model_seed, "passed": r.passed,
-            "build_seconds": r.build_seconds, "images": len(r.targets),
+            "build_seconds": r.build_seconds, "seconds": r.clock, "images": len(r.targets),
             "gates": [dataclasses.asdict(g) for g in r.gates], "info": _jsonable(r.info), "skipped": r.skipped,
             "proxy_errors": r.proxy_errors})
+    parts: dict[str, float] = {}
+    for r in records:
+        for k, v in r.clock.items():
+            parts[k] = parts.get(k, 0.0) + float(v)
+    summary["seconds_by_part"] = parts
     for tier in sorted({r.tier for r in scored}):
         recs = [r for r in scored if r.tier == tier]
         methods = [m for m in cfg.method_names if any(m in r.scores for r in recs)]
@@ -460,31 +504,22 @@ def _jsonable(v):
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
-def _write_rows(path: str, columns: dict[str, list]) -> str:
-    """Write one Parquet part of truth rows (:data:`COLUMNS`) atomically; the one place rows are written."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    types = {"tier": pa.int8(), "scenario": pa.string(), "model_seed": pa.int64(), "method": pa.string(),
-             "kind": pa.string(), "metric": pa.string(), "image": pa.int32(), "target": pa.int64(),
-             "value": pa.float64()}
-    table = pa.table({c: pa.array(columns[c], type=types[c]) for c in COLUMNS})
-    with atomic_open(path) as fh:
-        pq.write_table(table, fh, compression="zstd")
-    return path
+def _write_rows(store: Store, rec: ScenarioRecord) -> str:
+    """One scenario's rows (:data:`STORE_COLUMNS`) as one part of the evaluation store: the one place
+    truth rows are written (atomically, as every store part)."""
+    return store.write(_rows(rec), keys=[f"t{rec.tier}/{rec.name}/s{rec.model_seed}"], images={})
 
 
 def write(result: TruthResult, out: str) -> list[str]:
     """The parts, ``truth.json`` and ``truth.html`` of ``result`` in ``out``."""
     from .report import write_html
 
-    parts = os.path.join(out, "parts")
-    os.makedirs(parts, exist_ok=True)
-    written = []
-    for r in result.records:
-        if r.scores:
-            name = f"part-t{r.tier}-{r.name}-s{r.model_seed}.parquet"
-            written.append(_write_rows(os.path.join(parts, name), _rows(r)))
+    store = Store(out, STORE_COLUMNS)
+    old = dict(store.scan(repair=True).keys)  # a rerun into the same folder replaces its scenarios' parts
+    written = [_write_rows(store, r) for r in result.records if r.scores]
+    stale = {old[k] for r in result.records if r.scores for k in [f"t{r.tier}/{r.name}/s{r.model_seed}"] if k in old}
+    for path in stale:
+        os.remove(path)
     write_json(os.path.join(out, "truth.json"), result.summary)
     written.append(os.path.join(out, "truth.json"))
     written.append(write_html(result, os.path.join(out, "truth.html")))
@@ -515,7 +550,7 @@ def run(config: TruthConfig | None = None, **overrides) -> TruthResult:
         if module is None:
             unavailable[tier] = reason
             continue
-        for seed in cfg.seeds:
+        for seed in cfg.seed_list:
             t0 = time.perf_counter()
             for sc in _scenarios(tier, seed, cfg, module):
                 built = time.perf_counter() - t0
@@ -528,5 +563,5 @@ def run(config: TruthConfig | None = None, **overrides) -> TruthResult:
     return result
 
 
-__all__ = ["COLUMNS", "FULL_DEFAULTS", "ScenarioRecord", "TruthConfig", "TruthResult", "method_params", "run",
+__all__ = ["COLUMNS", "STORE_COLUMNS", "FULL_DEFAULTS", "ScenarioRecord", "TruthConfig", "TruthResult", "method_params", "run",
            "score_scenario", "summarise", "write"]
