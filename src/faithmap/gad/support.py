@@ -26,16 +26,20 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..core.batching import chunks, model_guard, resolve_batch_size
 from ..core.io import atomic_open, write_json
 from ..errors import FaithmapError
+from ..methods.gad import clone_classifier, load_supports, read_state  # noqa: F401  (load_supports: faithmap.gad's)
 from ..models import Classifier
+from ..params import build
 from .data import ImageSet, TensorImages
 
 CACHE_VERSION = 1
@@ -107,15 +111,6 @@ def alpha_tag(alpha: float) -> str:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def clone_classifier(model: Classifier, net: nn.Module, name: str | None = None) -> Classifier:
-    """A :class:`Classifier` around ``net`` with ``model``'s preprocessing, classes and CAM layer."""
-    clf = Classifier(net, mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
-                     input_size=model.input_size, resize_size=model.resize_size, class_names=model.class_names,
-                     cam_layer=model.cam_layer, name=name or model.name, resize=model.resize)
-    clf.channels_last = model.channels_last
-    return clf.to(model.device)
-
-
 def model_outputs(model: Classifier, data: ImageSet, batch_size: int | None = None) -> torch.Tensor:
     """The model's logits (N, K) on every image of ``data``, in eval mode (float32, model's device)."""
     bs = resolve_batch_size(batch_size, model.device)
@@ -127,13 +122,6 @@ def model_outputs(model: Classifier, data: ImageSet, batch_size: int | None = No
 def _atomic_save(obj, path: str) -> None:
     with atomic_open(path) as fh:
         torch.save(obj, fh)
-
-
-def _load(path: str):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable cache file is treated as missing
-        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,6 +137,29 @@ class TrainResult:
     initial_mse: float | None = None
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a support model is trained (sec. 4.2 and 6): ``epochs`` of Adam at learning rate ``lr``
+    over shuffled batches of ``batch_size`` images (the order of epoch ``e`` from ``(seed, e)``), in
+    eval mode unless ``train_mode``. ``fit``: go on after ``epochs`` until the epoch's loss is at
+    most ``fit`` times the initial loss, or ``max_epochs`` (default ``20 * epochs``) have run (see
+    :func:`train_support`). ``eval_batch_size``: images a pass when the model only predicts."""
+
+    epochs: int = 10
+    lr: float = 4e-5
+    batch_size: int = 32
+    seed: int = 0
+    train_mode: bool = False
+    fit: float | None = None
+    max_epochs: int | None = None
+    eval_batch_size: int | None = None
+
+    @classmethod
+    def make(cls, base: "TrainSettings | None" = None, /, **overrides) -> "TrainSettings":
+        """``base`` (default: all defaults) with ``overrides`` (any field), types checked."""
+        return build(cls, "support training", base, overrides)
+
+
 def epoch_limit(epochs: int, fit: float | None, max_epochs: int | None) -> int:
     """The most epochs :func:`train_support` runs: ``epochs`` without ``fit``; with it ``max_epochs``
     (default ``20 * epochs``), never fewer than ``epochs``."""
@@ -157,11 +168,10 @@ def epoch_limit(epochs: int, fit: float | None, max_epochs: int | None) -> int:
     return max(int(epochs), int(max_epochs) if max_epochs is not None else 20 * int(epochs))
 
 
-def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, epochs: int = 10, lr: float = 4e-5,
-                  batch_size: int = 32, seed: int = 0, train_mode: bool = False, checkpoint: str | None = None,
-                  callback: Callable[[int, float], None] | None = None, progress: bool = True,
-                  desc: str = "support", eval_batch_size: int | None = None, fit: float | None = None,
-                  max_epochs: int | None = None, original: torch.Tensor | None = None) -> TrainResult:
+def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, settings: TrainSettings | None = None,
+                  /, *, checkpoint: str | None = None, callback: Callable[[int, float], None] | None = None,
+                  progress: bool = True, desc: str = "support", original: torch.Tensor | None = None,
+                  **overrides) -> TrainResult:
     """Regress a copy of ``model.net`` onto ``targets`` (N, K) with MSE and Adam (sec. 4.2).
 
     The copy starts from the original weights; all its parameters are trained. ``checkpoint``: a
@@ -174,13 +184,17 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     on one epoch at a time until the epoch's mean training loss is at most ``fit`` times the initial
     loss (the MSE of the original model to ``targets``, ``alpha^2 / K`` for distanced targets), or
     ``max_epochs`` (default ``20 * epochs``) have run. ``original``: the model's outputs on ``data``
-    when the caller has them (saves the pass that gives the initial loss).
+    when the caller has them (saves the pass that gives the initial loss). The settings are
+    ``settings`` (a :class:`TrainSettings`) with ``overrides``: ``epochs=``, ``lr=``, ``batch_size=``,
+    ``seed=``, ``train_mode=``, ``fit=``, ``max_epochs=``, ``eval_batch_size=``.
     """
+    st = TrainSettings.make(settings, **overrides)
+    epochs, lr, batch_size, seed, fit = st.epochs, st.lr, st.batch_size, st.seed, st.fit
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise FaithmapError(f"need epochs >= 0, lr > 0 and batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
     if fit is not None and not 0 < fit < 1:
         raise FaithmapError(f"fit must be in (0, 1), got {fit}")
-    limit = epoch_limit(epochs, fit, max_epochs)
+    limit = epoch_limit(epochs, fit, st.max_epochs)
     plan = [int(epochs), fit, limit]
     device = model.device
     net = copy.deepcopy(model.net)
@@ -190,7 +204,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     losses: list[float] = []
     start = 0
     if checkpoint and os.path.isfile(checkpoint):
-        state = _load(checkpoint)
+        state = read_state(checkpoint)
         if state is not None and state.get("plan", [state.get("epochs"), None, state.get("epochs")]) == plan:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optim"])
@@ -202,9 +216,8 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     initial = None
     if fit is not None:
         if original is None:
-            original = model_outputs(model, data, eval_batch_size)
+            original = model_outputs(model, data, st.eval_batch_size)
         initial = float(torch.nn.functional.mse_loss(original.to(device).float(), targets))
-    from tqdm import tqdm
 
     def done(epoch: int) -> bool:
         if epoch >= limit:
@@ -219,7 +232,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
             if (epoch + 1) * steps > bar.total:
                 bar.total = (epoch + 1) * steps
                 bar.refresh()
-            net.train(train_mode)
+            net.train(st.train_mode)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch))
             total = 0.0
             with torch.random.fork_rng(devices=[]):
@@ -250,7 +263,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     for p in net.parameters():
         p.requires_grad_(False)
     sup = clone_classifier(model, net)
-    fit_mse = float(torch.nn.functional.mse_loss(model_outputs(sup, data, eval_batch_size), targets))
+    fit_mse = float(torch.nn.functional.mse_loss(model_outputs(sup, data, st.eval_batch_size), targets))
     return TrainResult(net, losses, fit_mse, resumed_from=start, epochs_run=len(losses) - start, initial_mse=initial)
 
 
@@ -277,12 +290,9 @@ class SupportSet:
 
 
 def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch.Tensor], classes: tuple[int, int],
-                   alphas: Sequence[float] = (2, 4, 6, 8), *, epochs: int = 10, lr: float = 4e-5,
-                   batch_size: int = 32, seed: int = 0, train_mode: bool = False, cache_dir: str | None = None,
-                   use_cache: bool = True, progress: bool = True,
-                   callback: Callable[[float, int, float], None] | None = None,
-                   eval_batch_size: int | None = None, fit: float | None = None,
-                   max_epochs: int | None = None) -> SupportSet:
+                   alphas: Sequence[float] = (2, 4, 6, 8), settings: TrainSettings | None = None, /, *,
+                   cache_dir: str | None = None, use_cache: bool = True, progress: bool = True,
+                   callback: Callable[[float, int, float], None] | None = None, **overrides) -> SupportSet:
     """One support regression model per distance in ``alphas`` (sec. 4.2-4.3), from the cache when there.
 
     ``data``: the training images of the two ``classes`` (an :class:`ImageSet`, or a pair
@@ -291,9 +301,11 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
     ``alpha-<a>.pt`` per finished model, ``alpha-<a>.ckpt`` while one trains, and ``meta.json``.
     ``use_cache=False`` trains in memory without reading or writing files.
     ``callback(alpha, epoch, loss)`` runs after each epoch. ``fit``/``max_epochs``: train each model
-    to a fit criterion (see :func:`train_support`); part of the cache key when given.
+    to a fit criterion (see :func:`train_support`); part of the cache key when given. The training
+    settings are ``settings`` (a :class:`TrainSettings`) with ``overrides`` (any of its fields).
     """
-    import time
+    st = TrainSettings.make(settings, **overrides)
+    epochs, fit = st.epochs, st.fit
 
     if isinstance(data, tuple):
         data = TensorImages(*data)
@@ -311,12 +323,12 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
     if not bool(((labels == a) | (labels == b)).all()):
         raise FaithmapError(f"every training image must belong to class {a} or {b}")
     start = time.perf_counter()
-    settings = {"version": CACHE_VERSION, "classes": [a, b], "epochs": int(epochs), "lr": float(lr),
-                "batch_size": int(batch_size), "seed": int(seed), "train_mode": bool(train_mode), "loss": "mse",
-                "optimizer": "adam"}
+    settings = {"version": CACHE_VERSION, "classes": [a, b], "epochs": int(epochs), "lr": float(st.lr),
+                "batch_size": int(st.batch_size), "seed": int(st.seed), "train_mode": bool(st.train_mode),
+                "loss": "mse", "optimizer": "adam"}
     if fit is not None:  # absent otherwise: fixed-length entries keep their keys
         settings["fit"] = float(fit)
-        settings["max_epochs"] = epoch_limit(epochs, fit, max_epochs)
+        settings["max_epochs"] = epoch_limit(epochs, fit, st.max_epochs)
     directory = None
     done: dict[float, dict] = {}
     if use_cache:
@@ -325,11 +337,11 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
         for al in alphas:
             path = os.path.join(directory, f"alpha-{alpha_tag(al)}.pt")
             if os.path.isfile(path):
-                state = _load(path)
+                state = read_state(path)
                 if state is not None and "net" in state:
                     done[al] = state
     todo = [al for al in alphas if al not in done]
-    original = model_outputs(model, data, eval_batch_size) if todo else None
+    original = model_outputs(model, data, st.eval_batch_size) if todo else None
     if directory and todo:
         os.makedirs(directory, exist_ok=True)
         meta = {**settings, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
@@ -352,10 +364,8 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             targets = distanced_targets(original, labels, (a, b), al)
             ckpt = os.path.join(directory, f"alpha-{alpha_tag(al)}.ckpt") if directory else None
             cb = (lambda e, lo, _al=al: callback(_al, e, lo)) if callback else None
-            res = train_support(model, data, targets, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                train_mode=train_mode, checkpoint=ckpt, callback=cb, progress=progress,
-                                desc=f"support alpha={alpha_tag(al)}", eval_batch_size=eval_batch_size,
-                                fit=fit, max_epochs=max_epochs, original=original)
+            res = train_support(model, data, targets, st, checkpoint=ckpt, callback=cb, progress=progress,
+                                desc=f"support alpha={alpha_tag(al)}", original=original)
             net = res.net
             if directory:
                 _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,
@@ -370,29 +380,3 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
         models.append(clone_classifier(model, net, f"{model.name}-gad{alpha_tag(al)}"))
     return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, settings,
                       threads)
-
-
-def load_supports(model: Classifier, directory: str) -> list[Classifier]:
-    """The support models stored in a cache entry ``directory`` (``alpha-*.pt``), by increasing alpha,
-    each on ``model``'s architecture."""
-    directory = os.path.expanduser(directory)
-    if not os.path.isdir(directory):
-        raise FaithmapError(f"no such folder of support models: {directory}")
-    files = [f for f in os.listdir(directory) if f.startswith("alpha-") and f.endswith(".pt")]
-    if not files:
-        raise FaithmapError(f"{directory} holds no support models (alpha-*.pt); train them with `faithmap gad`")
-    out = []
-    for f in sorted(files, key=lambda f: float(f[len("alpha-"):-3])):
-        state = _load(os.path.join(directory, f))
-        if state is None or "net" not in state:
-            raise FaithmapError(f"cannot read support model {f} in {directory}")
-        net = copy.deepcopy(model.net)
-        try:
-            net.load_state_dict(state["net"])
-        except RuntimeError as exc:
-            raise FaithmapError(f"{f} does not fit model {model.name}: {str(exc).splitlines()[0][:160]}") from None
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        out.append(clone_classifier(model, net, f"{model.name}-gad{f[len('alpha-'):-3]}"))
-    return out
