@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import os
 
+import torch
+
+from .api import explain as explain_api
 from .cli import add_model_args, command, gather_images, load_model, method_params, model_description
 from .core.io import write_json, write_text
+from .data.digits import load_digits, train_digits_cnn
 from .errors import FaithmapError
+from .metrics.sanity import data_randomisation, model_randomisation, parameter_layers
+from .registry import METHODS, check_params
 
 CHECKS = ("model", "data")
 
 
 def _args(p) -> None:
-    from .registry import METHODS
-
     p.add_argument("images", nargs="*", help="photos for --check model with a photo model (default: the samples)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
     p.add_argument("--check", default="model,data", help="model, data or model,data (default)")
@@ -52,14 +56,7 @@ def _markdown(rows: list[dict], title: str) -> str:
 
 
 def run_sanity(args) -> int:
-    import torch
-
-    from .api import check_params
-    from .api import explain as explain_api
-    from .data.digits import load_digits, train_digits_cnn
-    from .metrics.sanity import data_randomisation, model_randomisation, parameter_layers
-    from .registry import METHODS
-    from .viz.sanity import save_data_randomisation_plot, save_randomisation_plot
+    from .viz.sanity import save_data_randomisation_plot, save_randomisation_plot  # lazy: matplotlib (over a second)
 
     spec = METHODS.get(args.method)
     params = method_params(spec, args)

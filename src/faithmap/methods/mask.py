@@ -31,6 +31,7 @@ from ..core.scores import score_of
 from ..errors import FaithmapError
 from ..params import knob, record
 from ..registry import register_method
+from .gradient import quadrature_nodes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,8 +420,6 @@ class MaskOptimizer:
         exact for path integrands that are polynomials of degree up to ``2n - 1``.
         """
         if rule == "gl":
-            from .gradient import quadrature_nodes
-
             t, w = quadrature_nodes(n, "gausslegendre")
             return t.tolist(), w.tolist()
         if rule == "mid":
