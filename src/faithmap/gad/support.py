@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..core.batching import chunks, model_guard, resolve_batch_size
 from ..core.io import atomic_open, write_json
 from ..errors import FaithmapError
-from ..methods.gad import clone_classifier, load_supports, read_state  # noqa: F401  (load_supports: faithmap.gad's)
+from ..methods.gad import clone_classifier, freeze, frozen_copy, load_supports, read_state  # noqa: F401  (load_supports: faithmap.gad's)
 from ..models import Classifier
 from ..params import build
 from .data import ImageSet, TensorImages
@@ -189,7 +189,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, sett
     ``seed=``, ``train_mode=``, ``fit=``, ``max_epochs=``, ``eval_batch_size=``.
     """
     st = TrainSettings.make(settings, **overrides)
-    epochs, lr, batch_size, seed, fit = st.epochs, st.lr, st.batch_size, st.seed, st.fit
+    epochs, lr, batch_size, fit = st.epochs, st.lr, st.batch_size, st.fit
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise FaithmapError(f"need epochs >= 0, lr > 0 and batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
     if fit is not None and not 0 < fit < 1:
@@ -201,15 +201,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, sett
     for p in net.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    losses: list[float] = []
-    start = 0
-    if checkpoint and os.path.isfile(checkpoint):
-        state = read_state(checkpoint)
-        if state is not None and state.get("plan", [state.get("epochs"), None, state.get("epochs")]) == plan:
-            net.load_state_dict(state["net"])
-            opt.load_state_dict(state["optim"])
-            losses = list(state["losses"])
-            start = int(state["epoch"])
+    losses, start = _resume(checkpoint, plan, net, opt)
     targets = targets.to(device).float()
     n = len(data)
     steps = math.ceil(n / batch_size)
@@ -232,25 +224,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, sett
             if (epoch + 1) * steps > bar.total:
                 bar.total = (epoch + 1) * steps
                 bar.refresh()
-            net.train(st.train_mode)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch))
-            total = 0.0
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed) * 7919 + epoch)  # dropout etc. in train mode: resumable too
-                for s in chunks(n, batch_size):
-                    idx = order[s]
-                    xb = data.batch(idx).to(device)
-                    if model.channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    out = net(xb).float()
-                    loss = torch.nn.functional.mse_loss(out, targets[idx.to(device)])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-            losses.append(total / n)
+            losses.append(_train_epoch(model, net, opt, data, targets, st, epoch, bar))
             epoch += 1
             if checkpoint:
                 _atomic_save({"epoch": epoch, "epochs": epochs, "plan": plan, "net": net.state_dict(),
@@ -259,17 +233,96 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, sett
                 callback(epoch, losses[-1])
     finally:
         bar.close()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
+    freeze(net)
     sup = clone_classifier(model, net)
     fit_mse = float(torch.nn.functional.mse_loss(model_outputs(sup, data, st.eval_batch_size), targets))
     return TrainResult(net, losses, fit_mse, resumed_from=start, epochs_run=len(losses) - start, initial_mse=initial)
 
 
+def _resume(checkpoint: str | None, plan: list, net: nn.Module, opt: torch.optim.Optimizer) -> tuple[list[float], int]:
+    """(losses, epochs done) of the checkpoint of the same ``plan``, its network and optimiser states
+    loaded into ``net`` and ``opt``; ``([], 0)`` without one."""
+    if not (checkpoint and os.path.isfile(checkpoint)):
+        return [], 0
+    state = read_state(checkpoint)
+    if state is None or state.get("plan", [state.get("epochs"), None, state.get("epochs")]) != plan:
+        return [], 0
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["optim"])
+    return list(state["losses"]), int(state["epoch"])
+
+
+def _train_epoch(model: Classifier, net: nn.Module, opt: torch.optim.Optimizer, data: ImageSet, targets: torch.Tensor,
+                 st: TrainSettings, epoch: int, bar) -> float:
+    """One epoch of MSE regression over ``data`` in the order of ``(seed, epoch)``; its mean loss."""
+    n, device = len(data), model.device
+    net.train(st.train_mode)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(st.seed) * 1_000_003 + epoch))
+    total = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(st.seed) * 7919 + epoch)  # dropout etc. in train mode: resumable too
+        for s in chunks(n, st.batch_size):
+            idx = order[s]
+            xb = data.batch(idx).to(device)
+            if model.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out = net(xb).float()
+            loss = torch.nn.functional.mse_loss(out, targets[idx.to(device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+    return total / n
+
+
 # ----------------------------------------------------------------------------------------------
 # the set of support models, cached
 # ----------------------------------------------------------------------------------------------
+def cache_settings(classes: tuple[int, int], st: TrainSettings) -> dict:
+    """The settings a cache entry is keyed by (and records): classes, training settings, loss, optimiser."""
+    settings = {"version": CACHE_VERSION, "classes": list(classes), "epochs": int(st.epochs), "lr": float(st.lr),
+                "batch_size": int(st.batch_size), "seed": int(st.seed), "train_mode": bool(st.train_mode),
+                "loss": "mse", "optimizer": "adam"}
+    if st.fit is not None:  # absent otherwise: fixed-length entries keep their keys
+        settings["fit"] = float(st.fit)
+        settings["max_epochs"] = epoch_limit(st.epochs, st.fit, st.max_epochs)
+    return settings
+
+
+def _checked(model: Classifier, data: ImageSet, classes: tuple[int, int],
+             alphas: Sequence[float]) -> tuple[int, int, list[float]]:
+    """The two classes and the distances (floats), refused with one line: a class out of the model's
+    range, no distance or a repeated one, a training image of neither class."""
+    a, b = (int(c) for c in classes)
+    k = model.num_classes
+    for c in (a, b):
+        if c < 0 or (k is not None and c >= k):
+            raise FaithmapError(f"class {c} is out of range: the model has {k} classes")
+    alphas = [float(al) for al in alphas]
+    if not alphas:
+        raise FaithmapError("give at least one distance alpha")
+    if len(set(alphas)) != len(alphas):
+        raise FaithmapError(f"the distances repeat: {alphas}")
+    labels = data.labels
+    if not bool(((labels == a) | (labels == b)).all()):
+        raise FaithmapError(f"every training image must belong to class {a} or {b}")
+    return a, b, alphas
+
+
+def _finished(directory: str, alphas: Sequence[float]) -> dict[float, dict]:
+    """The readable finished models (``alpha-<a>.pt``) of the cache entry ``directory``, by distance."""
+    done = {}
+    for al in alphas:
+        path = os.path.join(directory, f"alpha-{alpha_tag(al)}.pt")
+        if os.path.isfile(path):
+            state = read_state(path)
+            if state is not None and "net" in state:
+                done[al] = state
+    return done
+
+
 @dataclass
 class SupportSet:
     """Support models, one per distance, with their training record."""
@@ -305,57 +358,30 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
     settings are ``settings`` (a :class:`TrainSettings`) with ``overrides`` (any of its fields).
     """
     st = TrainSettings.make(settings, **overrides)
-    epochs, fit = st.epochs, st.fit
-
     if isinstance(data, tuple):
         data = TensorImages(*data)
-    a, b = (int(c) for c in classes)
-    k = model.num_classes
-    for c in (a, b):
-        if c < 0 or (k is not None and c >= k):
-            raise FaithmapError(f"class {c} is out of range: the model has {k} classes")
-    alphas = [float(al) for al in alphas]
-    if not alphas:
-        raise FaithmapError("give at least one distance alpha")
-    if len(set(alphas)) != len(alphas):
-        raise FaithmapError(f"the distances repeat: {alphas}")
+    a, b, alphas = _checked(model, data, classes, alphas)
     labels = data.labels
-    if not bool(((labels == a) | (labels == b)).all()):
-        raise FaithmapError(f"every training image must belong to class {a} or {b}")
     start = time.perf_counter()
-    settings = {"version": CACHE_VERSION, "classes": [a, b], "epochs": int(epochs), "lr": float(st.lr),
-                "batch_size": int(st.batch_size), "seed": int(st.seed), "train_mode": bool(st.train_mode),
-                "loss": "mse", "optimizer": "adam"}
-    if fit is not None:  # absent otherwise: fixed-length entries keep their keys
-        settings["fit"] = float(fit)
-        settings["max_epochs"] = epoch_limit(epochs, fit, st.max_epochs)
+    record = cache_settings((a, b), st)
     directory = None
     done: dict[float, dict] = {}
     if use_cache:
-        w_fp, d_fp, s_fp = weights_fingerprint(model), data.fingerprint(), settings_fingerprint(settings)
+        w_fp, d_fp, s_fp = weights_fingerprint(model), data.fingerprint(), settings_fingerprint(record)
         directory = os.path.join(cache_dir or default_cache_dir(), f"{w_fp[:12]}-{d_fp[:12]}-{s_fp[:12]}")
-        for al in alphas:
-            path = os.path.join(directory, f"alpha-{alpha_tag(al)}.pt")
-            if os.path.isfile(path):
-                state = read_state(path)
-                if state is not None and "net" in state:
-                    done[al] = state
+        done = _finished(directory, alphas)
     todo = [al for al in alphas if al not in done]
     original = model_outputs(model, data, st.eval_batch_size) if todo else None
     if directory and todo:
         os.makedirs(directory, exist_ok=True)
-        meta = {**settings, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
+        meta = {**record, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
                 "model": model.name, "class_names": [model.class_name(a), model.class_name(b)]}
         write_json(os.path.join(directory, "meta.json"), meta)
     models, fits, losses, cached, threads = [], [], [], [], []
     for al in alphas:
         if al in done:
             state = done[al]
-            net = copy.deepcopy(model.net)
-            net.load_state_dict(state["net"])
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
+            net = frozen_copy(model.net, state["net"])
             fits.append(float(state["fit_mse"]))
             losses.append(list(state["losses"]))
             cached.append(True)
@@ -369,7 +395,7 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             net = res.net
             if directory:
                 _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,
-                              "settings": settings, "threads": torch.get_num_threads()},
+                              "settings": record, "threads": torch.get_num_threads()},
                              os.path.join(directory, f"alpha-{alpha_tag(al)}.pt"))
                 if ckpt and os.path.exists(ckpt):
                     os.remove(ckpt)
@@ -378,5 +404,5 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             cached.append(False)
             threads.append(torch.get_num_threads())
         models.append(clone_classifier(model, net, f"{model.name}-gad{alpha_tag(al)}"))
-    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, settings,
+    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, record,
                       threads)

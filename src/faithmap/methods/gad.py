@@ -52,6 +52,21 @@ def clone_classifier(model: Classifier, net: nn.Module, name: str | None = None)
     return clf.to(model.device)
 
 
+def freeze(net: nn.Module) -> nn.Module:
+    """``net`` in eval mode without gradients (a finished support model)."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def frozen_copy(net: nn.Module, state: dict) -> nn.Module:
+    """A copy of ``net`` with the weights ``state``, frozen (:func:`freeze`)."""
+    out = copy.deepcopy(net)
+    out.load_state_dict(state)
+    return freeze(out)
+
+
 def read_state(path: str):
     """A saved support model's state dict (or checkpoint) from ``path``; None when the file cannot be read."""
     try:
@@ -74,14 +89,10 @@ def load_supports(model: Classifier, directory: str) -> list[Classifier]:
         state = read_state(os.path.join(directory, f))
         if state is None or "net" not in state:
             raise FaithmapError(f"cannot read support model {f} in {directory}")
-        net = copy.deepcopy(model.net)
         try:
-            net.load_state_dict(state["net"])
+            net = frozen_copy(model.net, state["net"])
         except RuntimeError as exc:
             raise FaithmapError(f"{f} does not fit model {model.name}: {str(exc).splitlines()[0][:160]}") from None
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
         out.append(clone_classifier(model, net, f"{model.name}-gad{f[len('alpha-'):-3]}"))
     return out
 

@@ -170,36 +170,51 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
         weights = os.fspath(weights)
     spec = name.strip()
     scheme, _, rest = spec.partition(":")
+    key = spec.lower().replace("-", "_")
     if rest and scheme.lower() == "timm":
-        net = timm_models.build(rest, weights)
-        kwargs, notes = timm_models.preprocessing(net)
-        clf = Classifier(net, class_names=timm_models.class_names(net, imagenet_classes()),
-                         cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}",
-                         **kwargs)
-        _note(clf, notes)
-        return _finish(clf, device, desc)
-    if scheme.lower() in ("hf", "huggingface") and (rest or spec.endswith(":")):
+        clf = _load_timm(rest, weights)
+    elif scheme.lower() in ("hf", "huggingface") and (rest or spec.endswith(":")):
         if weights:
             raise FaithmapError(f"{spec}: a transformers model takes its weights from its folder; drop --weights")
         net, processor = hf_models.build(rest)
-        return _finish(wrap(net, processor=processor, name=f"hf:{rest}"), device, desc)
-    key = spec.lower().replace("-", "_")
-    if key in (DEFAULT_MODEL, "default", "lite0"):
-        if weights and weights != "random":
-            net = EfficientNetLite()
-            state = _read_state_dict(weights)
-            if any(k.startswith("_blocks") for k in state):
-                state = convert_state_dict(state)
-            classes_in(state, "classifier", weights)
-            load_weights(net, state, weights, DEFAULT_MODEL)
-        else:
-            net = efficientnet_lite0(pretrained=weights != "random")
-        if fuse:
-            net.fuse()
-        clf = Classifier(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224, resize_size=224,
-                         class_names=imagenet_classes(), cam_layer="features.17", name=DEFAULT_MODEL)
-        return _finish(clf, device, desc)
+        clf = wrap(net, processor=processor, name=f"hf:{rest}")
+    elif key in (DEFAULT_MODEL, "default", "lite0"):
+        clf = _load_lite0(weights, fuse)
+    else:
+        clf = _load_torchvision(key, name, weights)
+    return _finish(clf, device, desc)
 
+
+def _load_timm(rest: str, weights: str | None) -> Classifier:
+    """``timm:NAME``: the architecture with ``weights``, its ``pretrained_cfg`` preprocessing."""
+    net = timm_models.build(rest, weights)
+    kwargs, notes = timm_models.preprocessing(net)
+    clf = Classifier(net, class_names=timm_models.class_names(net, imagenet_classes()),
+                     cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}", **kwargs)
+    _note(clf, notes)
+    return clf
+
+
+def _load_lite0(weights: str | None, fuse: bool) -> Classifier:
+    """The default EfficientNet-Lite0: the shipped ImageNet weights, a state dict file (either naming), or random."""
+    if weights and weights != "random":
+        net = EfficientNetLite()
+        state = _read_state_dict(weights)
+        if any(k.startswith("_blocks") for k in state):
+            state = convert_state_dict(state)
+        classes_in(state, "classifier", weights)
+        load_weights(net, state, weights, DEFAULT_MODEL)
+    else:
+        net = efficientnet_lite0(pretrained=weights != "random")
+    if fuse:
+        net.fuse()
+    return Classifier(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224, resize_size=224,
+                      class_names=imagenet_classes(), cam_layer="features.17", name=DEFAULT_MODEL)
+
+
+def _load_torchvision(key: str, name: str, weights: str | None) -> Classifier:
+    """A torchvision classifier ``key`` with local ``weights`` (the class count read from them) and the
+    preprocessing of its default weights' transforms."""
     import torchvision  # lazy: see imagenet_classes
 
     names = torchvision_models()
@@ -230,10 +245,9 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
     classes = imagenet_classes() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     cam = default_cam_layer(net, key, crop)
     interp = str(getattr(transforms, "interpolation", "bilinear")).rsplit(".", 1)[-1].lower()
-    clf = Classifier(net, mean=tuple(transforms.mean), std=tuple(transforms.std), input_size=crop, resize_size=resize,
-                     class_names=classes, cam_layer=cam, name=key,
-                     interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
-    return _finish(clf, device, desc)
+    return Classifier(net, mean=tuple(transforms.mean), std=tuple(transforms.std), input_size=crop, resize_size=resize,
+                      class_names=classes, cam_layer=cam, name=key,
+                      interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
 
 
 def _finish(clf: Classifier, device, desc: dict) -> Classifier:
