@@ -253,33 +253,10 @@ def _run(args: argparse.Namespace) -> int:
                     files.append(path)
         finally:
             bar.close()
-        acc = record.get("test_accuracy")
-        head = (f"## {label}: classes {names[0]} vs {names[1]}, {len(ev)} evaluation images "
-                f"({len(train)} training images)")
-        if acc is not None:
-            head += f"; test accuracy {100 * acc:.1f}%"
-        section = [head, "",
-                   f"Support models ({'cache' if all(sup.cached) else 'trained'}: {sup_seconds:.1f} s; "
-                   + (f"{args.epochs} epochs, lr {args.lr:g}" if args.fit is None else
-                    f"at least {args.epochs} epochs, then until the epoch loss <= {args.fit:g} x the initial loss "
-                    f"(at most {args.max_epochs}), lr {args.lr:g}") + f", batch {args.train_batch_size}):", "",
-                   table_supports(dist), "",
-                   "Table 1 (RC = A(CH_GAD) / A(CH_Orig); images per row):", "", table_rc(results, classes, names), "",
-                   "Table 2 (mean RS x 10^2; NaN-free means over defined values):", "",
-                   table_rs(results, classes, names), "", "Cost:", "", table_cost(results), ""]
+        section = _section(args, label, classes, names, train, ev, record, sup, sup_seconds, dist, results)
         report += section
-        results_json["experiments"].append({
-            "label": label, "model": model.name, "classes": list(classes), "class_names": list(names),
-            "train_images": len(train), "eval_images": len(ev), "classifier": record,
-            "support_seconds": sup_seconds, "supports": dist, "cache": sup.directory,
-            "methods": {r.method: {"seconds": r.seconds, "model_images": r.images,
-                                   "summary": {names[i]: r.summary(c) for i, c in enumerate(classes)},
-                                   "per_image": {names[i]: {"rc": _list(r.rc[c]), "rs_gad": _list(r.rs_gad[c]),
-                                                            "rs_sup": _list(r.rs_sup[c]),
-                                                            "area_orig": _list(r.area_orig[c]),
-                                                            "area_gad": _list(r.area_gad[c])}
-                                                 for i, c in enumerate(classes)}}
-                        for r in results}})
+        results_json["experiments"].append(_experiment(label, model, classes, names, train, ev, record, sup,
+                                                        sup_seconds, dist, results))
         print("\n".join(section), flush=True)
     total = time.perf_counter() - t0
     report.append(f"Total: {total:.1f} s")
@@ -289,6 +266,40 @@ def _run(args: argparse.Namespace) -> int:
     write_json(os.path.join(args.out, "gad_results.json"), results_json)
     print(f"total {total:.1f} s; wrote {len(files) + 2} files to {args.out}")
     return 0
+
+
+def _section(args, label, classes, names, train, ev, record, sup, sup_seconds, dist, results) -> list[str]:
+    """The report's lines of one experiment: its data, the support models and Tables 1-2 and cost."""
+    acc = record.get("test_accuracy")
+    head = (f"## {label}: classes {names[0]} vs {names[1]}, {len(ev)} evaluation images "
+            f"({len(train)} training images)")
+    if acc is not None:
+        head += f"; test accuracy {100 * acc:.1f}%"
+    return [head, "",
+            f"Support models ({'cache' if all(sup.cached) else 'trained'}: {sup_seconds:.1f} s; "
+            + (f"{args.epochs} epochs, lr {args.lr:g}" if args.fit is None else
+               f"at least {args.epochs} epochs, then until the epoch loss <= {args.fit:g} x the initial loss "
+               f"(at most {args.max_epochs}), lr {args.lr:g}") + f", batch {args.train_batch_size}):", "",
+            table_supports(dist), "",
+            "Table 1 (RC = A(CH_GAD) / A(CH_Orig); images per row):", "", table_rc(results, classes, names), "",
+            "Table 2 (mean RS x 10^2; NaN-free means over defined values):", "",
+            table_rs(results, classes, names), "", "Cost:", "", table_cost(results), ""]
+
+
+def _experiment(label, model, classes, names, train, ev, record, sup, sup_seconds, dist, results) -> dict:
+    """``gad_results.json``'s record of one experiment, with every image's RC, RS and hull areas."""
+    return {
+        "label": label, "model": model.name, "classes": list(classes), "class_names": list(names),
+        "train_images": len(train), "eval_images": len(ev), "classifier": record,
+        "support_seconds": sup_seconds, "supports": dist, "cache": sup.directory,
+        "methods": {r.method: {"seconds": r.seconds, "model_images": r.images,
+                               "summary": {names[i]: r.summary(c) for i, c in enumerate(classes)},
+                               "per_image": {names[i]: {"rc": _list(r.rc[c]), "rs_gad": _list(r.rs_gad[c]),
+                                                        "rs_sup": _list(r.rs_sup[c]),
+                                                        "area_orig": _list(r.area_orig[c]),
+                                                        "area_gad": _list(r.area_gad[c])}
+                                             for i, c in enumerate(classes)}}
+                    for r in results}}
 
 
 def _list(a) -> list:
