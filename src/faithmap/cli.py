@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import models
+from . import api, models
 from ._discover import import_submodules
 from ._version import __version__
-from .api import DEFAULT_METHOD, TqdmProgress, explain
+from .api import DEFAULT_METHOD, TqdmProgress
 from .core.batching import model_guard
 from .core.device import mps_unsupported, resolve_device
 from .core.io import output_dir, save_npy, write_json
@@ -305,7 +305,7 @@ def _explain_image(args, spec, params, model, stem: str, x, logits, t) -> dict[s
     probs, idx = topk(logits, 5)
     # progress inside the image: a bar over the iterations of iterative methods (off when stderr is no terminal)
     bar = TqdmProgress(f"{stem}: {spec.name}", leave=False, disable=None)
-    exp = explain(model, x, spec.name, target=t, progress=bar, **params)
+    exp = api.explain(model, x, spec.name, target=t, progress=bar, **params)  # looked up per call: replaceable
     curves = deletion_insertion(model, x, exp.saliency, exp.target, batch_size=params.get("batch_size"))
     del_img, ins_img = images_at_fraction(x, exp.saliency, args.fraction, make_baseline("blur", x))
     with model_guard(model), torch.no_grad():

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from .api import explain as explain_api
+from . import api
 from .cli import add_model_args, command, gather_images, load_model, method_params, model_description
 from .core.io import write_json, write_text
 from .data.digits import load_digits, train_digits_cnn
@@ -85,7 +85,7 @@ def run_sanity(args) -> int:
     spec, params, checks = _checked(args)
 
     def explain(model, x, target):
-        return explain_api(model, x, spec.name, target=target, **params).saliency
+        return api.explain(model, x, spec.name, target=target, **params).saliency
 
     torch.manual_seed(args.seed)
     # everything is loaded and checked before anything is written
