@@ -25,6 +25,7 @@ import torch
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, per_image_generators, Seed
 from ..explanation import Explanation
 from ..core.progress import ticker
+from ..core.quadrature import quadrature_nodes
 from ..core.perturb import blur_params, gaussian_blur, grid_size, make_baseline, phi, upsample
 from ..core.regularizers import btv, l1_keep, tv
 from ..core.scores import score_of
@@ -419,10 +420,6 @@ class MaskOptimizer:
         exact for path integrands that are polynomials of degree up to ``2n - 1``.
         """
         if rule == "gl":
-            # lazy: importing .gradient at the top would register its methods before the mask family's
-            # and change the order of every method listing (CLI, README, docs)
-            from .gradient import quadrature_nodes
-
             t, w = quadrature_nodes(n, "gausslegendre")
             return t.tolist(), w.tolist()
         if rule == "mid":
