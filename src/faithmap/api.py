@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -12,14 +11,12 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from .core.batching import model_guard
 from .core.device import resolve_device
-from .core.progress import Callback, reporting
+from .core.progress import Callback
 from .explanation import Explanation, model_reference
-from .core.scores import needs_prediction, resolve_targets
 from .errors import FaithmapError
 from .models import Classifier, load, wrap
-from .registry import METHODS, MethodSpec
+from .registry import METHODS, check_class_count, check_params  # noqa: F401  (re-exported: faithmap.api.check_params)
 
 
 def as_classifier(model) -> Classifier:
@@ -64,19 +61,6 @@ def as_batch(clf: Classifier, images, device=None) -> torch.Tensor:
     raise FaithmapError(f"cannot explain {type(images).__name__}; pass a tensor or photos")
 
 
-def check_params(spec: MethodSpec, params: dict[str, Any]) -> None:
-    """Refuse parameters that ``spec`` does not take, values of the wrong type or range, and
-    resolutions it cannot do."""
-    known = spec.params
-    unknown = [k for k in params if k not in known]
-    if unknown:
-        raise FaithmapError(f"method {spec.name} has no parameter {unknown[0]!r}; it takes: {', '.join(known) or 'none'}")
-    spec.check(params)
-    if "resolution" in params and params["resolution"] is not None and spec.resolution != "mask":
-        raise FaithmapError(f"method {spec.name} has a fixed resolution ({spec.resolution} grid); "
-                            f"--resolution applies to mask methods only")
-
-
 DEFAULT_METHOD = "gradcam"
 """The method of :func:`explain` and ``faithmap explain`` when none is named: Grad-CAM answers in about a
 second a photo on a CPU (I-GOS, the papers' method, takes minutes there: ``method="igos"``)."""
@@ -108,36 +92,13 @@ def explain(model, images, method: str = DEFAULT_METHOD, target=None, *, device:
     params = {k: v for k, v in params.items() if v is not None}
     check_params(spec, params)
     callback = progress_callback(progress, spec.name)
-    logits = None
-    if needs_prediction(target) or clf.num_classes is None:
-        with model_guard(clf), torch.no_grad():
-            logits = clf(x)
-        check_class_count(clf, logits)
-        t = resolve_targets(logits, target, clf.class_names)
-    else:  # explicit targets: checked against the class count, no model pass
-        t = resolve_targets(x.new_empty((x.shape[0], clf.num_classes)), target, clf.class_names)
-    snap = clf.counter.snapshot()
-    start = time.perf_counter()
     try:
-        with reporting(callback):
-            out = spec.fn(clf, x, t, **params)
+        out = spec.run(clf, x, target, params, callback)
     finally:
         if hasattr(callback, "close"):
             callback.close()
-    out.seconds = time.perf_counter() - start
-    out.counts = clf.counter.since(snap)
-    out.method = spec.name
-    if logits is not None:
-        out.extras.setdefault("logits", logits.detach())
     keep_for_drawing(out, clf, x)
     return out
-
-
-def check_class_count(clf: Classifier, logits: torch.Tensor) -> None:
-    """Refuse class names of another count than the model's logits (names given to :func:`faithmap.models.wrap`)."""
-    if clf.class_names is not None and logits.dim() == 2 and logits.shape[1] != len(clf.class_names):
-        raise FaithmapError(f"{len(clf.class_names)} class names for a model with {logits.shape[1]} classes "
-                            f"({clf.name})")
 
 
 def keep_for_drawing(exp: Explanation, clf: Classifier, x: torch.Tensor) -> None:

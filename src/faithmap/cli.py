@@ -8,14 +8,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 import warnings
 from typing import Any, Callable
 
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import api, models
+from ._discover import import_submodules
+from ._version import __version__
+from .api import DEFAULT_METHOD, TqdmProgress
+from .core.batching import model_guard
+from .core.device import mps_unsupported, resolve_device
 from .core.io import output_dir, save_npy, write_json
+from .core.memory import keep_freed_memory
+from .core.perturb import grid_size, make_baseline
+from .core.scores import resolve_targets, topk
+from .data import gather, safe_name
+from .docs import method_page, metric_page
 from .errors import FaithmapError
+from .metrics.deletion import deletion_insertion, images_at_fraction
+from .models import check_input_size, check_stats
+from .models.layers import get_layer
 from .params import parse_params, parse_value  # noqa: F401  (the sub-commands' --param)
+from .registry import METHODS, METRICS, check_class_count, check_params
 
 EXIT_BAD_INPUT = 2
 
@@ -59,8 +79,6 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------------------------
 def pick_device(name: str) -> str:
     """``--device``: auto, cpu, cuda, cuda:N or mps (:func:`faithmap.core.device.resolve_device`)."""
-    from .core.device import resolve_device
-
     return str(resolve_device(name))
 
 
@@ -68,8 +86,6 @@ def gather_images(paths: list[str], convert: bool) -> list[tuple[str, Any]]:
     """(name, uint8 array) for each input, or the sample photos: a thin call of :func:`faithmap.data.gather`
     (files, folders, class-folder trees, ``sample:NAME``, ``samples``: the six, ``photos``: the 20). Names are unique after
     :func:`faithmap.data.safe_name`, which every per-image output file name must use."""
-    from .data import gather
-
     return [(r.name, r.load(convert)) for r in gather(paths or None)]
 
 
@@ -90,8 +106,6 @@ def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | No
 def model_description(args: argparse.Namespace) -> dict[str, Any]:
     """``--classes``/``--mean``/``--std``/``--input-size`` as keywords of :func:`faithmap.models.load`
     (only those given), checked: one line for a bad value."""
-    from .models import check_input_size, check_stats
-
     desc = {"class_names": getattr(args, "class_names", None), "mean": parse_triple(getattr(args, "mean", None), "--mean"),
             "std": parse_triple(getattr(args, "std", None), "--std"), "input_size": getattr(args, "input_size", None)}
     check_stats(desc["mean"], desc["std"])
@@ -109,8 +123,6 @@ def load_model(args: argparse.Namespace):
     """The model of ``--model``/``--weights``/``--device``/``--resize`` and the description flags
     (``--classes``, ``--mean``, ``--std``, ``--input-size``); what the loader approximated or fell back
     to (e.g. a model folder without a preprocessor config) is printed as ``faithmap: note:``."""
-    from . import models
-
     desc = model_description(args)  # bad values fail before any weights are read
     if str(args.model).lower().startswith(("hf:", "huggingface:", "timm:")):
         # the command owns its process: no hub look-ups by transformers/timm, whatever they are asked
@@ -216,8 +228,6 @@ def notes_as_lines(category: type[Warning]):
 # faithmap explain
 # ----------------------------------------------------------------------------------------------
 def _explain_args(p: argparse.ArgumentParser) -> None:
-    from .registry import METHODS
-
     p.add_argument("images", nargs="*", help="image files or directories (default: the bundled sample photos)")
     p.add_argument("--method", default=None,
                    help=f"gradcam (default: about a second a photo on a CPU), igos (the I-GOS paper's, minutes a photo "
@@ -263,13 +273,6 @@ IGOS_COST = "15 s a photo on a quiet 2-core CPU, over 3 min on a busy one"
 def _check_explain(args: argparse.Namespace):
     """The method, its parameters and the model of ``faithmap explain``, every input checked before
     anything is written; returns (spec, params, model, [(name, x, logits, target)])."""
-    import torch
-
-    from .api import DEFAULT_METHOD, check_class_count, check_params
-    from .core.batching import model_guard
-    from .core.scores import resolve_targets
-    from .registry import METHODS
-
     spec = METHODS.get(args.method or DEFAULT_METHOD)
     params = method_params(spec, args)
     check_params(spec, params)
@@ -278,7 +281,6 @@ def _check_explain(args: argparse.Namespace):
     images = gather_images(args.images, args.convert)
     model = load_model(args)
     if isinstance(params.get("layer"), str) and params["layer"] != "input":  # "input": the pixels (rule methods)
-        from .models.layers import get_layer
 
         get_layer(model.net, params["layer"])  # a bad --layer fails before any photo is processed
     batch = [(stem, model.preprocess(arr)) for stem, arr in images]
@@ -288,8 +290,6 @@ def _check_explain(args: argparse.Namespace):
         check_class_count(model, lg)  # --classes of another count than the model's logits
     targets = [resolve_targets(lg, args.target, model.class_names) for lg in logits]
     if spec.resolution == "mask":
-        from .core.perturb import grid_size
-
         res = params.get("resolution", spec.params.get("resolution", 28))
         h, w = grid_size(res)
         if min(h, w) < spec.min_resolution or max(h, w) > model.input_size:
@@ -300,21 +300,12 @@ def _check_explain(args: argparse.Namespace):
 
 def _explain_image(args, spec, params, model, stem: str, x, logits, t) -> dict[str, Any]:
     """Explain one photo, write its five files and return its summary (printed by :func:`run_explain`)."""
-    import numpy as np
-    import torch
-
-    from . import viz
-    from .api import TqdmProgress, explain
-    from .core.batching import model_guard
-    from .core.perturb import make_baseline
-    from .core.scores import topk
-    from .data import safe_name
-    from .metrics.deletion import deletion_insertion, images_at_fraction
+    from . import viz  # lazy: viz imports matplotlib (over a second), which `faithmap explain` needs only here
 
     probs, idx = topk(logits, 5)
     # progress inside the image: a bar over the iterations of iterative methods (off when stderr is no terminal)
     bar = TqdmProgress(f"{stem}: {spec.name}", leave=False, disable=None)
-    exp = explain(model, x, spec.name, target=t, progress=bar, **params)
+    exp = api.explain(model, x, spec.name, target=t, progress=bar, **params)  # looked up per call: replaceable
     curves = deletion_insertion(model, x, exp.saliency, exp.target, batch_size=params.get("batch_size"))
     del_img, ins_img = images_at_fraction(x, exp.saliency, args.fraction, make_baseline("blur", x))
     with model_guard(model), torch.no_grad():
@@ -355,10 +346,6 @@ def _explain_image(args, spec, params, model, stem: str, x, logits, t) -> dict[s
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .api import DEFAULT_METHOD
-
     spec, params, model, items = _check_explain(args)
     if args.method is None:
         print(f"faithmap: note: method {DEFAULT_METHOD} (the default, about a second a photo); the papers' I-GOS: "
@@ -403,9 +390,6 @@ def _print_once(text: str) -> None:
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    from .docs import method_page
-    from .registry import METHODS
-
     if args.name:
         _print_once(method_page(METHODS[args.name]))
         return 0
@@ -421,9 +405,6 @@ command("methods", "list the registered explanation methods, or describe one")(r
 
 
 def run_metrics(args: argparse.Namespace) -> int:
-    from .docs import metric_page
-    from .registry import METRICS
-
     if args.name:
         _print_once(metric_page(METRICS[args.name]))
         return 0
@@ -438,21 +419,17 @@ command("metrics", "list the registered metrics with their direction, or describ
 
 
 def run_models(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    from . import models
-
     print(f"{models.DEFAULT_MODEL}  (default, pretrained ImageNet weights shipped with the package)")
     print("torchvision classifiers (need --weights FILE): " + ", ".join(models.torchvision_models()))
     if importlib.util.find_spec("timm") is not None:
-        import timm
+        import timm  # lazy: an optional dependency, imported only to list its models
 
         print(f"timm:NAME  any of timm {timm.__version__}'s {len(timm.list_models())} architectures (timm.list_models()), "
               f"e.g. timm:convnext_tiny, timm:vit_small_patch16_224, timm:resnet50.a1_in1k; need --weights FILE")
     else:
         print("timm:NAME  (not installed: pip install 'faithmap[timm]')")
     if importlib.util.find_spec("transformers") is not None:
-        import transformers
+        import transformers  # lazy: an optional dependency, imported only to name its version
 
         print(f"hf:DIR  a transformers {transformers.__version__} image classifier saved with save_pretrained "
               f"(ViT, DeiT, BEiT, DINOv2, ConvNeXt, ResNet, RegNet, Swin, ...); weights from the folder")
@@ -481,12 +458,7 @@ command("bench", "moved: the benchmarks are run as `python -m bench NAME` from t
 
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    import faithmap
-
-    from . import __version__
-    from ._discover import import_submodules
-
-    import_submodules("faithmap", faithmap.__path__, prefix="cli_")  # cli_<name>.py modules add commands
+    import_submodules(__package__, [os.path.dirname(__file__)], prefix="cli_")  # cli_<name>.py modules add commands
 
     parser = _Parser(prog="faithmap", description="Saliency maps for image classifiers and how faithful they are.")
     parser.add_argument("--version", action="version", version=f"faithmap {__version__}")
@@ -527,8 +499,6 @@ def _run(argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``faithmap`` command."""
-    from .core.memory import keep_freed_memory
-
     keep_freed_memory()  # the command owns its process: reuse freed memory (much faster CPU passes)
     try:
         rc = _run(argv)
@@ -542,8 +512,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"faithmap: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (NotImplementedError, RuntimeError, TypeError) as exc:
-        from .core.device import mps_unsupported
-
         line = mps_unsupported(exc)  # an operation Apple's MPS backend lacks: one line, not a traceback
         if line is None:
             raise

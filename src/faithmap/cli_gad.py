@@ -15,10 +15,20 @@ import os
 import sys
 import time
 
-from .cli import add_model_args, command, model_description, parse_params
-from .core.io import write_json, write_text
-from .errors import FaithmapError
+import torch
+from tqdm import tqdm
 
+from .cli import add_model_args, command, load_model, model_description, parse_params, pick_device
+from .core.batching import torch_threads
+from .core.io import write_json, write_text
+from .core.scores import class_index
+from .errors import FaithmapError
+from .gad import demo
+from .gad.data import FolderImages, TensorImages
+from .gad.pipeline import (CompareSettings, check_methods, distancing_record, evaluate_method, least_activated,
+                           save_figure, table_cost, table_rc, table_rs, table_supports)
+from .gad.support import TrainSettings, epoch_limit, model_outputs, support_models
+from .registry import METHODS, check_params
 
 DEMO_FIT = 0.03
 """Default ``--fit`` of the digits demo. The paper trains 10 epochs over thousands of photos; the
@@ -74,9 +84,6 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _method_params(methods, args) -> dict[str, dict]:
-    from .api import check_params
-    from .registry import METHODS
-
     extra = parse_params(args.param)
     per = {}
     used = set()
@@ -119,8 +126,6 @@ def _check_numbers(args) -> list[float]:
         if not 0 < args.fit < 1:
             raise FaithmapError(f"--fit must be in (0, 1), got {args.fit:g}")
     if args.max_epochs is None:
-        from .gad.support import epoch_limit
-
         args.max_epochs = DEMO_MAX_EPOCHS if (args.demo and args.fit is not None) else epoch_limit(args.epochs, args.fit, None)
     if args.max_epochs < args.epochs:
         raise FaithmapError(f"--max-epochs must be at least --epochs ({args.epochs}), got {args.max_epochs}")
@@ -138,10 +143,6 @@ def _check_numbers(args) -> list[float]:
 
 
 def _subset(data, labels, per_class):
-    import torch
-
-    from .gad.data import TensorImages
-
     if per_class is None:
         return data
     keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique(sorted=True)])
@@ -151,15 +152,12 @@ def _subset(data, labels, per_class):
 
 def _setups(args):
     """(label, model, train set, eval set, (a, b), class names, record) per experiment; checks inputs."""
-    from .gad.data import FolderImages, TensorImages
-
     if args.demo:
         if args.data or args.eval_data:
             raise FaithmapError("--demo uses scikit-learn's digits; drop --data/--eval-data or --demo")
         if model_description(args):
             raise FaithmapError("--demo trains its own digits models; --class-names, --mean, --std and --input-size "
                                 "describe a --model")
-        from .gad import demo
 
         digits = demo.check_digits(args.classes or (3, 8))
         if args.demo_epochs is not None and args.demo_epochs < 1:
@@ -185,8 +183,6 @@ def _setups(args):
         raise FaithmapError(f"no such folder: {args.data}")
     if args.eval_data and not os.path.isdir(args.eval_data):
         raise FaithmapError(f"no such folder: {args.eval_data}")
-    from .cli import load_model
-    from .core.scores import class_index
 
     model = load_model(args)
     k = model.num_classes or 0
@@ -198,7 +194,6 @@ def _setups(args):
     ev = FolderImages.from_folder(model, args.eval_data or args.data, spec, convert=args.convert,
                                   limit=args.images or 256)
     names = [model.class_name(i) for i in idx]
-    import torch
 
     train.batch(torch.tensor([0]))  # fail early on an unreadable image (the others fail when read, also cleanly)
     ev.batch(torch.tensor([0]))
@@ -206,8 +201,6 @@ def _setups(args):
 
 
 def run_gad(args: argparse.Namespace) -> int:
-    from .core.batching import torch_threads
-
     if args.threads is not None and args.threads < 1:
         raise FaithmapError("--threads must be at least 1")
     with torch_threads(args.threads):
@@ -215,14 +208,6 @@ def run_gad(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from .cli import pick_device
-    from .gad.pipeline import (check_methods, distancing_record, evaluate_method, least_activated, save_figure,
-                               table_cost, table_rc, table_rs, table_supports)
-    from .gad.support import model_outputs, support_models
-
     t0 = time.perf_counter()
     methods = check_methods(args.method or (["all"] if args.demo else ["ig"]))
     params = _method_params(methods, args)
@@ -238,15 +223,17 @@ def _run(args: argparse.Namespace) -> int:
                     "train_batch_size": args.train_batch_size, "threads": torch.get_num_threads(), "fraction": args.fraction,
                     "hull_threshold": args.hull_threshold, "hull_mode": args.hull_mode, "score": args.score,
                     "experiments": []}
+    training = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.train_batch_size, seed=args.seed,
+                             train_mode=args.train_mode, fit=args.fit,
+                             max_epochs=args.max_epochs if args.fit is not None else None, eval_batch_size=bs)
+    compare = CompareSettings(fraction=args.fraction, hull_threshold=args.hull_threshold, hull_mode=args.hull_mode,
+                              batch_size=bs, seed=args.seed, score=args.score)
     files = []
     for label, model, train, ev, classes, names, record in setups:
         model = model.to(device)
         t_sup = time.perf_counter()
-        sup = support_models(model, train, classes, alphas, epochs=args.epochs, lr=args.lr,
-                             batch_size=args.train_batch_size, seed=args.seed, train_mode=args.train_mode,
-                             cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
-                             eval_batch_size=bs, fit=args.fit,
-                             max_epochs=args.max_epochs if args.fit is not None else None)
+        sup = support_models(model, train, classes, alphas, training, cache_dir=args.cache_dir,
+                             use_cache=not args.no_cache, progress=progress)
         sup_seconds = time.perf_counter() - t_sup
         dist = distancing_record(model, sup, train, classes, bs)
         logits = model_outputs(model, ev, bs)
@@ -256,9 +243,7 @@ def _run(args: argparse.Namespace) -> int:
                    disable=None if progress else True, leave=False)
         try:
             for m in methods:
-                r = evaluate_method(model, sup.models, ev, classes, m, logits=logits, fraction=args.fraction,
-                                    hull_threshold=args.hull_threshold, hull_mode=args.hull_mode,
-                                    base_params=params[m], batch_size=bs, seed=args.seed, score=args.score,
+                r = evaluate_method(model, sup.models, ev, classes, m, compare, logits=logits, base_params=params[m],
                                     figure_index=fig_idx, progress=bar)
                 results.append(r)
                 if args.figure_images:
@@ -268,33 +253,10 @@ def _run(args: argparse.Namespace) -> int:
                     files.append(path)
         finally:
             bar.close()
-        acc = record.get("test_accuracy")
-        head = (f"## {label}: classes {names[0]} vs {names[1]}, {len(ev)} evaluation images "
-                f"({len(train)} training images)")
-        if acc is not None:
-            head += f"; test accuracy {100 * acc:.1f}%"
-        section = [head, "",
-                   f"Support models ({'cache' if all(sup.cached) else 'trained'}: {sup_seconds:.1f} s; "
-                   + (f"{args.epochs} epochs, lr {args.lr:g}" if args.fit is None else
-                    f"at least {args.epochs} epochs, then until the epoch loss <= {args.fit:g} x the initial loss "
-                    f"(at most {args.max_epochs}), lr {args.lr:g}") + f", batch {args.train_batch_size}):", "",
-                   table_supports(dist), "",
-                   "Table 1 (RC = A(CH_GAD) / A(CH_Orig); images per row):", "", table_rc(results, classes, names), "",
-                   "Table 2 (mean RS x 10^2; NaN-free means over defined values):", "",
-                   table_rs(results, classes, names), "", "Cost:", "", table_cost(results), ""]
+        section = _section(args, label, classes, names, train, ev, record, sup, sup_seconds, dist, results)
         report += section
-        results_json["experiments"].append({
-            "label": label, "model": model.name, "classes": list(classes), "class_names": list(names),
-            "train_images": len(train), "eval_images": len(ev), "classifier": record,
-            "support_seconds": sup_seconds, "supports": dist, "cache": sup.directory,
-            "methods": {r.method: {"seconds": r.seconds, "model_images": r.images,
-                                   "summary": {names[i]: r.summary(c) for i, c in enumerate(classes)},
-                                   "per_image": {names[i]: {"rc": _list(r.rc[c]), "rs_gad": _list(r.rs_gad[c]),
-                                                            "rs_sup": _list(r.rs_sup[c]),
-                                                            "area_orig": _list(r.area_orig[c]),
-                                                            "area_gad": _list(r.area_gad[c])}
-                                                 for i, c in enumerate(classes)}}
-                        for r in results}})
+        results_json["experiments"].append(_experiment(label, model, classes, names, train, ev, record, sup,
+                                                        sup_seconds, dist, results))
         print("\n".join(section), flush=True)
     total = time.perf_counter() - t0
     report.append(f"Total: {total:.1f} s")
@@ -304,6 +266,40 @@ def _run(args: argparse.Namespace) -> int:
     write_json(os.path.join(args.out, "gad_results.json"), results_json)
     print(f"total {total:.1f} s; wrote {len(files) + 2} files to {args.out}")
     return 0
+
+
+def _section(args, label, classes, names, train, ev, record, sup, sup_seconds, dist, results) -> list[str]:
+    """The report's lines of one experiment: its data, the support models and Tables 1-2 and cost."""
+    acc = record.get("test_accuracy")
+    head = (f"## {label}: classes {names[0]} vs {names[1]}, {len(ev)} evaluation images "
+            f"({len(train)} training images)")
+    if acc is not None:
+        head += f"; test accuracy {100 * acc:.1f}%"
+    return [head, "",
+            f"Support models ({'cache' if all(sup.cached) else 'trained'}: {sup_seconds:.1f} s; "
+            + (f"{args.epochs} epochs, lr {args.lr:g}" if args.fit is None else
+               f"at least {args.epochs} epochs, then until the epoch loss <= {args.fit:g} x the initial loss "
+               f"(at most {args.max_epochs}), lr {args.lr:g}") + f", batch {args.train_batch_size}):", "",
+            table_supports(dist), "",
+            "Table 1 (RC = A(CH_GAD) / A(CH_Orig); images per row):", "", table_rc(results, classes, names), "",
+            "Table 2 (mean RS x 10^2; NaN-free means over defined values):", "",
+            table_rs(results, classes, names), "", "Cost:", "", table_cost(results), ""]
+
+
+def _experiment(label, model, classes, names, train, ev, record, sup, sup_seconds, dist, results) -> dict:
+    """``gad_results.json``'s record of one experiment, with every image's RC, RS and hull areas."""
+    return {
+        "label": label, "model": model.name, "classes": list(classes), "class_names": list(names),
+        "train_images": len(train), "eval_images": len(ev), "classifier": record,
+        "support_seconds": sup_seconds, "supports": dist, "cache": sup.directory,
+        "methods": {r.method: {"seconds": r.seconds, "model_images": r.images,
+                               "summary": {names[i]: r.summary(c) for i, c in enumerate(classes)},
+                               "per_image": {names[i]: {"rc": _list(r.rc[c]), "rs_gad": _list(r.rs_gad[c]),
+                                                        "rs_sup": _list(r.rs_sup[c]),
+                                                        "area_orig": _list(r.area_orig[c]),
+                                                        "area_gad": _list(r.area_gad[c])}
+                                             for i, c in enumerate(classes)}}
+                    for r in results}}
 
 
 def _list(a) -> list:

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import os
 
+import torch
+
+from . import api
 from .cli import add_model_args, command, gather_images, load_model, method_params, model_description
 from .core.io import write_json, write_text
+from .data.digits import load_digits, train_digits_cnn
 from .errors import FaithmapError
+from .metrics.sanity import data_randomisation, model_randomisation, parameter_layers
+from .registry import METHODS, check_params
 
 CHECKS = ("model", "data")
 
 
 def _args(p) -> None:
-    from .registry import METHODS
-
     p.add_argument("images", nargs="*", help="photos for --check model with a photo model (default: the samples)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
     p.add_argument("--check", default="model,data", help="model, data or model,data (default)")
@@ -51,16 +55,8 @@ def _markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_sanity(args) -> int:
-    import torch
-
-    from .api import check_params
-    from .api import explain as explain_api
-    from .data.digits import load_digits, train_digits_cnn
-    from .metrics.sanity import data_randomisation, model_randomisation, parameter_layers
-    from .registry import METHODS
-    from .viz.sanity import save_data_randomisation_plot, save_randomisation_plot
-
+def _checked(args):
+    """The method, its parameters and the checks of ``faithmap sanity``, every flag checked (one line each)."""
     spec = METHODS.get(args.method)
     params = method_params(spec, args)
     if "seed" in spec.params and "seed" not in params:
@@ -82,13 +78,18 @@ def run_sanity(args) -> int:
     if args.model == "digits" and model_description(args):
         raise FaithmapError("the digits CNN describes itself; --classes, --mean, --std and --input-size apply to "
                             "--model NAME with --check model")
+    return spec, params, checks
+
+
+def run_sanity(args) -> int:
+    spec, params, checks = _checked(args)
 
     def explain(model, x, target):
-        return explain_api(model, x, spec.name, target=target, **params).saliency
+        return api.explain(model, x, spec.name, target=target, **params).saliency
 
     torch.manual_seed(args.seed)
     # everything is loaded and checked before anything is written
-    digits = model = x = target = None
+    digits = model = x = target = layers = x_digits = y_digits = None
     if "data" in checks or args.model == "digits":
         if args.digits_size < 8:
             raise FaithmapError("--digits-size must be at least 8")
@@ -111,43 +112,58 @@ def run_sanity(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     written = []
     if "model" in checks:
-        res = model_randomisation(model, x, target.to(x.device), explain, layers=layers, seed=args.seed)
-        rows = res.table()
-        title = f"cascading randomisation of {model.name}: {spec.name}"
-        stem = os.path.join(args.out, f"sanity_model_{spec.name}")
-        sims = {"spearman": res.spearman, "spearman_abs": res.spearman_abs, "ssim": res.ssim}
-        save_randomisation_plot(f"{stem}.png", res.steps, sims, title, maps=res.maps,
-                                image=model.to_pixels(x[:1])[0].cpu())
-        md = _markdown(rows, title)
-        write_text(f"{stem}.md", md)
-        write_json(f"{stem}.json", {"check": "model", "method": spec.name, "model": model.name, "images": int(x.shape[0]),
-                                    "params": {k: str(v) for k, v in params.items()}, "rows": rows})
-        print(md)
-        written += [f"{stem}.{e}" for e in ("png", "md", "json")]
+        written += _model_check(args, spec, params, model, x, target, layers, explain)
     if "data" in checks:
-        true_model = model if (model is not None and args.model == "digits") else train_digits_cnn(
-            digits, epochs=args.epochs, seed=args.seed, size=args.digits_size)
-        random_model = train_digits_cnn(digits, epochs=args.epochs_random or args.epochs, seed=args.seed,
-                                        shuffle_labels=True, size=args.digits_size)
-        res = data_randomisation(true_model, random_model, x_digits, y_digits, explain)
-        rows = res.table()
-        rows[0]["accuracy_real_labels"] = true_model.test_accuracy
-        rows[0]["accuracy_random_labels"] = random_model.test_accuracy
-        rows[0]["train_accuracy_random_labels"] = random_model.train_accuracy
-        title = f"data randomisation on digits: {spec.name}"
-        stem = os.path.join(args.out, f"sanity_data_{spec.name}")
-        sims = {"spearman": res.spearman, "spearman_abs": res.spearman_abs, "ssim": res.ssim}
-        save_data_randomisation_plot(f"{stem}.png", true_model.to_pixels(x_digits).cpu(), res.maps[0], res.maps[1], sims,
-                                     f"{title} (right: random labels)")
-        md = _markdown(rows, title) + (f"\ntest accuracy: real labels {true_model.test_accuracy:.3f}, random labels "
-                                       f"{random_model.test_accuracy:.3f} (train {random_model.train_accuracy:.3f})\n")
-        write_text(f"{stem}.md", md)
-        write_json(f"{stem}.json", {"check": "data", "method": spec.name, "images": int(x_digits.shape[0]),
-                                    "params": {k: str(v) for k, v in params.items()}, "rows": rows})
-        print(md)
-        written += [f"{stem}.{e}" for e in ("png", "md", "json")]
+        written += _data_check(args, spec, params, model, digits, x_digits, y_digits, explain)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
+
+
+def _model_check(args, spec, params, model, x, target, layers, explain) -> list[str]:
+    """Cascading model randomisation: its picture, table and record; the files written."""
+    from .viz.sanity import save_randomisation_plot  # lazy: matplotlib (over a second)
+
+    res = model_randomisation(model, x, target.to(x.device), explain, layers=layers, seed=args.seed)
+    rows = res.table()
+    title = f"cascading randomisation of {model.name}: {spec.name}"
+    stem = os.path.join(args.out, f"sanity_model_{spec.name}")
+    sims = {"spearman": res.spearman, "spearman_abs": res.spearman_abs, "ssim": res.ssim}
+    save_randomisation_plot(f"{stem}.png", res.steps, sims, title, maps=res.maps,
+                            image=model.to_pixels(x[:1])[0].cpu())
+    md = _markdown(rows, title)
+    write_text(f"{stem}.md", md)
+    write_json(f"{stem}.json", {"check": "model", "method": spec.name, "model": model.name, "images": int(x.shape[0]),
+                                "params": {k: str(v) for k, v in params.items()}, "rows": rows})
+    print(md)
+    return [f"{stem}.{e}" for e in ("png", "md", "json")]
+
+
+def _data_check(args, spec, params, model, digits, x_digits, y_digits, explain) -> list[str]:
+    """Data randomisation on the digits (a CNN trained on real labels vs one on shuffled labels): its
+    picture, table and record; the files written."""
+    from .viz.sanity import save_data_randomisation_plot  # lazy: matplotlib (over a second)
+
+    true_model = model if (model is not None and args.model == "digits") else train_digits_cnn(
+        digits, epochs=args.epochs, seed=args.seed, size=args.digits_size)
+    random_model = train_digits_cnn(digits, epochs=args.epochs_random or args.epochs, seed=args.seed,
+                                    shuffle_labels=True, size=args.digits_size)
+    res = data_randomisation(true_model, random_model, x_digits, y_digits, explain)
+    rows = res.table()
+    rows[0]["accuracy_real_labels"] = true_model.test_accuracy
+    rows[0]["accuracy_random_labels"] = random_model.test_accuracy
+    rows[0]["train_accuracy_random_labels"] = random_model.train_accuracy
+    title = f"data randomisation on digits: {spec.name}"
+    stem = os.path.join(args.out, f"sanity_data_{spec.name}")
+    sims = {"spearman": res.spearman, "spearman_abs": res.spearman_abs, "ssim": res.ssim}
+    save_data_randomisation_plot(f"{stem}.png", true_model.to_pixels(x_digits).cpu(), res.maps[0], res.maps[1], sims,
+                                 f"{title} (right: random labels)")
+    md = _markdown(rows, title) + (f"\ntest accuracy: real labels {true_model.test_accuracy:.3f}, random labels "
+                                   f"{random_model.test_accuracy:.3f} (train {random_model.train_accuracy:.3f})\n")
+    write_text(f"{stem}.md", md)
+    write_json(f"{stem}.json", {"check": "data", "method": spec.name, "images": int(x_digits.shape[0]),
+                                "params": {k: str(v) for k, v in params.items()}, "rows": rows})
+    print(md)
+    return [f"{stem}.{e}" for e in ("png", "md", "json")]
 
 
 run_sanity.add_arguments = _args  # type: ignore[attr-defined]

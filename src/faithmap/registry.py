@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+import torch
+
+from .core.batching import model_guard
+from .core.progress import Callback, reporting
+from .core.scores import needs_prediction, resolve_targets
 from .errors import FaithmapError
 from .params import Param, build, describe, describe_fields, field_bounds, interval
-from .params import check as check_params
+from .params import check as check_values
 
 T = TypeVar("T")
 
@@ -119,10 +125,55 @@ class MethodSpec:
         """Refuse values of the wrong type or out of range (:mod:`faithmap.params`), and, for settings
         dataclasses, combinations their own checks refuse."""
         if self.settings is None:
-            check_params(f"method {self.name}", self.fn, params, self.bounds)
+            check_values(f"method {self.name}", self.fn, params, self.bounds)
             return
         known = {f.name for f in fields(self.settings)}
         build(self.settings, f"method {self.name}", None, {k: v for k, v in params.items() if k in known})
+
+    def run(self, clf, x: torch.Tensor, target, params: dict[str, Any], callback: Callback | None = None):
+        """The method on classifier ``clf`` and its inputs ``x`` (B, C, H, W, on ``clf``'s device) with
+        checked ``params`` (:func:`check_params`): ``target`` resolved (one forward pass when it names
+        the prediction or the model has no class names; the logits land in ``extras["logits"]``), the
+        method's progress sent to ``callback``, and the result stamped with its seconds, the model
+        images it cost and the method's name. :func:`faithmap.explain` is this after its checks."""
+        logits = None
+        if needs_prediction(target) or clf.num_classes is None:
+            with model_guard(clf), torch.no_grad():
+                logits = clf(x)
+            check_class_count(clf, logits)
+            t = resolve_targets(logits, target, clf.class_names)
+        else:  # explicit targets: checked against the class count, no model pass
+            t = resolve_targets(x.new_empty((x.shape[0], clf.num_classes)), target, clf.class_names)
+        snap = clf.counter.snapshot()
+        start = time.perf_counter()
+        with reporting(callback):
+            out = self.fn(clf, x, t, **params)
+        out.seconds = time.perf_counter() - start
+        out.counts = clf.counter.since(snap)
+        out.method = self.name
+        if logits is not None:
+            out.extras.setdefault("logits", logits.detach())
+        return out
+
+
+def check_params(spec: MethodSpec, params: dict[str, Any]) -> None:
+    """Refuse parameters that ``spec`` does not take, values of the wrong type or range, and
+    resolutions it cannot do."""
+    known = spec.params
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        raise FaithmapError(f"method {spec.name} has no parameter {unknown[0]!r}; it takes: {', '.join(known) or 'none'}")
+    spec.check(params)
+    if "resolution" in params and params["resolution"] is not None and spec.resolution != "mask":
+        raise FaithmapError(f"method {spec.name} has a fixed resolution ({spec.resolution} grid); "
+                            f"--resolution applies to mask methods only")
+
+
+def check_class_count(clf, logits: torch.Tensor) -> None:
+    """Refuse class names of another count than the model's logits (names given to :func:`faithmap.models.wrap`)."""
+    if clf.class_names is not None and logits.dim() == 2 and logits.shape[1] != len(clf.class_names):
+        raise FaithmapError(f"{len(clf.class_names)} class names for a model with {logits.shape[1]} classes "
+                            f"({clf.name})")
 
 
 METRIC_NEEDS = ("explain", "boxes", "masks")
@@ -164,7 +215,7 @@ class MetricSpec:
 
     def check(self, params: dict[str, Any]) -> None:
         """Refuse option values of the wrong type or out of range (:mod:`faithmap.params`)."""
-        check_params(f"metric {self.name}", self.fn, params, self.bounds)
+        check_values(f"metric {self.name}", self.fn, params, self.bounds)
 
     @property
     def arrow(self) -> str:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import FaithmapError
+
 DEFAULT_BATCH_SIZE = None
 """``batch_size=None`` picks :func:`resolve_batch_size`'s default for the device."""
 
@@ -23,8 +25,6 @@ def resolve_batch_size(batch_size: int | None, device) -> int:
     if batch_size is None:
         return 20 if torch.device(device).type == "cpu" else 64
     if int(batch_size) < 1:
-        from ..errors import FaithmapError
-
         raise FaithmapError(f"batch_size must be at least 1, got {batch_size}")
     return int(batch_size)
 
@@ -118,8 +118,6 @@ def torch_threads(n: int | None):
     before = torch.get_num_threads()
     if n is not None:
         if int(n) < 1:
-            from ..errors import FaithmapError
-
             raise FaithmapError(f"threads must be at least 1, got {n}")
         torch.set_num_threads(int(n))
     try:
@@ -150,8 +148,6 @@ def per_image_generators(seed: int | Sequence[int] | None, n: int, device: torch
     else:
         seeds = [int(s) for s in (seed.tolist() if isinstance(seed, torch.Tensor) else seed)]
         if len(seeds) != n:
-            from ..errors import FaithmapError
-
             raise FaithmapError(f"got {len(seeds)} seeds for {n} images (give one seed, or one per image)")
     gens = []
     for s in seeds:

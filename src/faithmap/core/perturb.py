@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import FaithmapError
+
 
 def blur_params(size: int) -> tuple[int, float]:
     """Kernel size and sigma of the I-GOS blur baseline for an image whose longer side is ``size``.
@@ -136,7 +138,6 @@ def make_baseline(kind: str | torch.Tensor, x: torch.Tensor, mean: torch.Tensor 
     if kind in ("noise", "uniform"):
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (u - mean) / std
-    from ..errors import FaithmapError
 
     raise FaithmapError(f"unknown baseline {kind!r}; choose from: {', '.join(BASELINES)} or a tensor")
 

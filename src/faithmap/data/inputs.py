@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FaithmapError
+from .images import load_image
+from .samples import load_sample, photo_names, sample_names
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 """File name endings (case-insensitive) that folders are listed for."""
@@ -182,9 +184,6 @@ class ImageRecord:
     def load(self, convert: bool = False):
         """The photo: a uint8 (H, W, 3) array for files (:func:`faithmap.data.load_image`) and samples;
         in-memory photos are returned as given."""
-        from .images import load_image
-        from .samples import load_sample
-
         if isinstance(self.source, str):
             if self.source.startswith(SAMPLE_PREFIX):
                 return load_sample(self.source[len(SAMPLE_PREFIX):])
@@ -283,8 +282,6 @@ def list_images(images=None) -> Listing:
     the module docstring). Refused with one line: a missing file, a folder without images, an
     empty class folder, the same file given twice, colliding names given in memory.
     """
-    from .samples import photo_names, sample_names
-
     if images is None:
         images = "samples"
     if isinstance(images, dict) or _is_pairs(images):

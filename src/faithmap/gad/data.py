@@ -10,6 +10,7 @@ from typing import Protocol, Sequence
 
 import torch
 
+from ..data import load_image
 from ..data.inputs import IMAGE_EXTENSIONS
 from ..errors import FaithmapError
 
@@ -113,8 +114,6 @@ class FolderImages:
         return len(self.paths)
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
-        from ..data import load_image
-
         return self.model.preprocess([load_image(self.paths[int(i)], convert=self.convert) for i in index])
 
     def fingerprint(self) -> str:

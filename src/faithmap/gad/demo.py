@@ -31,6 +31,7 @@ from ..core.batching import model_guard, torch_threads
 from ..core.io import atomic_open
 from ..errors import FaithmapError
 from ..models import Classifier, wrap
+from .support import default_cache_dir
 
 DIGITS_SIZE = 32
 
@@ -185,8 +186,6 @@ def demo_classifier(arch: str, data: Digits, *, seed: int = 0, cache_dir: str | 
     ``epochs`` overrides :data:`TRAIN`'s (quick tests). Returns the model and a record: test
     accuracy, training seconds, whether it came from the cache.
     """
-    from .support import default_cache_dir
-
     cfg = {**TRAIN, **({"epochs": int(epochs)} if epochs is not None else {})}
     key = hashlib.sha256(repr((arch, data.digits, seed, sorted(cfg.items()), DIGITS_SIZE, len(data.y_train),
                                2)).encode()).hexdigest()[:12]  # 2: trained in one thread

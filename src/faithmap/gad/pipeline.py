@@ -22,6 +22,8 @@ from ..errors import FaithmapError
 from ..metrics.regions import hull_area, hull_masks, region_sensitivity_of_masks, supplementary_mask
 from ..methods.gad import gad_maps
 from ..models import Classifier
+from ..params import build
+from ..registry import METHODS
 from .data import ImageSet
 from .support import SupportSet, model_outputs
 
@@ -75,16 +77,41 @@ def least_activated(logits: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     return out
 
 
+@dataclass(frozen=True)
+class CompareSettings:
+    """How :func:`evaluate_method` compares original and GAD maps (sec. 5-6): the base method's
+    ``base_params``, the ``fraction`` of important pixels of each map (sec. 4.3), the hull of the
+    pixels above ``hull_threshold`` (read as ``hull_mode``: see :func:`faithmap.metrics.regions.hull_masks`),
+    RS on the ``score`` (``"logit"``: against the original logits), ``batch_size`` images a model pass,
+    ``seed`` of random base methods, ``chunk`` images a step."""
+
+    fraction: float = 0.5
+    hull_threshold: float = 0.5
+    hull_mode: str = "fraction"
+    base_params: dict | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    score: str = "logit"
+    chunk: int = 128
+
+    @classmethod
+    def make(cls, base: "CompareSettings | None" = None, /, **overrides) -> "CompareSettings":
+        """``base`` (default: all defaults) with ``overrides`` (any field), types checked."""
+        return build(cls, "GAD comparison", base, overrides)
+
+
 def evaluate_method(model: Classifier, supports: Sequence[Classifier], data: ImageSet, classes: tuple[int, int],
-                    method: str, *, logits: torch.Tensor, fraction: float = 0.5, hull_threshold: float = 0.5,
-                    hull_mode: str = "fraction", base_params: dict | None = None, batch_size: int | None = None,
-                    seed: int = 0, score: str = "logit", figure_index: Sequence[int] = (), chunk: int = 128,
-                    progress=None) -> MethodResult:
+                    method: str, settings: CompareSettings | None = None, /, *, logits: torch.Tensor,
+                    figure_index: Sequence[int] = (), progress=None, **overrides) -> MethodResult:
     """RC and RS of ``method`` on every image of ``data``, with each of ``classes`` as target.
 
     ``logits``: the original model's outputs on ``data`` (N, K). ``figure_index``: images whose maps
-    and hulls are kept for the figure.
+    and hulls are kept for the figure. ``settings`` (a :class:`CompareSettings`) with ``overrides``
+    (any of its fields: ``fraction=``, ``hull_threshold=``, ``hull_mode=``, ``base_params=``,
+    ``batch_size=``, ``seed=``, ``score=``, ``chunk=``) say how the maps are made and compared.
     """
+    st = CompareSettings.make(settings, **overrides)
+    batch_size, score = st.batch_size, st.score
     res = MethodResult(method)
     n = len(data)
     keep_fig = set(int(i) for i in figure_index)
@@ -94,15 +121,15 @@ def evaluate_method(model: Classifier, supports: Sequence[Classifier], data: Ima
     for c in classes:
         rc, rs_g, rs_s, a_o, a_g, kept = [], [], [], [], [], []
         fig: dict[str, list] = {"index": [], "original": [], "gad": [], "hull_orig": [], "hull_gad": []}
-        for s in chunks(n, chunk):
+        for s in chunks(n, st.chunk):
             idx = torch.arange(n)[s]
             x = data.batch(idx).to(device)
             t = torch.full((len(idx),), int(c), dtype=torch.long, device=device)
-            exp = gad_maps(model, supports, x, t, method, fraction=fraction, base_params=base_params,
-                           batch_size=batch_size, seed=seed)
+            exp = gad_maps(model, supports, x, t, method, fraction=st.fraction, base_params=st.base_params,
+                           batch_size=batch_size, seed=st.seed)
             orig = exp.extras["original"]
-            m_orig = hull_masks(orig, hull_threshold, hull_mode)
-            m_gad = hull_masks(exp.saliency, hull_threshold, hull_mode)
+            m_orig = hull_masks(orig, st.hull_threshold, st.hull_mode)
+            m_gad = hull_masks(exp.saliency, st.hull_threshold, st.hull_mode)
             ao, ag = hull_area(m_orig), hull_area(m_gad)
             rc.append(torch.where(ao > 0, ag / ao.clamp_min(1), torch.full_like(ao, float("nan"))).cpu())
             a_o.append(ao.cpu())
@@ -229,7 +256,7 @@ def save_figure(path: str, model: Classifier, data: ImageSet, result: MethodResu
                 names: Sequence[str], title: str = "") -> None:
     """Rows: the original map with its hull (red), the GAD map with its hull (green), the image with
     both hulls; columns: the least-activated images of each class, each explained for its own class."""
-    from ..viz.draw import _save, subplots, to_image
+    from ..viz.draw import _save, subplots, to_image  # lazy: matplotlib, only when a figure is drawn
 
     cols = []
     for c, name in zip(classes, names):
@@ -277,8 +304,6 @@ def save_figure(path: str, model: Classifier, data: ImageSet, result: MethodResu
 
 def check_methods(names: Sequence[str]) -> list[str]:
     """Canonical method names; ``all`` is the paper's five; ``gad`` cannot be a base."""
-    from ..registry import METHODS
-
     out: list[str] = []
     for n in names:
         for part in str(n).split(","):
@@ -298,5 +323,5 @@ def check_methods(names: Sequence[str]) -> list[str]:
     return out
 
 
-__all__ = ["LABELS", "MethodResult", "PAPER_METHODS", "check_methods", "distancing_record", "evaluate_method",
+__all__ = ["CompareSettings", "LABELS", "MethodResult", "PAPER_METHODS", "check_methods", "distancing_record", "evaluate_method",
            "least_activated", "save_figure", "table_cost", "table_rc", "table_rs", "table_supports"]

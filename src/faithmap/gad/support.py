@@ -26,16 +26,20 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..core.batching import chunks, model_guard, resolve_batch_size
 from ..core.io import atomic_open, write_json
 from ..errors import FaithmapError
+from ..methods.gad import clone_classifier, freeze, frozen_copy, load_supports, read_state  # noqa: F401  (load_supports: faithmap.gad's)
 from ..models import Classifier
+from ..params import build
 from .data import ImageSet, TensorImages
 
 CACHE_VERSION = 1
@@ -107,15 +111,6 @@ def alpha_tag(alpha: float) -> str:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def clone_classifier(model: Classifier, net: nn.Module, name: str | None = None) -> Classifier:
-    """A :class:`Classifier` around ``net`` with ``model``'s preprocessing, classes and CAM layer."""
-    clf = Classifier(net, mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
-                     input_size=model.input_size, resize_size=model.resize_size, class_names=model.class_names,
-                     cam_layer=model.cam_layer, name=name or model.name, resize=model.resize)
-    clf.channels_last = model.channels_last
-    return clf.to(model.device)
-
-
 def model_outputs(model: Classifier, data: ImageSet, batch_size: int | None = None) -> torch.Tensor:
     """The model's logits (N, K) on every image of ``data``, in eval mode (float32, model's device)."""
     bs = resolve_batch_size(batch_size, model.device)
@@ -127,13 +122,6 @@ def model_outputs(model: Classifier, data: ImageSet, batch_size: int | None = No
 def _atomic_save(obj, path: str) -> None:
     with atomic_open(path) as fh:
         torch.save(obj, fh)
-
-
-def _load(path: str):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable cache file is treated as missing
-        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,6 +137,29 @@ class TrainResult:
     initial_mse: float | None = None
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a support model is trained (sec. 4.2 and 6): ``epochs`` of Adam at learning rate ``lr``
+    over shuffled batches of ``batch_size`` images (the order of epoch ``e`` from ``(seed, e)``), in
+    eval mode unless ``train_mode``. ``fit``: go on after ``epochs`` until the epoch's loss is at
+    most ``fit`` times the initial loss, or ``max_epochs`` (default ``20 * epochs``) have run (see
+    :func:`train_support`). ``eval_batch_size``: images a pass when the model only predicts."""
+
+    epochs: int = 10
+    lr: float = 4e-5
+    batch_size: int = 32
+    seed: int = 0
+    train_mode: bool = False
+    fit: float | None = None
+    max_epochs: int | None = None
+    eval_batch_size: int | None = None
+
+    @classmethod
+    def make(cls, base: "TrainSettings | None" = None, /, **overrides) -> "TrainSettings":
+        """``base`` (default: all defaults) with ``overrides`` (any field), types checked."""
+        return build(cls, "support training", base, overrides)
+
+
 def epoch_limit(epochs: int, fit: float | None, max_epochs: int | None) -> int:
     """The most epochs :func:`train_support` runs: ``epochs`` without ``fit``; with it ``max_epochs``
     (default ``20 * epochs``), never fewer than ``epochs``."""
@@ -157,11 +168,10 @@ def epoch_limit(epochs: int, fit: float | None, max_epochs: int | None) -> int:
     return max(int(epochs), int(max_epochs) if max_epochs is not None else 20 * int(epochs))
 
 
-def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, epochs: int = 10, lr: float = 4e-5,
-                  batch_size: int = 32, seed: int = 0, train_mode: bool = False, checkpoint: str | None = None,
-                  callback: Callable[[int, float], None] | None = None, progress: bool = True,
-                  desc: str = "support", eval_batch_size: int | None = None, fit: float | None = None,
-                  max_epochs: int | None = None, original: torch.Tensor | None = None) -> TrainResult:
+def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, settings: TrainSettings | None = None,
+                  /, *, checkpoint: str | None = None, callback: Callable[[int, float], None] | None = None,
+                  progress: bool = True, desc: str = "support", original: torch.Tensor | None = None,
+                  **overrides) -> TrainResult:
     """Regress a copy of ``model.net`` onto ``targets`` (N, K) with MSE and Adam (sec. 4.2).
 
     The copy starts from the original weights; all its parameters are trained. ``checkpoint``: a
@@ -174,37 +184,32 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
     on one epoch at a time until the epoch's mean training loss is at most ``fit`` times the initial
     loss (the MSE of the original model to ``targets``, ``alpha^2 / K`` for distanced targets), or
     ``max_epochs`` (default ``20 * epochs``) have run. ``original``: the model's outputs on ``data``
-    when the caller has them (saves the pass that gives the initial loss).
+    when the caller has them (saves the pass that gives the initial loss). The settings are
+    ``settings`` (a :class:`TrainSettings`) with ``overrides``: ``epochs=``, ``lr=``, ``batch_size=``,
+    ``seed=``, ``train_mode=``, ``fit=``, ``max_epochs=``, ``eval_batch_size=``.
     """
+    st = TrainSettings.make(settings, **overrides)
+    epochs, lr, batch_size, fit = st.epochs, st.lr, st.batch_size, st.fit
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise FaithmapError(f"need epochs >= 0, lr > 0 and batch_size >= 1 (got {epochs}, {lr}, {batch_size})")
     if fit is not None and not 0 < fit < 1:
         raise FaithmapError(f"fit must be in (0, 1), got {fit}")
-    limit = epoch_limit(epochs, fit, max_epochs)
+    limit = epoch_limit(epochs, fit, st.max_epochs)
     plan = [int(epochs), fit, limit]
     device = model.device
     net = copy.deepcopy(model.net)
     for p in net.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    losses: list[float] = []
-    start = 0
-    if checkpoint and os.path.isfile(checkpoint):
-        state = _load(checkpoint)
-        if state is not None and state.get("plan", [state.get("epochs"), None, state.get("epochs")]) == plan:
-            net.load_state_dict(state["net"])
-            opt.load_state_dict(state["optim"])
-            losses = list(state["losses"])
-            start = int(state["epoch"])
+    losses, start = _resume(checkpoint, plan, net, opt)
     targets = targets.to(device).float()
     n = len(data)
     steps = math.ceil(n / batch_size)
     initial = None
     if fit is not None:
         if original is None:
-            original = model_outputs(model, data, eval_batch_size)
+            original = model_outputs(model, data, st.eval_batch_size)
         initial = float(torch.nn.functional.mse_loss(original.to(device).float(), targets))
-    from tqdm import tqdm
 
     def done(epoch: int) -> bool:
         if epoch >= limit:
@@ -219,25 +224,7 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
             if (epoch + 1) * steps > bar.total:
                 bar.total = (epoch + 1) * steps
                 bar.refresh()
-            net.train(train_mode)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch))
-            total = 0.0
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed) * 7919 + epoch)  # dropout etc. in train mode: resumable too
-                for s in chunks(n, batch_size):
-                    idx = order[s]
-                    xb = data.batch(idx).to(device)
-                    if model.channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    out = net(xb).float()
-                    loss = torch.nn.functional.mse_loss(out, targets[idx.to(device)])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-            losses.append(total / n)
+            losses.append(_train_epoch(model, net, opt, data, targets, st, epoch, bar))
             epoch += 1
             if checkpoint:
                 _atomic_save({"epoch": epoch, "epochs": epochs, "plan": plan, "net": net.state_dict(),
@@ -246,17 +233,96 @@ def train_support(model: Classifier, data: ImageSet, targets: torch.Tensor, *, e
                 callback(epoch, losses[-1])
     finally:
         bar.close()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
+    freeze(net)
     sup = clone_classifier(model, net)
-    fit_mse = float(torch.nn.functional.mse_loss(model_outputs(sup, data, eval_batch_size), targets))
+    fit_mse = float(torch.nn.functional.mse_loss(model_outputs(sup, data, st.eval_batch_size), targets))
     return TrainResult(net, losses, fit_mse, resumed_from=start, epochs_run=len(losses) - start, initial_mse=initial)
+
+
+def _resume(checkpoint: str | None, plan: list, net: nn.Module, opt: torch.optim.Optimizer) -> tuple[list[float], int]:
+    """(losses, epochs done) of the checkpoint of the same ``plan``, its network and optimiser states
+    loaded into ``net`` and ``opt``; ``([], 0)`` without one."""
+    if not (checkpoint and os.path.isfile(checkpoint)):
+        return [], 0
+    state = read_state(checkpoint)
+    if state is None or state.get("plan", [state.get("epochs"), None, state.get("epochs")]) != plan:
+        return [], 0
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["optim"])
+    return list(state["losses"]), int(state["epoch"])
+
+
+def _train_epoch(model: Classifier, net: nn.Module, opt: torch.optim.Optimizer, data: ImageSet, targets: torch.Tensor,
+                 st: TrainSettings, epoch: int, bar) -> float:
+    """One epoch of MSE regression over ``data`` in the order of ``(seed, epoch)``; its mean loss."""
+    n, device = len(data), model.device
+    net.train(st.train_mode)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(st.seed) * 1_000_003 + epoch))
+    total = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(st.seed) * 7919 + epoch)  # dropout etc. in train mode: resumable too
+        for s in chunks(n, st.batch_size):
+            idx = order[s]
+            xb = data.batch(idx).to(device)
+            if model.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out = net(xb).float()
+            loss = torch.nn.functional.mse_loss(out, targets[idx.to(device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+    return total / n
 
 
 # ----------------------------------------------------------------------------------------------
 # the set of support models, cached
 # ----------------------------------------------------------------------------------------------
+def cache_settings(classes: tuple[int, int], st: TrainSettings) -> dict:
+    """The settings a cache entry is keyed by (and records): classes, training settings, loss, optimiser."""
+    settings = {"version": CACHE_VERSION, "classes": list(classes), "epochs": int(st.epochs), "lr": float(st.lr),
+                "batch_size": int(st.batch_size), "seed": int(st.seed), "train_mode": bool(st.train_mode),
+                "loss": "mse", "optimizer": "adam"}
+    if st.fit is not None:  # absent otherwise: fixed-length entries keep their keys
+        settings["fit"] = float(st.fit)
+        settings["max_epochs"] = epoch_limit(st.epochs, st.fit, st.max_epochs)
+    return settings
+
+
+def _checked(model: Classifier, data: ImageSet, classes: tuple[int, int],
+             alphas: Sequence[float]) -> tuple[int, int, list[float]]:
+    """The two classes and the distances (floats), refused with one line: a class out of the model's
+    range, no distance or a repeated one, a training image of neither class."""
+    a, b = (int(c) for c in classes)
+    k = model.num_classes
+    for c in (a, b):
+        if c < 0 or (k is not None and c >= k):
+            raise FaithmapError(f"class {c} is out of range: the model has {k} classes")
+    alphas = [float(al) for al in alphas]
+    if not alphas:
+        raise FaithmapError("give at least one distance alpha")
+    if len(set(alphas)) != len(alphas):
+        raise FaithmapError(f"the distances repeat: {alphas}")
+    labels = data.labels
+    if not bool(((labels == a) | (labels == b)).all()):
+        raise FaithmapError(f"every training image must belong to class {a} or {b}")
+    return a, b, alphas
+
+
+def _finished(directory: str, alphas: Sequence[float]) -> dict[float, dict]:
+    """The readable finished models (``alpha-<a>.pt``) of the cache entry ``directory``, by distance."""
+    done = {}
+    for al in alphas:
+        path = os.path.join(directory, f"alpha-{alpha_tag(al)}.pt")
+        if os.path.isfile(path):
+            state = read_state(path)
+            if state is not None and "net" in state:
+                done[al] = state
+    return done
+
+
 @dataclass
 class SupportSet:
     """Support models, one per distance, with their training record."""
@@ -277,12 +343,9 @@ class SupportSet:
 
 
 def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch.Tensor], classes: tuple[int, int],
-                   alphas: Sequence[float] = (2, 4, 6, 8), *, epochs: int = 10, lr: float = 4e-5,
-                   batch_size: int = 32, seed: int = 0, train_mode: bool = False, cache_dir: str | None = None,
-                   use_cache: bool = True, progress: bool = True,
-                   callback: Callable[[float, int, float], None] | None = None,
-                   eval_batch_size: int | None = None, fit: float | None = None,
-                   max_epochs: int | None = None) -> SupportSet:
+                   alphas: Sequence[float] = (2, 4, 6, 8), settings: TrainSettings | None = None, /, *,
+                   cache_dir: str | None = None, use_cache: bool = True, progress: bool = True,
+                   callback: Callable[[float, int, float], None] | None = None, **overrides) -> SupportSet:
     """One support regression model per distance in ``alphas`` (sec. 4.2-4.3), from the cache when there.
 
     ``data``: the training images of the two ``classes`` (an :class:`ImageSet`, or a pair
@@ -291,59 +354,34 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
     ``alpha-<a>.pt`` per finished model, ``alpha-<a>.ckpt`` while one trains, and ``meta.json``.
     ``use_cache=False`` trains in memory without reading or writing files.
     ``callback(alpha, epoch, loss)`` runs after each epoch. ``fit``/``max_epochs``: train each model
-    to a fit criterion (see :func:`train_support`); part of the cache key when given.
+    to a fit criterion (see :func:`train_support`); part of the cache key when given. The training
+    settings are ``settings`` (a :class:`TrainSettings`) with ``overrides`` (any of its fields).
     """
-    import time
-
+    st = TrainSettings.make(settings, **overrides)
     if isinstance(data, tuple):
         data = TensorImages(*data)
-    a, b = (int(c) for c in classes)
-    k = model.num_classes
-    for c in (a, b):
-        if c < 0 or (k is not None and c >= k):
-            raise FaithmapError(f"class {c} is out of range: the model has {k} classes")
-    alphas = [float(al) for al in alphas]
-    if not alphas:
-        raise FaithmapError("give at least one distance alpha")
-    if len(set(alphas)) != len(alphas):
-        raise FaithmapError(f"the distances repeat: {alphas}")
+    a, b, alphas = _checked(model, data, classes, alphas)
     labels = data.labels
-    if not bool(((labels == a) | (labels == b)).all()):
-        raise FaithmapError(f"every training image must belong to class {a} or {b}")
     start = time.perf_counter()
-    settings = {"version": CACHE_VERSION, "classes": [a, b], "epochs": int(epochs), "lr": float(lr),
-                "batch_size": int(batch_size), "seed": int(seed), "train_mode": bool(train_mode), "loss": "mse",
-                "optimizer": "adam"}
-    if fit is not None:  # absent otherwise: fixed-length entries keep their keys
-        settings["fit"] = float(fit)
-        settings["max_epochs"] = epoch_limit(epochs, fit, max_epochs)
+    record = cache_settings((a, b), st)
     directory = None
     done: dict[float, dict] = {}
     if use_cache:
-        w_fp, d_fp, s_fp = weights_fingerprint(model), data.fingerprint(), settings_fingerprint(settings)
+        w_fp, d_fp, s_fp = weights_fingerprint(model), data.fingerprint(), settings_fingerprint(record)
         directory = os.path.join(cache_dir or default_cache_dir(), f"{w_fp[:12]}-{d_fp[:12]}-{s_fp[:12]}")
-        for al in alphas:
-            path = os.path.join(directory, f"alpha-{alpha_tag(al)}.pt")
-            if os.path.isfile(path):
-                state = _load(path)
-                if state is not None and "net" in state:
-                    done[al] = state
+        done = _finished(directory, alphas)
     todo = [al for al in alphas if al not in done]
-    original = model_outputs(model, data, eval_batch_size) if todo else None
+    original = model_outputs(model, data, st.eval_batch_size) if todo else None
     if directory and todo:
         os.makedirs(directory, exist_ok=True)
-        meta = {**settings, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
+        meta = {**record, "weights_sha256": w_fp, "data_sha256": d_fp, "images": len(data),
                 "model": model.name, "class_names": [model.class_name(a), model.class_name(b)]}
         write_json(os.path.join(directory, "meta.json"), meta)
     models, fits, losses, cached, threads = [], [], [], [], []
     for al in alphas:
         if al in done:
             state = done[al]
-            net = copy.deepcopy(model.net)
-            net.load_state_dict(state["net"])
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
+            net = frozen_copy(model.net, state["net"])
             fits.append(float(state["fit_mse"]))
             losses.append(list(state["losses"]))
             cached.append(True)
@@ -352,14 +390,12 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             targets = distanced_targets(original, labels, (a, b), al)
             ckpt = os.path.join(directory, f"alpha-{alpha_tag(al)}.ckpt") if directory else None
             cb = (lambda e, lo, _al=al: callback(_al, e, lo)) if callback else None
-            res = train_support(model, data, targets, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                train_mode=train_mode, checkpoint=ckpt, callback=cb, progress=progress,
-                                desc=f"support alpha={alpha_tag(al)}", eval_batch_size=eval_batch_size,
-                                fit=fit, max_epochs=max_epochs, original=original)
+            res = train_support(model, data, targets, st, checkpoint=ckpt, callback=cb, progress=progress,
+                                desc=f"support alpha={alpha_tag(al)}", original=original)
             net = res.net
             if directory:
                 _atomic_save({"net": net.state_dict(), "alpha": al, "fit_mse": res.fit_mse, "losses": res.losses,
-                              "settings": settings, "threads": torch.get_num_threads()},
+                              "settings": record, "threads": torch.get_num_threads()},
                              os.path.join(directory, f"alpha-{alpha_tag(al)}.pt"))
                 if ckpt and os.path.exists(ckpt):
                     os.remove(ckpt)
@@ -368,31 +404,5 @@ def support_models(model: Classifier, data: ImageSet | tuple[torch.Tensor, torch
             cached.append(False)
             threads.append(torch.get_num_threads())
         models.append(clone_classifier(model, net, f"{model.name}-gad{alpha_tag(al)}"))
-    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, settings,
+    return SupportSet(alphas, models, fits, losses, cached, directory, time.perf_counter() - start, record,
                       threads)
-
-
-def load_supports(model: Classifier, directory: str) -> list[Classifier]:
-    """The support models stored in a cache entry ``directory`` (``alpha-*.pt``), by increasing alpha,
-    each on ``model``'s architecture."""
-    directory = os.path.expanduser(directory)
-    if not os.path.isdir(directory):
-        raise FaithmapError(f"no such folder of support models: {directory}")
-    files = [f for f in os.listdir(directory) if f.startswith("alpha-") and f.endswith(".pt")]
-    if not files:
-        raise FaithmapError(f"{directory} holds no support models (alpha-*.pt); train them with `faithmap gad`")
-    out = []
-    for f in sorted(files, key=lambda f: float(f[len("alpha-"):-3])):
-        state = _load(os.path.join(directory, f))
-        if state is None or "net" not in state:
-            raise FaithmapError(f"cannot read support model {f} in {directory}")
-        net = copy.deepcopy(model.net)
-        try:
-            net.load_state_dict(state["net"])
-        except RuntimeError as exc:
-            raise FaithmapError(f"{f} does not fit model {model.name}: {str(exc).splitlines()[0][:160]}") from None
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        out.append(clone_classifier(model, net, f"{model.name}-gad{f[len('alpha-'):-3]}"))
-    return out

@@ -31,7 +31,7 @@ from ..explanation import Explanation
 from ..core.perturb import grid_size
 from ..errors import FaithmapError
 from ..params import knob, record
-from ..registry import METHODS, MethodSpec, register_method
+from ..registry import METHODS, MethodSpec, check_params, register_method
 from .mask import EngineParams, WarmupParams, check_resolution
 
 BASE_FAMILY = "cam"
@@ -96,8 +96,6 @@ def base_mask_transform(base: torch.Tensor, theta: float, lam: float, resolution
 def _stage_params(spec: MethodSpec, fast: bool, given: dict | None, extra: dict[str, Any]) -> dict[str, Any]:
     """A stage's parameters: its ``fast`` overrides (if asked), then ``given``, then AOP's own
     (``extra``, only those the stage takes and ``given`` does not set)."""
-    from ..api import check_params  # lazy: api imports the registry that imports this module
-
     params = dict(spec.fast) if fast else {}
     params.update(given or {})
     for k, v in extra.items():

@@ -16,6 +16,8 @@ channel reduction use magnitude maps (:data:`MAGNITUDE`) unless told otherwise.
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any, Sequence
 
 import torch
@@ -25,7 +27,8 @@ from ..core.batching import Seed
 from ..explanation import Explanation
 from ..errors import FaithmapError
 from ..metrics.regions import important_pixels
-from ..registry import register_method
+from ..models import Classifier
+from ..registry import METHODS, check_params, register_method
 
 MAGNITUDE = "abs-sum"
 """The channel reduction of the base maps unless ``base_params`` names one: importance is magnitude.
@@ -37,10 +40,64 @@ reach the image's edges. ``base_params={"reduce": "sum"}`` (``--param reduce=sum
 """
 
 
-def _as_supports(model, supports) -> list:
-    from ..gad.support import clone_classifier, load_supports
-    from ..models import Classifier
+# ----------------------------------------------------------------------------------------------
+# support models: a cache entry of `faithmap gad` (faithmap.gad.support trains them)
+# ----------------------------------------------------------------------------------------------
+def clone_classifier(model: Classifier, net: nn.Module, name: str | None = None) -> Classifier:
+    """A :class:`Classifier` around ``net`` with ``model``'s preprocessing, classes and CAM layer."""
+    clf = Classifier(net, mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
+                     input_size=model.input_size, resize_size=model.resize_size, class_names=model.class_names,
+                     cam_layer=model.cam_layer, name=name or model.name, resize=model.resize)
+    clf.channels_last = model.channels_last
+    return clf.to(model.device)
 
+
+def freeze(net: nn.Module) -> nn.Module:
+    """``net`` in eval mode without gradients (a finished support model)."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def frozen_copy(net: nn.Module, state: dict) -> nn.Module:
+    """A copy of ``net`` with the weights ``state``, frozen (:func:`freeze`)."""
+    out = copy.deepcopy(net)
+    out.load_state_dict(state)
+    return freeze(out)
+
+
+def read_state(path: str):
+    """A saved support model's state dict (or checkpoint) from ``path``; None when the file cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable cache file is treated as missing
+        return None
+
+
+def load_supports(model: Classifier, directory: str) -> list[Classifier]:
+    """The support models stored in a cache entry ``directory`` (``alpha-*.pt``), by increasing alpha,
+    each on ``model``'s architecture."""
+    directory = os.path.expanduser(directory)
+    if not os.path.isdir(directory):
+        raise FaithmapError(f"no such folder of support models: {directory}")
+    files = [f for f in os.listdir(directory) if f.startswith("alpha-") and f.endswith(".pt")]
+    if not files:
+        raise FaithmapError(f"{directory} holds no support models (alpha-*.pt); train them with `faithmap gad`")
+    out = []
+    for f in sorted(files, key=lambda f: float(f[len("alpha-"):-3])):
+        state = read_state(os.path.join(directory, f))
+        if state is None or "net" not in state:
+            raise FaithmapError(f"cannot read support model {f} in {directory}")
+        try:
+            net = frozen_copy(model.net, state["net"])
+        except RuntimeError as exc:
+            raise FaithmapError(f"{f} does not fit model {model.name}: {str(exc).splitlines()[0][:160]}") from None
+        out.append(clone_classifier(model, net, f"{model.name}-gad{f[len('alpha-'):-3]}"))
+    return out
+
+
+def _as_supports(model, supports) -> list:
     if supports is None:
         return []
     if isinstance(supports, str):
@@ -68,9 +125,6 @@ def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, b
     ``important`` (bool (B, 1 + S, h, w), each model's important pixels) and ``support_maps``.
     The images the support models see are added to ``model``'s counter.
     """
-    from ..api import explain
-    from ..registry import METHODS
-
     spec = METHODS.get(base)
     if spec.name == "gad":
         raise FaithmapError("gad cannot be its own base method")
@@ -82,11 +136,13 @@ def gad_maps(model, supports: Sequence, x: torch.Tensor, target: torch.Tensor, b
     for key, value in (("batch_size", batch_size), ("seed", seed)):
         if key in spec.params and key not in params and value is not None:
             params[key] = value
+    given = {k: v for k, v in params.items() if v is not None}  # as faithmap.explain takes them
+    check_params(spec, given)
     models = [model, *supports]
     maps = []
     for m in models:
         before = m.counter.snapshot()
-        e = explain(m, x, spec.name, target=target, **params)
+        e = spec.run(m, x.to(m.device), target, given)
         if m is not model:  # charge the support models' images to this explanation
             c = m.counter.since(before)
             model.counter.images += c["images"]
@@ -116,8 +172,6 @@ def gad(model, x: torch.Tensor, target: torch.Tensor, *, base: str = "ig", suppo
         base_params: dict | None = None, base_fast: bool = False, batch_size: int | None = None,
         seed: Seed = 0) -> Explanation:
     """GAD (sec. 4.3) on the registered method ``base``; ``supports``: support models or a cache folder."""
-    from ..registry import METHODS
-
     spec = METHODS.get(base)
     params = dict(spec.fast) if base_fast else {}
     params.update(base_params or {})

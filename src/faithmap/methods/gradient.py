@@ -37,6 +37,7 @@ from torch import nn
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, per_image_generators, resolve_batch_size, Seed
 from ..explanation import Explanation
 from ..core.perturb import BASELINES, make_baseline
+from ..core.quadrature import QUADRATURES, check_count, quadrature_nodes
 from ..core.scores import score_of
 from ..errors import FaithmapError
 from ..registry import register_method
@@ -154,47 +155,9 @@ def _finish(name: str, attribution: torch.Tensor, target: torch.Tensor, reduce: 
                        attribution=attribution, extras=dict(extras or {}))
 
 
-def _check_count(name: str, value: int, low: int = 1) -> int:
-    try:
-        ok = int(value) == value and int(value) >= low
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise FaithmapError(f"{name} must be an integer of at least {low}, got {value}")
-    return int(value)
-
-
 # ----------------------------------------------------------------------------------------------
 # quadrature and baselines
 # ----------------------------------------------------------------------------------------------
-QUADRATURES = ("gausslegendre", "left", "right", "middle", "trapezoid")
-
-
-def quadrature_nodes(steps: int, kind: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes ``a_k`` in [0, 1] and weights ``w_k`` (float64) with ``sum_k w_k g(a_k) ~ int_0^1 g``.
-
-    ``left``/``right``/``middle``: ``a_k = k/S``, ``(k+1)/S``, ``(k+1/2)/S``, ``w_k = 1/S`` (as
-    captum). ``trapezoid``: ``a_k = k/(S-1)``, ``w = 1/(S-1)`` halved at both ends: the composite
-    trapezoid rule (captum's ``riemann_trapezoid`` uses ``1/S`` there, so its weights sum to
-    ``1 - 1/S``; ours sum to 1). ``gausslegendre``: the S-point Gauss-Legendre rule mapped to [0, 1].
-    ``riemann_left`` etc. are accepted as names.
-    """
-    kind = str(kind).lower().replace("riemann_", "").replace("-", "").replace("_", "")
-    if kind not in QUADRATURES:
-        raise FaithmapError(f"unknown quadrature {kind!r}; choose from: {', '.join(QUADRATURES)}")
-    s = _check_count("steps", steps, 2 if kind == "trapezoid" else 1)
-    k = torch.arange(s, dtype=torch.float64)
-    if kind == "gausslegendre":
-        import numpy as np
-
-        nodes, w = np.polynomial.legendre.leggauss(s)  # constants only: no tensor data goes through numpy
-        return 0.5 * (1 + torch.tensor(nodes, dtype=torch.float64)), 0.5 * torch.tensor(w, dtype=torch.float64)
-    if kind == "trapezoid":
-        w = torch.full((s,), 1.0 / (s - 1), dtype=torch.float64)
-        w[0] = w[-1] = 0.5 / (s - 1)
-        return k / (s - 1), w
-    offset = {"left": 0.0, "right": 1.0, "middle": 0.5}[kind]
-    return (k + offset) / s, torch.full((s,), 1.0 / s, dtype=torch.float64)
 
 
 def baselines_for(model, x: torch.Tensor, kind: str | torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
@@ -346,7 +309,7 @@ def _smooth(name: str, model, x, target, *, samples, noise_level, sigma, of, sco
     equals one-by-one. ``of="gradxinput"`` smooths ``z * grad f(z)`` at the noisy points instead.
     """
     reduce_channels(x[:1, :, :1, :1], reduce)
-    s = _check_count("samples", samples)
+    s = check_count("samples", samples)
     if of not in ("gradient", "gradxinput"):
         raise FaithmapError(f"unknown of={of!r}; choose gradient or gradxinput")
     sig = noise_sigma(x, noise_level, sigma)
@@ -425,7 +388,7 @@ def expected_gradients(model, x: torch.Tensor, target: torch.Tensor, *,
     then ``a``; ``extras["reference_index"]`` and ``extras["alphas"]`` (B, S) record them.
     """
     reduce_channels(x[:1, :, :1, :1], reduce)
-    s = _check_count("samples", samples)
+    s = check_count("samples", samples)
     b = x.shape[0]
     gens = per_image_generators(seed, b, x.device)
     shape = tuple(x.shape[1:])

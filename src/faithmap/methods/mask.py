@@ -25,6 +25,7 @@ import torch
 from ..core.batching import DEFAULT_BATCH_SIZE, chunks, model_guard, resolve_batch_size, per_image_generators, Seed
 from ..explanation import Explanation
 from ..core.progress import ticker
+from ..core.quadrature import quadrature_nodes
 from ..core.perturb import blur_params, gaussian_blur, grid_size, make_baseline, phi, upsample
 from ..core.regularizers import btv, l1_keep, tv
 from ..core.scores import score_of
@@ -419,8 +420,6 @@ class MaskOptimizer:
         exact for path integrands that are polynomials of degree up to ``2n - 1``.
         """
         if rule == "gl":
-            from .gradient import quadrature_nodes
-
             t, w = quadrature_nodes(n, "gausslegendre")
             return t.tolist(), w.tolist()
         if rule == "mid":
@@ -500,21 +499,9 @@ class MaskOptimizer:
         ``baseline_schedule(iteration)`` may return another baseline for that iteration (AOP's
         warm-up with a weaker blur) or None to keep ``baseline``.
         """
-        h, w = grid_size(resolution)
         b = x.shape[0]
-        batch_size = resolve_batch_size(batch_size, x.device)
-        mean = getattr(model, "mean", None)
-        std = getattr(model, "std", None)
-        base = make_baseline(baseline, x, mean, std)
-        st = MaskState(model, x, base, target, score_of(score), batch_size,
-                       per_image_generators(seed, b, x.device), self.noise_std)
-        st.expand = self.parametrization
-        if self.perturbation is not None:
-            st.compose = self.perturbation(st)
-        if init is None:
-            masks = torch.ones(b, self.n_masks, h, w, device=x.device, dtype=x.dtype)
-        else:
-            masks = init.to(x).expand(b, self.n_masks, h, w).clone()
+        st, masks = self._start(model, x, target, resolution, baseline, score, batch_size, seed, init)
+        base = st.baseline
         hist = {"loss": [], "alpha": [], "seconds": [], "images": []}
         counter = getattr(model, "counter", None)
         start_images = counter.images if counter is not None else 0
@@ -550,13 +537,7 @@ class MaskOptimizer:
                 masks, alpha = new, alpha_a
                 f_cur = f_new if f_new is not None else f_a
             else:
-                masks = masks.clone()
-                masks[idx] = new
-                alpha = torch.zeros(b, device=x.device, dtype=alpha_a.dtype)
-                alpha[idx] = alpha_a
-                if f_cur is not None and (f_new is not None or f_a is not None):
-                    f_cur = f_cur.clone()
-                    f_cur[idx] = f_new if f_new is not None else f_a
+                masks, alpha, f_cur = _scatter(masks, f_cur, idx, new, alpha_a, f_new if f_new is not None else f_a)
             if self.tol > 0 and f_new is not None and f_a is not None:
                 active[idx] = (f_a - f_new) >= self.tol  # converged: this image's mask stays as it is
             hist["loss"].append(f_cur.clone() if f_cur is not None else torch.full((b,), float("nan"), device=x.device))
@@ -567,10 +548,50 @@ class MaskOptimizer:
             tick()
             if not active.any():
                 break
-        history = {"loss": torch.stack(hist["loss"], 1) if hist["loss"] else torch.empty(b, 0),
-                   "alpha": torch.stack(hist["alpha"], 1) if hist["alpha"] else torch.empty(b, 0),
-                   "seconds": hist["seconds"], "images": hist["images"]}
-        return masks, history
+        return masks, _history(hist, b)
+
+    def _start(self, model, x: torch.Tensor, target: torch.Tensor, resolution, baseline, score: str,
+               batch_size: int | None, seed: Seed, init: torch.Tensor | None) -> tuple["MaskState", torch.Tensor]:
+        """The optimisation's state (model, inputs, baseline, score, per-image generators, the mask
+        parametrisation and perturbation) and its starting masks (B, k, h, w): all ones, or ``init``."""
+        h, w = grid_size(resolution)
+        b = x.shape[0]
+        batch_size = resolve_batch_size(batch_size, x.device)
+        mean = getattr(model, "mean", None)
+        std = getattr(model, "std", None)
+        base = make_baseline(baseline, x, mean, std)
+        st = MaskState(model, x, base, target, score_of(score), batch_size,
+                       per_image_generators(seed, b, x.device), self.noise_std)
+        st.expand = self.parametrization
+        if self.perturbation is not None:
+            st.compose = self.perturbation(st)
+        if init is None:
+            masks = torch.ones(b, self.n_masks, h, w, device=x.device, dtype=x.dtype)
+        else:
+            masks = init.to(x).expand(b, self.n_masks, h, w).clone()
+        return st, masks
+
+
+def _history(hist: dict, b: int) -> dict:
+    """The per-iteration record as (B, iterations) tensors of loss and step size, seconds and images."""
+    return {"loss": torch.stack(hist["loss"], 1) if hist["loss"] else torch.empty(b, 0),
+            "alpha": torch.stack(hist["alpha"], 1) if hist["alpha"] else torch.empty(b, 0),
+            "seconds": hist["seconds"], "images": hist["images"]}
+
+
+def _scatter(masks: torch.Tensor, f_cur: torch.Tensor | None, idx: torch.Tensor, new: torch.Tensor,
+             alpha_a: torch.Tensor, f_a: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A step of the still-active images ``idx`` written into the whole batch: (masks, step sizes (0 for
+    converged images), objective values (``f_a`` at ``idx``; None while nothing is known))."""
+    b = masks.shape[0]
+    masks = masks.clone()
+    masks[idx] = new
+    alpha = torch.zeros(b, device=masks.device, dtype=alpha_a.dtype)
+    alpha[idx] = alpha_a
+    if f_cur is not None and f_a is not None:
+        f_cur = f_cur.clone()
+        f_cur[idx] = f_a
+    return masks, alpha, f_cur
 
 
 class _Substate(MaskState):

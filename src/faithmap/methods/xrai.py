@@ -46,7 +46,7 @@ from ..explanation import Explanation
 from ..core.perturb import BASELINES
 from ..errors import FaithmapError
 from ..params import knob, record
-from ..registry import METHODS, register_method
+from ..registry import METHODS, check_params, register_method
 from .mask import BatchParams
 
 SCALES = (50, 100, 150, 250, 500, 1200)
@@ -460,8 +460,6 @@ def base_attribution(model, x: torch.Tensor, target: torch.Tensor, *, base: str 
     A base with a ``baseline`` parameter runs once per kind in ``baselines`` (unless ``base_params``
     names one) and the attributions are averaged.
     """
-    from ..api import check_params  # lazy: api imports the registry that imports this package
-
     spec = METHODS.get(base)
     if spec.name == "xrai":
         raise FaithmapError("xrai cannot be its own base method")

@@ -15,6 +15,7 @@ the function's docstring.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -77,17 +78,45 @@ def perturbation_noise(x: torch.Tensor, n_samples: int, *, noise: str = "uniform
     return n.view(n_samples, *x.shape)
 
 
-def robustness_samples(name: str, model, x, saliency, target, explain: Callable | None, *, n_samples: int,
-                       objective: Callable, noise: str, low: float, high: float, std: float, normalise: bool,
-                       absolute: bool, exclude_changed: bool, need_logits: bool, batch_size: int | None,
-                       seed: Seed) -> torch.Tensor:
+@dataclass(frozen=True)
+class Sampling:
+    """How a robustness metric perturbs its images and compares the maps (defaults: Max-Sensitivity's).
+
+    ``n_samples`` noisy copies of each image: ``noise`` ``"uniform"`` in ``[low, high]`` or
+    ``"gaussian"`` of standard deviation ``std`` on every input value. Maps are upsampled to the input
+    size, divided by their maximum with ``normalise`` and taken in magnitude with ``absolute``.
+    ``exclude_changed``: a perturbation that changes the predicted class gives NaN; ``need_logits``:
+    the objective sees the logits of the image and of its perturbation. At most ``batch_size``
+    images a pass; each image's noise from its own generator of ``seed``.
+    """
+
+    n_samples: int = 200
+    noise: str = "uniform"
+    low: float = -0.2
+    high: float = 0.2
+    std: float = 0.0
+    normalise: bool = False
+    absolute: bool = False
+    exclude_changed: bool = False
+    need_logits: bool = False
+    batch_size: int | None = None
+    seed: Seed = 0
+
+
+def robustness_samples(name: str, model, x, saliency, target, explain: Callable | None, objective: Callable,
+                       sampling: Sampling | None = None, /, **overrides) -> torch.Tensor:
     """Objective values (B, S) over ``n_samples`` perturbations of each image (NaN where excluded).
 
     ``objective(e, e_p, x, x_p, h, h_p) -> (k,)`` compares, for k jobs, the image's map ``e`` with
     the re-explained map ``e_p``, the inputs, and the logits ``h``/``h_p`` (``None`` unless
-    ``need_logits``). With ``exclude_changed`` a perturbation that changes the predicted class gives
-    NaN (it is outside the neighbourhood the metric is defined on).
+    ``need_logits``). ``sampling`` (default :class:`Sampling`'s), with ``overrides`` (any of its
+    fields), says how the images are perturbed. With ``exclude_changed`` a perturbation that changes
+    the predicted class gives NaN (it is outside the neighbourhood the metric is defined on).
     """
+    sampling = replace(sampling or Sampling(), **overrides)
+    n_samples, noise, low, high, std = sampling.n_samples, sampling.noise, sampling.low, sampling.high, sampling.std
+    normalise, absolute, exclude_changed = sampling.normalise, sampling.absolute, sampling.exclude_changed
+    need_logits, batch_size, seed = sampling.need_logits, sampling.batch_size, sampling.seed
     explain = need(name, explain, "explain, a callable (x, target) -> saliency that re-explains perturbed inputs")
     if not callable(explain):
         raise FaithmapError(f"metric {name}: explain must be a callable (x, target) -> saliency")
@@ -149,10 +178,9 @@ def _sensitivity(name, model, x, saliency, target, explain, *, n_samples, radius
         num = _l2(e - ep)
         return num / _l2(e) if relative else num
 
-    return robustness_samples(name, model, x, saliency, target, explain, n_samples=n_samples, objective=objective,
-                              noise="uniform", low=-radius, high=radius, std=0.0, normalise=normalise,
-                              absolute=absolute, exclude_changed=exclude_changed, need_logits=False,
-                              batch_size=batch_size, seed=seed)
+    sampling = Sampling(n_samples=n_samples, noise="uniform", low=-radius, high=radius, normalise=normalise,
+                        absolute=absolute, exclude_changed=exclude_changed, batch_size=batch_size, seed=seed)
+    return robustness_samples(name, model, x, saliency, target, explain, objective, sampling)
 
 
 @register_metric("max_sensitivity", higher_is_better=False, category="robustness", needs=("explain",),
@@ -210,10 +238,9 @@ def local_lipschitz(model, x, saliency, target, *, explain: Callable | None = No
     def objective(e, ep, x0, xp, h0, hp):
         return _l2(e - ep) / (_l2(x0 - xp) + 1e-10)
 
-    v = robustness_samples("local_lipschitz", model, x, saliency, target, explain, n_samples=n_samples,
-                           objective=objective, noise="gaussian", low=0.0, high=0.0, std=std, normalise=normalise,
-                           absolute=absolute, exclude_changed=exclude_changed, need_logits=False,
-                           batch_size=batch_size, seed=seed)
+    sampling = Sampling(n_samples=n_samples, noise="gaussian", low=0.0, high=0.0, std=std, normalise=normalise,
+                        absolute=absolute, exclude_changed=exclude_changed, batch_size=batch_size, seed=seed)
+    v = robustness_samples("local_lipschitz", model, x, saliency, target, explain, objective, sampling)
     return nanmax(v)
 
 
@@ -250,10 +277,10 @@ def relative_input_stability(model, x, saliency, target, *, explain: Callable | 
         den = _l2(_relative(x0 - xp, x0, eps_min)).clamp_min(eps_min)
         return num / den
 
-    v = robustness_samples("relative_input_stability", model, x, saliency, target, explain, n_samples=n_samples,
-                           objective=objective, noise="uniform", low=low, high=high, std=0.0, normalise=normalise,
-                           absolute=absolute, exclude_changed=exclude_changed, need_logits=False,
-                           batch_size=batch_size, seed=seed)
+    sampling = Sampling(n_samples=n_samples, noise="uniform", low=low, high=high, normalise=normalise,
+                        absolute=absolute, exclude_changed=exclude_changed, need_logits=False, batch_size=batch_size,
+                        seed=seed)
+    v = robustness_samples("relative_input_stability", model, x, saliency, target, explain, objective, sampling)
     return nanmax(v)
 
 
@@ -274,12 +301,12 @@ def relative_output_stability(model, x, saliency, target, *, explain: Callable |
         den = _l2(h0 - hp).clamp_min(eps_min)
         return num / den
 
-    v = robustness_samples("relative_output_stability", model, x, saliency, target, explain, n_samples=n_samples,
-                           objective=objective, noise="uniform", low=low, high=high, std=0.0, normalise=normalise,
-                           absolute=absolute, exclude_changed=exclude_changed, need_logits=True,
-                           batch_size=batch_size, seed=seed)
+    sampling = Sampling(n_samples=n_samples, noise="uniform", low=low, high=high, normalise=normalise,
+                        absolute=absolute, exclude_changed=exclude_changed, need_logits=True, batch_size=batch_size,
+                        seed=seed)
+    v = robustness_samples("relative_output_stability", model, x, saliency, target, explain, objective, sampling)
     return nanmax(v)
 
 
 __all__ = ["avg_sensitivity", "local_lipschitz", "max_sensitivity", "perturbation_noise", "relative_input_stability",
-           "relative_output_stability", "robustness_samples", "MetricResult"]
+           "relative_output_stability", "robustness_samples", "MetricResult", "Sampling"]

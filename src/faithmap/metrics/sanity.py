@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FaithmapError
+from ..models import Classifier
 from ._common import as_saliency, to_input_size
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +156,6 @@ def model_randomisation(model, x: torch.Tensor, target: torch.Tensor, explain: C
     randomise, top first (default: every module owning parameters, from the last to the first).
     Works on a deep copy; the user's model is not changed.
     """
-    from ..models import Classifier
-
     if not isinstance(model, Classifier):
         raise FaithmapError("model randomisation needs a faithmap Classifier (faithmap.models.wrap(net))")
     net_layers = parameter_layers(model.net)

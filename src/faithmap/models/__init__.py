@@ -5,6 +5,7 @@ downloaded."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from functools import lru_cache
 from typing import Sequence
@@ -14,10 +15,12 @@ from torch import nn
 
 from ..core.device import resolve_device
 from ..errors import FaithmapError
+from . import hf_models, timm_models
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, PhotoTransform, center_crop, resize_shorter
 from .describe import check_input_size, check_stats, class_name_list, describe, read_class_names
 from .layers import default_cam_layer, get_layer, is_timm, is_transformers, last_spatial_layer
 from .weights import classes_in, load_weights, read_state_dict
+from .efficientnet_lite import EfficientNetLite, convert_state_dict, efficientnet_lite0
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -29,14 +32,14 @@ class ModelNote(UserWarning):
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet class names from torchvision's weight metadata (no download)."""
-    from torchvision.models import ResNet50_Weights
+    from torchvision.models import ResNet50_Weights  # lazy: `import faithmap` never loads torchvision (seconds)
 
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def torchvision_models() -> list[str]:
     """Names of torchvision's image-classification architectures."""
-    import torchvision
+    import torchvision  # lazy: see imagenet_classes
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -96,14 +99,10 @@ def wrap(net: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[f
 def _ecosystem_config(net: nn.Module, input_size: int | None, processor) -> tuple[dict, list[str], list[str], str]:
     """(preprocessing kwargs, notes, class names, name) of a timm or transformers model."""
     if is_timm(net):
-        from . import timm_models
-
         if processor is not None:
             raise FaithmapError("processor= is for transformers models; timm models carry their data config")
         kwargs, notes = timm_models.preprocessing(net, input_size)
         return kwargs, notes, timm_models.class_names(net, imagenet_classes()), timm_models.architecture_name(net)
-    from . import hf_models
-
     kwargs, notes = hf_models.model_preprocessing(net, processor, input_size)
     return kwargs, notes, hf_models.class_names(net), hf_models.model_name(net)
 
@@ -168,48 +167,55 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
         raise FaithmapError(f"model must be a name such as {DEFAULT_MODEL}, timm:NAME or hf:DIR, got "
                             f"{type(name).__name__}")
     if weights is not None and not isinstance(weights, str):
-        import os
-
         weights = os.fspath(weights)
     spec = name.strip()
     scheme, _, rest = spec.partition(":")
+    key = spec.lower().replace("-", "_")
     if rest and scheme.lower() == "timm":
-        from . import timm_models
-
-        net = timm_models.build(rest, weights)
-        kwargs, notes = timm_models.preprocessing(net)
-        clf = Classifier(net, class_names=timm_models.class_names(net, imagenet_classes()),
-                         cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}",
-                         **kwargs)
-        _note(clf, notes)
-        return _finish(clf, device, desc)
-    if scheme.lower() in ("hf", "huggingface") and (rest or spec.endswith(":")):
-        from . import hf_models
-
+        clf = _load_timm(rest, weights)
+    elif scheme.lower() in ("hf", "huggingface") and (rest or spec.endswith(":")):
         if weights:
             raise FaithmapError(f"{spec}: a transformers model takes its weights from its folder; drop --weights")
         net, processor = hf_models.build(rest)
-        return _finish(wrap(net, processor=processor, name=f"hf:{rest}"), device, desc)
-    key = spec.lower().replace("-", "_")
-    if key in (DEFAULT_MODEL, "default", "lite0"):
-        from .efficientnet_lite import EfficientNetLite, convert_state_dict, efficientnet_lite0
+        clf = wrap(net, processor=processor, name=f"hf:{rest}")
+    elif key in (DEFAULT_MODEL, "default", "lite0"):
+        clf = _load_lite0(weights, fuse)
+    else:
+        clf = _load_torchvision(key, name, weights)
+    return _finish(clf, device, desc)
 
-        if weights and weights != "random":
-            net = EfficientNetLite()
-            state = _read_state_dict(weights)
-            if any(k.startswith("_blocks") for k in state):
-                state = convert_state_dict(state)
-            classes_in(state, "classifier", weights)
-            load_weights(net, state, weights, DEFAULT_MODEL)
-        else:
-            net = efficientnet_lite0(pretrained=weights != "random")
-        if fuse:
-            net.fuse()
-        clf = Classifier(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224, resize_size=224,
-                         class_names=imagenet_classes(), cam_layer="features.17", name=DEFAULT_MODEL)
-        return _finish(clf, device, desc)
 
-    import torchvision
+def _load_timm(rest: str, weights: str | None) -> Classifier:
+    """``timm:NAME``: the architecture with ``weights``, its ``pretrained_cfg`` preprocessing."""
+    net = timm_models.build(rest, weights)
+    kwargs, notes = timm_models.preprocessing(net)
+    clf = Classifier(net, class_names=timm_models.class_names(net, imagenet_classes()),
+                     cam_layer=_cam_layer_or_none(net, kwargs["input_size"]), name=f"timm:{rest.strip()}", **kwargs)
+    _note(clf, notes)
+    return clf
+
+
+def _load_lite0(weights: str | None, fuse: bool) -> Classifier:
+    """The default EfficientNet-Lite0: the shipped ImageNet weights, a state dict file (either naming), or random."""
+    if weights and weights != "random":
+        net = EfficientNetLite()
+        state = _read_state_dict(weights)
+        if any(k.startswith("_blocks") for k in state):
+            state = convert_state_dict(state)
+        classes_in(state, "classifier", weights)
+        load_weights(net, state, weights, DEFAULT_MODEL)
+    else:
+        net = efficientnet_lite0(pretrained=weights != "random")
+    if fuse:
+        net.fuse()
+    return Classifier(net.eval(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224, resize_size=224,
+                      class_names=imagenet_classes(), cam_layer="features.17", name=DEFAULT_MODEL)
+
+
+def _load_torchvision(key: str, name: str, weights: str | None) -> Classifier:
+    """A torchvision classifier ``key`` with local ``weights`` (the class count read from them) and the
+    preprocessing of its default weights' transforms."""
+    import torchvision  # lazy: see imagenet_classes
 
     names = torchvision_models()
     if key not in names:
@@ -239,10 +245,9 @@ def load(name: str = DEFAULT_MODEL, weights: str | None = None, device: str | to
     classes = imagenet_classes() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     cam = default_cam_layer(net, key, crop)
     interp = str(getattr(transforms, "interpolation", "bilinear")).rsplit(".", 1)[-1].lower()
-    clf = Classifier(net, mean=tuple(transforms.mean), std=tuple(transforms.std), input_size=crop, resize_size=resize,
-                     class_names=classes, cam_layer=cam, name=key,
-                     interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
-    return _finish(clf, device, desc)
+    return Classifier(net, mean=tuple(transforms.mean), std=tuple(transforms.std), input_size=crop, resize_size=resize,
+                      class_names=classes, cam_layer=cam, name=key,
+                      interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
 
 
 def _finish(clf: Classifier, device, desc: dict) -> Classifier:

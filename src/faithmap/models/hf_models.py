@@ -12,6 +12,7 @@ import pickle
 from torch import nn
 
 from ..errors import FaithmapError
+from .classifier import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -261,8 +262,6 @@ def model_preprocessing(net: nn.Module, processor=None, input_size: int | None =
     if processor is None:
         processor = default_processor(config)
         if processor is None:
-            from .classifier import IMAGENET_MEAN, IMAGENET_STD
-
             kind = "ImageNet preprocessing (no processor class is known for this model type)"
             size = int(input_size) if input_size else _config_size(config)
             kwargs, more = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=size, resize_size=int(size / 0.875),
