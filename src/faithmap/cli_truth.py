@@ -46,7 +46,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _board_lines(result, tier: int) -> list[str]:
-    from .truth.report import leaderboard_rows
+    from .truth.report import leaderboard_rows  # lazy: faithmap --help builds every command's parser; the truth package loads only when it runs
 
     rows = leaderboard_rows(result.leaderboard(tier), tier)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -54,7 +54,7 @@ def _board_lines(result, tier: int) -> list[str]:
 
 
 def run_truth(args: argparse.Namespace) -> int:
-    from .truth import run
+    from .truth import run  # lazy: see above
 
     result = run(tiers=args.tier, methods=args.methods, seeds=args.seeds, images_per_scenario=args.images_per_scenario,
                  device=pick_device(args.device), out=args.out, quick=args.quick, fast=args.fast,
@@ -65,7 +65,7 @@ def run_truth(args: argparse.Namespace) -> int:
     for r in result.records:
         if not r.passed:
             print(f"faithmap: note: {r.failed_line()}", file=sys.stderr)
-    from .truth.report import use_line
+    from .truth.report import use_line  # lazy: see above
 
     for r in result.records:
         if r.tier > 0 and r.info.get("uses"):

@@ -183,7 +183,7 @@ def html_table(rows: list[list[str]], cls: str = "", escape: bool = True) -> str
 # pictures
 # ----------------------------------------------------------------------------------------------
 def _curve_figures(out: str, run: dict, mc: list) -> list[tuple[str, str]]:
-    from ..viz.evaluate import save_mean_curves  # lazy: matplotlib (viz sets its backend on import)
+    from ..viz.evaluate import save_mean_curves  # lazy: matplotlib (over a second to import), only for the report's figures
 
     by_grid: dict[str, list] = {}
     for c in mc:
@@ -199,7 +199,7 @@ def _curve_figures(out: str, run: dict, mc: list) -> list[tuple[str, str]]:
 
 
 def _grid_figures(out: str, run: dict, images: dict, summaries: list[MetricSummary]) -> list[tuple[str, str]]:
-    from ..viz.evaluate import save_heatmap_grid  # lazy: matplotlib (viz sets its backend on import)
+    from ..viz.evaluate import save_heatmap_grid  # lazy: matplotlib (over a second to import), only for the report's figures
 
     cols = list(dict.fromkeys((s.method, s.resolution, s.grid) for s in summaries))
     names = [n for n in run["images"] if n in images and images[n].get("thumbnail")

@@ -512,7 +512,7 @@ def _write_rows(store: Store, rec: ScenarioRecord) -> str:
 
 def write(result: TruthResult, out: str) -> list[str]:
     """The parts, ``truth.json`` and ``truth.html`` of ``result`` in ``out``."""
-    from .report import write_html
+    from .report import write_html  # lazy: the page draws with matplotlib (over a second to import)
 
     store = Store(out, STORE_COLUMNS)
     old = dict(store.scan(repair=True).keys)  # a rerun into the same folder replaces its scenarios' parts
