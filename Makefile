@@ -39,7 +39,7 @@ test-fast: $(VENV)/.test
 # links and references, a failing tutorial), then a headless browser opens the quick start.
 docs: $(VENV)/.docs chromium
 	$(VENV)/bin/faithmap docs --check
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_docs_site.py
 
 # The benchmarks (bench/, not in the package): `make bench` lists them; `make bench BENCH="deletion --repeats 2"`

@@ -12,6 +12,17 @@ from griffe import Extension, Object
 
 ROLE = re.compile(r":(?:py:)?(func|class|data|mod|meth|attr|exc|obj):`(~?)([^`<>]+?)`")
 
+PAPERS = {
+    "igos": "I-GOS (Qi, Khorram & Li, AAAI 2020)",
+    "igos_plus_plus": "iGOS++ (Khorram, Lawson & Li, ACM CHIL 2021)",
+    "aop_sigcam": "AOP/SIGCAM (Zhang, Rao & Yang, AAAI 2021)",
+    "gad": "GAD (Mazini Rodrigues, Boutry & Najman, 2024)",
+    "expected_gradcam": "Expected Grad-CAM (Buono et al., arXiv 2406.01274, 2024)",
+}
+SEED_FILE = re.compile(r"(``|`)?\b(" + "|".join(PAPERS) + r")\.txt\b(``|`)?")
+"""Some docstrings name a paper by the file of the project's seed notes (``igos.txt``); the site cites
+the paper instead (public text cites papers as references, never those file names)."""
+
 
 def _module(obj: Object) -> Object:
     while not obj.is_module:
@@ -46,7 +57,10 @@ class SphinxRoles(Extension):
 
     def on_object(self, *, obj: Object, **kwargs) -> None:  # noqa: D102
         doc = obj.docstring
-        if doc is None or ":" not in doc.value:
+        if doc is None:
+            return
+        doc.value = SEED_FILE.sub(lambda m: PAPERS[m.group(2)], doc.value)
+        if ":" not in doc.value:
             return
 
         def sub(m: re.Match) -> str:
