@@ -68,7 +68,7 @@ def load_picker_data(data_dir: str = DATA_DIR) -> PickerData:
     notes = _read_json(os.path.join(data_dir, "picker.json"))
     how = ""
     if costs:
-        how = (f"{costs.get('model', '')}, mean of {', '.join(costs.get('photos', []))}, "
+        how = (f"{costs.get('model', '')} on {', '.join(costs.get('photos', []))}, "
                f"{costs.get('machine', '')}, load average {costs.get('load_average', '?')}, {costs.get('measured', '')}")
     board = _read_json(os.path.join(data_dir, "truth_leaderboard.json"))
     md_path = os.path.join(data_dir, "truth_leaderboard.md")

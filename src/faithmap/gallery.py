@@ -170,7 +170,8 @@ def write_gallery(out: str, methods: Sequence[str] | None = None, photo: str = P
     with output_dir(out):
         model = load()
         made = tiles(names, photo, model)
-        files = {"gallery.png": draw_tiles(made, min(6, len(made)), f"every method on sample:{photo} (fast settings)")}
+        which = "every method" if len(names) == len(METHODS) else f"{len(names)} methods"
+        files = {"gallery.png": draw_tiles(made, min(6, len(made)), f"{which} on sample:{photo} (fast settings)")}
         strip = [t for name in STRIP for t in made if t.method == name] or made
         files["strip.png"] = draw_tiles(strip, len(strip))
         for family in dict.fromkeys(t.family for t in made):
