@@ -15,7 +15,7 @@ from typing import Sequence
 import faithmap
 from faithmap.errors import FaithmapError
 
-from . import ablations, aop, audit, cams, deletion, evaluate, excitation, gather, gpu, gradients, igos, igospp  # noqa: F401
+from . import ablations, aop, audit, cams, costs, deletion, evaluate, excitation, gather, gpu, gradients, igos, igospp  # noqa: F401
 from . import audit_tier2, metrics, ties, truth_board, truth_cost, truth_leaks, xrai  # noqa: F401  (each module registers its benchmarks)
 from .common import BENCHES, Options, listing, parse_args
 

@@ -1,4 +1,4 @@
-"""The ablation presets (igos.txt Table 3; igos_plus_plus.txt Tables 3, 5 and 7): method variants
+"""The ablation presets (Qi, Khorram & Li, AAAI 2020 Table 3; Khorram, Lawson & Li, ACM CHIL 2021 Tables 3, 5 and 7): method variants
 under run names ``method:variant``, each row's parameters accepted by its method, I-GOS's fixed step,
 iGOS++'s final-mask choice, and one end-to-end evaluation on a tiny model."""
 

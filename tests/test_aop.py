@@ -1,4 +1,4 @@
-"""AOP and SIGCAM (``aop_sigcam.txt``): the eq. 5 transform against a literal reference, the
+"""AOP and SIGCAM (Zhang, Rao & Yang, AAAI 2021): the eq. 5 transform against a literal reference, the
 start-up blur, a perfect base map on a hand-built model, every base x refine pair of the registry,
 and SIGCAM on the real model."""
 

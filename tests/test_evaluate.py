@@ -396,7 +396,7 @@ def test_real_presets_are_consistent():
 
 def test_expected_gradcam_table1_preset_names_every_metric_of_the_paper():
     """Table 1 (P.F., Suff., Inf., L. Est., M. Sens., A. Sens., CP., SP.) and appendix Table 2 (all
-    19 evaluated metrics) of expected_gradcam.txt, acronym by acronym; the ten methods of Table 1."""
+    19 evaluated metrics) of Buono et al., arXiv 2406.01274, 2024, acronym by acronym; the ten methods of Table 1."""
     from faithmap.evaluation.presets import resolve
     from faithmap.registry import METHODS
 

@@ -1,4 +1,4 @@
-"""GAD (gad.txt): distanced targets, support models (cache, resume), GAD maps, hull metrics, CLI."""
+"""GAD (Mazini Rodrigues, Boutry & Najman, 2024): distanced targets, support models (cache, resume), GAD maps, hull metrics, CLI."""
 
 import json
 import math

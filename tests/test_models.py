@@ -167,12 +167,16 @@ def test_wrap_any_module_and_explain_leaves_it_alone():
 def test_docs_tables_are_current():
     import pathlib
 
-    from faithmap.docs import render
+    from faithmap.docs import load_picker_data, render
 
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    assert render(readme) == readme, "run `faithmap docs README.md`"
-    for spec in faithmap.METHODS:
+    root = pathlib.Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    assert render(readme, load_picker_data(str(root / "docs" / "data")), ".") == readme, "run `faithmap docs`"
+    for spec in faithmap.METHODS:  # the method picker lists every method
         assert f"`{spec.name}`" in readme
+    methods = (root / "docs" / "methods" / "index.md").read_text()  # the full table moved to the methods page
+    for spec in faithmap.METHODS:
+        assert f"`{spec.name}`" in methods and (spec.paper or "-") in methods
 
 
 # ----------------------------------------------------------------------------------------------

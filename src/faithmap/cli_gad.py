@@ -1,5 +1,5 @@
 """``faithmap gad``: GAD support models, original vs GAD maps with their hulls, and the RC/RS tables
-of ``gad.txt`` (Tables 1-2, Fig. 6).
+of GAD (Mazini Rodrigues, Boutry & Najman, 2024; Tables 1-2, Fig. 6).
 
     faithmap gad --demo [--arch cnn,resnet] [--classes 3 8] [--method all]
     faithmap gad --data DIR --classes A B --model resnet18 --weights W.pt [--eval-data DIR2] --method ig

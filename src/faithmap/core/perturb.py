@@ -1,6 +1,6 @@
 """Perturbation primitives: the blur baseline, the composition phi and mask upsampling.
 
-Conventions of I-GOS (``igos.txt`` eq. 2) used throughout: a mask value of 1 keeps the image and 0
+Conventions of I-GOS (Qi, Khorram & Li, AAAI 2020, eq. 2) used throughout: a mask value of 1 keeps the image and 0
 shows the baseline, ``phi(I, B, M) = I * M + B * (1 - M)``. Everything works on normalised model
 inputs; the blur is linear and uses reflect padding, so it commutes with per-channel normalisation.
 """

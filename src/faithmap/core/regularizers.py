@@ -1,4 +1,5 @@
-"""Mask regularisers of I-GOS (``igos.txt`` eq. 2, 10) and iGOS++ (``igos_plus_plus.txt`` eq. 7)."""
+"""Mask regularisers of I-GOS (Qi, Khorram & Li, AAAI 2020, eq. 2, 10) and iGOS++ (Khorram, Lawson &
+Li, ACM CHIL 2021, eq. 7)."""
 
 from __future__ import annotations
 

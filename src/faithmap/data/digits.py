@@ -1,6 +1,6 @@
 """scikit-learn's handwritten digits, upsampled, and a small CNN trained on them in seconds.
 
-Used by the data-randomisation sanity check (Adebayo et al. 2018; ``igos_plus_plus.txt`` sec. 4
+Used by the data-randomisation sanity check (Adebayo et al. 2018; iGOS++, Khorram, Lawson & Li, ACM CHIL 2021, sec. 4,
 trains a small CNN on real and on random labels): the 1,797 8 x 8 digits of
 :func:`sklearn.datasets.load_digits` (bundled with scikit-learn, nothing is downloaded) are
 upsampled bilinearly to ``size`` x ``size``, repeated on three channels and normalised with mean

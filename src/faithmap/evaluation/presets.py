@@ -97,7 +97,7 @@ def _row(base: PresetMethod, label: str, variant: str, **params) -> PresetMethod
     return PresetMethod(label, base.names, params, variant)
 
 
-# The ablation tables (igos.txt Table 3; igos_plus_plus.txt Tables 3, 5 and 7): each row changes what
+# The ablation tables (Qi, Khorram & Li, AAAI 2020 Table 3; Khorram, Lawson & Li, ACM CHIL 2021 Tables 3, 5 and 7): each row changes what
 # the paper's row changes and keeps every other parameter at the method's registered default.
 IGOS_TABLE3 = (
     PresetMethod("I-GOS (ours)", IGOS.names),
@@ -120,14 +120,14 @@ IGOSPP_TABLE5 = (
     PresetMethod("M_xy (iGOS++)", IGOSPP.names),
 )
 TABLE7_LAMBDAS = ((1.0, 2.0), (1.0, 20.0), (10.0, 20.0), (10.0, 200.0))
-"""The (lambda1, lambda2) columns of ``igos_plus_plus.txt`` Table 7 (L1 and TV/BTV weights)."""
+"""The (lambda1, lambda2) columns of Khorram, Lawson & Li, ACM CHIL 2021 Table 7 (L1 and TV/BTV weights)."""
 IGOSPP_TABLE7 = tuple(
     row for l1, l2 in TABLE7_LAMBDAS for row in (
         _row(IGOSPP, f"I-GOS + Ins (naive), l1={l1:g} l2={l2:g}", f"naive-l1-{l1:g}-l2-{l2:g}", ablation="naive",
              l1=l1, l2=l2),
         _row(IGOSPP, f"iGOS++, l1={l1:g} l2={l2:g}", f"l1-{l1:g}-l2-{l2:g}", l1=l1, l2=l2)))
 
-# Expected Grad-CAM (expected_gradcam.txt): the ten CAM methods of Tables 1 and 3-6, and the metrics of
+# Expected Grad-CAM (Buono et al., arXiv 2406.01274, 2024): the ten CAM methods of Tables 1 and 3-6, and the metrics of
 # appendix Table 2 in its order (F.E, P.F, Ins., Del., Ins-Del., IROF, Suff., Inf.; L. Est., M. Sens.,
 # A. Sens., RIS, ROS; CP., SP.; A.L., T-K.I., RR-A, RM-A). Ins./Del. are the pixel-level RISE curves
 # the paper computed with the IROF library, not the I-GOS blur protocol of ``deletion``/``insertion``.
@@ -152,46 +152,46 @@ EXPECTED_GRADCAM_METRICS = (
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("igos-table1", "I-GOS Tables 1 and 2: deletion and insertion at five resolutions",
-           "igos.txt, Table 1 (VGG19) and Table 2 (ResNet50)",
+           "Qi, Khorram & Li, AAAI 2020, Table 1 (VGG19) and Table 2 (ResNet50)",
            (EXCITATION, MASK, GRADCAM, RISE, IG, IGOS), (224, 112, 28, 14, 7), ("deletion", "insertion"),
            note="Grad-CAM runs at its layer's grid (7x7 on EfficientNet-Lite0), RISE and Integrated Gradients at 224x224."),
     Preset("igospp-table1", "iGOS++ Table 1: deletion and insertion at 224, 28 and 7",
-           "igos_plus_plus.txt, Table 1 (ResNet50; Table 2, VGG19, uses 14 instead of 7)",
+           "Khorram, Lawson & Li, ACM CHIL 2021, Table 1 (ResNet50; Table 2, VGG19, uses 14 instead of 7)",
            (GRADCAM, IG, RISE, MASK, IGOS, IGOSPP), (224, 28, 7), ("deletion", "insertion")),
     Preset("sigcam-table2", "AOP/SIGCAM Table 2: deletion, insertion and over-all score",
-           "aop_sigcam.txt, Table 2 (DenseNet201, Inception v3, VGG19)",
+           "Zhang, Rao & Yang, AAAI 2021, Table 2 (DenseNet201, Inception v3, VGG19)",
            (GRADCAM, GRADCAMPP, IGOS, XRAI, SIGCAM), (28,), ("deletion", "insertion", "overall"),
            note="I-GOS and SIGCAM at 28x28 as in the paper; CAM maps at their layer's grid."),
     Preset("sigcam-table3", "AOP/SIGCAM Table 3: pointing game on segmentation masks, classes scored above 0.5",
-           "aop_sigcam.txt, Table 3 (COCO val2017, ResNet50)",
+           "Zhang, Rao & Yang, AAAI 2021, Table 3 (COCO val2017, ResNet50)",
            (GRADCAM, GRADCAMPP, IGOS, XRAI, SIGCAM), (28,), ("pointing_mask",),
            metric_params={"pointing_mask": {"min_score": 0.5}},
            note="Boxes stand in for masks where the annotations have no segmentation (the bundled sample boxes)."),
     Preset("igos-table3", "I-GOS Table 3: ablations (no TV term, no noise, fixed step size)",
-           "igos.txt, Table 3 (VGG19)", IGOS_TABLE3, (224, 28), ("deletion", "insertion"),
+           "Qi, Khorram & Li, AAAI 2020, Table 3 (VGG19)", IGOS_TABLE3, (224, 28), ("deletion", "insertion"),
            note="One change a row from I-GOS's registered defaults: l2 = 0, noise_std = 0, or a fixed step of 1 "
                 "(step_size=1; 'the step size is 1 in Table 3')."),
     Preset("igospp-table3", "iGOS++ Table 3: ablations (insertion only, naive insertion, no noise, fixed step, no BTV)",
-           "igos_plus_plus.txt, Table 3 (ResNet50)", IGOSPP_TABLE3, (224, 28), ("deletion", "insertion"),
+           "Khorram, Lawson & Li, ACM CHIL 2021, Table 3 (ResNet50)", IGOSPP_TABLE3, (224, 28), ("deletion", "insertion"),
            note="Rows are iGOS++'s ablation= switches (see `faithmap methods`), each alone; I-GOS at its defaults."),
     Preset("igospp-table5", "iGOS++ Table 5: the deletion mask M_x and the insertion mask M_y alone, and their product",
-           "igos_plus_plus.txt, Table 5 (ResNet50, supplement)", IGOSPP_TABLE5, (224, 28), ("deletion", "insertion"),
+           "Khorram, Lawson & Li, ACM CHIL 2021, Table 5 (ResNet50, supplement)", IGOSPP_TABLE5, (224, 28), ("deletion", "insertion"),
            note="One iGOS++ optimisation read three ways (final_mask=deletion, insertion, product): each row "
                 "reruns it, deterministically, so the three maps come from the same masks."),
     Preset("igospp-table7", "iGOS++ Table 7: iGOS++ and the naive objective at four (lambda1, lambda2) pairs",
-           "igos_plus_plus.txt, Table 7 (28x28, supplement)", IGOSPP_TABLE7, (28,), ("deletion", "insertion"),
+           "Khorram, Lawson & Li, ACM CHIL 2021, Table 7 (28x28, supplement)", IGOSPP_TABLE7, (28,), ("deletion", "insertion"),
            note="The table reports the objective value each method reaches, with each column's own lambdas, "
                 "which a metric (one setting a run) cannot follow: `python -m bench igospp-table7` computes it "
                 "(the naive objective at each final mask); this preset gives the same eight runs' deletion and "
                 "insertion."),
     Preset("expected-gradcam-table3", "Expected Grad-CAM Table 3: insertion, deletion and their difference",
-           "expected_gradcam.txt, Table 3 (VGG16, ResNet-50, AlexNet)",
+           "Buono et al., arXiv 2406.01274, 2024, Table 3 (VGG16, ResNet-50, AlexNet)",
            EXPECTED_GRADCAM_METHODS, (), ("insertion", "deletion", "overall"),
            note="CAM methods run at their layer's grid; the table has no mask resolutions."),
     Preset("expected-gradcam-table1",
            "Expected Grad-CAM Table 1 with every metric of its appendix Table 2: faithfulness, robustness, "
            "complexity, localisation",
-           "expected_gradcam.txt, Table 1 (VGG16; P.F., Suff., Inf., L. Est., M. Sens., A. Sens., CP., SP.) and "
+           "Buono et al., arXiv 2406.01274, 2024, Table 1 (VGG16; P.F., Suff., Inf., L. Est., M. Sens., A. Sens., CP., SP.) and "
            "appendix Table 2 (all evaluated metrics; Tables 3-6)",
            EXPECTED_GRADCAM_METHODS, (), EXPECTED_GRADCAM_METRICS,
            note="CAM methods run at their layer's grid. Localisation metrics (A.L., T-K.I., RR-A, RM-A; COCO "

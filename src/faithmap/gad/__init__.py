@@ -1,4 +1,4 @@
-"""GAD, Gradient Artificial Distancing (``gad.txt``): support regression models trained on
+"""GAD, Gradient Artificial Distancing (Mazini Rodrigues, Boutry & Najman, 2024): support regression models trained on
 artificially distanced logits, and the pipeline that compares original and GAD maps by their
 convex-hull regions (sec. 5-6).
 

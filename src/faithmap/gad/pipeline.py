@@ -1,4 +1,4 @@
-"""The GAD experiment of ``gad.txt`` sec. 6: original vs GAD maps of gradient methods compared by
+"""The GAD experiment of Mazini Rodrigues, Boutry & Najman, 2024 sec. 6: original vs GAD maps of gradient methods compared by
 their convex-hull regions.
 
 For every evaluation image and each of the two classes as target: the base method's map for the

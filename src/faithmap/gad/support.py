@@ -1,4 +1,4 @@
-"""Support regression models of GAD (``gad.txt`` sec. 4.1-4.2).
+"""Support regression models of GAD (Mazini Rodrigues, Boutry & Najman, 2024 sec. 4.1-4.2).
 
 For two classes ``a`` and ``b`` and a distance ``alpha``, the targets are the original model's
 pre-softmax outputs on every training image with ``alpha`` subtracted from the *other* class's

@@ -1,4 +1,4 @@
-"""Deletion and insertion curves and their AUCs (Petsiuk et al. 2018, as run in ``igos.txt`` sec. 4).
+"""Deletion and insertion curves and their AUCs (Petsiuk et al. 2018, as run in Qi, Khorram & Li, AAAI 2020 sec. 4).
 
 The cells of a saliency map, at the map's own resolution, are ordered by importance. Deletion
 replaces the most important cells with the blur baseline, ``step`` cells at a time; insertion
@@ -52,7 +52,7 @@ class Curves:
 
     @property
     def overall(self) -> torch.Tensor:
-        """Insertion AUC minus deletion AUC (the over-all score of ``aop_sigcam.txt``)."""
+        """Insertion AUC minus deletion AUC (the over-all score of Zhang, Rao & Yang, AAAI 2021)."""
         return self.insertion_auc - self.deletion_auc
 
 

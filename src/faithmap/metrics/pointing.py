@@ -1,4 +1,4 @@
-"""The pointing game (Zhang et al. 2016/2018, as run in ``igos.txt`` sec. 4 and ``aop_sigcam.txt``).
+"""The pointing game (Zhang et al. 2016/2018, as run in Qi, Khorram & Li, AAAI 2020 sec. 4 and Zhang, Rao & Yang, AAAI 2021).
 
 The most salient point of a map is the argmax of the map upsampled to the input size with
 :func:`faithmap.core.perturb.upsample` (bilinear, ``align_corners=True``, the same upsampling the

@@ -1,4 +1,4 @@
-"""Region metrics of GAD (``gad.txt`` sec. 5): convex hulls of the most important pixels, the
+"""Region metrics of GAD (Mazini Rodrigues, Boutry & Najman, 2024 sec. 5): convex hulls of the most important pixels, the
 complexity ratio RC (eq. 1) and the sensitivity RS (eq. 2).
 
 A map's *important pixels* are chosen by :func:`important_pixels`: by default the top

@@ -1,4 +1,4 @@
-"""Sanity checks for saliency maps (Adebayo et al. 2018, as used in ``igos_plus_plus.txt`` sec. 4).
+"""Sanity checks for saliency maps (Adebayo et al. 2018, as used in Khorram, Lawson & Li, ACM CHIL 2021 sec. 4).
 
 * **Cascading model-parameter randomisation**: the layers of a deep copy of the model are
   re-initialised one after another from the top (logits) down, cumulatively; after each one the

@@ -25,7 +25,7 @@ def save_mean_curves(path: str, curves: Sequence[tuple[str, np.ndarray, np.ndarr
 
     ``curves``: (label, fractions, mean deletion, mean insertion, number of images). The legend
     gives the AUC of each mean curve (the mean AUC when all maps share a grid). As Fig. 4 of
-    ``aop_sigcam.txt``: the probability of the target as cells are deleted or inserted.
+    Zhang, Rao & Yang (AAAI 2021): the probability of the target as cells are deleted or inserted.
     """
     fig, axes = subplots(1, 2, figsize=(11.5, 4.4), sharey=True)
     colors = _colors(len(curves))
