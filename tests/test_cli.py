@@ -3,12 +3,15 @@
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import faithmap
 from faithmap.cli import main
 
 
@@ -120,3 +123,16 @@ def test_explain_end_to_end(tmp_path, capsys):
     for png in ("heatmap", "curves", "strip"):
         im = Image.open(out / f"coffee_igos_{png}.png")
         assert im.size[0] > 200 and np.asarray(im).std() > 10  # a real picture, not blank
+
+
+def test_building_the_command_line_imports_no_matplotlib_or_ray():
+    """Every command's parser is built at start-up: none of them may pull in matplotlib (over a second,
+    and a font cache written on first use: under a file-size limit that cache failed as a second error
+    line) or Ray; they load where a command draws or distributes."""
+    src = os.path.dirname(os.path.dirname(faithmap.__file__))
+    code = ("import sys; from faithmap.cli import build_parser; build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'ray'}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=src))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout

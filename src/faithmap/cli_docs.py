@@ -9,7 +9,6 @@ from .cli import command
 from .core.io import write_text
 from .docs import MARKER, load_picker_data, render
 from .errors import FaithmapError
-from .gallery import write_gallery
 
 DEFAULT_FILES = ("README.md", "docs/**/*.md")
 """The files ``faithmap docs`` keeps current when none are named (from the repository root)."""
@@ -30,6 +29,8 @@ def _files(named: list[str]) -> list[str]:
 def run_docs(args) -> int:
     if args.gallery:
         methods = [m for m in args.methods.split(",") if m.strip()] if args.methods else None
+        from .gallery import write_gallery  # lazy: matplotlib (over a second), which only --gallery needs
+
         for path in write_gallery(args.gallery, methods, report=not args.no_report):
             print(f"wrote {path}")
         return 0
