@@ -31,7 +31,8 @@ import torch
 from ..errors import FaithmapError
 from .data import GLYPHS, OBJECTS, watermarked
 from .scenario import Gate, Scenario
-from .tier1 import ACCURACY, CHANCE_MARGIN, USED, accuracy, effect, explained, image_counts, recipe, reliance
+from .tier1 import (ACCURACY, CHANCE_MARGIN, GATE_IMAGES, TEST_IMAGES, USED, accuracy, effect, explained, image_counts,
+                    recipe, reliance)
 from .train import Recipe, model, predict
 
 RHOS = (0.5, 0.75, 0.9, 1.0)
@@ -46,8 +47,7 @@ QUICK = {
     "vit": dict(n_train=8000, epochs=4),
     "resnet18": dict(size=64, n_train=1000, epochs=3),
 }
-GATE_IMAGES = {False: 2000, True: 600}
-TEST_IMAGES = {False: 64, True: 16}
+"""What ``quick=True`` changes; the gate and test image counts are tier 1's."""
 
 
 def _measure(clf, scene) -> tuple[list[Gate], dict[str, float], dict]:
