@@ -30,8 +30,10 @@ enough for 50,000 images) that runs on every architecture (CNNs and transformers
 against the ground truth (BENCHMARKS.md, the audit's detection rate over tier-2 models): with it the
 audit found the watermark first on every small CNN measured to use it and on none that did not.
 Excitation BP puts more of its map on planted evidence in CNNs but cannot read a transformer's tokens;
-on the ground truth's small ViT Grad-CAM's maps were at the random floor (one seed): not yet checked
-for transformers."""
+on the ground truth's small ViT (3 seeds) Grad-CAM's maps are at or below the random map (pixel
+AUROC 0.19 on planted patterns, 0.13 on a watermark the model uses) while guided backprop and
+Integrated Gradients find the evidence: audit a transformer with ``method="guidedbackprop"`` or
+``"ig"`` until a default per architecture is measured."""
 TARGETS = ("label", "top1")
 
 
