@@ -12,7 +12,6 @@ with other thresholds re-reads the same explained images.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -29,8 +28,7 @@ from ..core.io import write_atomic, write_text
 from ..errors import FaithmapError
 from ..evaluation import config as _config
 from ..evaluation.engines import make_engine
-from ..evaluation.plan import settings_diff
-from ..evaluation.runner import check_images, pending_jobs
+from ..evaluation.runner import check_resume, now, pending_jobs
 from ..evaluation.store import Store, load_run, run_locked
 from ..evaluation.worker import Output
 from . import candidates as _cand
@@ -95,10 +93,6 @@ Options:
 # ----------------------------------------------------------------------------------------------
 # step 1: explain (the output folder locked)
 # ----------------------------------------------------------------------------------------------
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
-
-
 def _open(plan: AuditPlan) -> tuple[Store, Any]:
     """The store of ``out`` scanned (and repaired); a run with other settings refused once an image is
     explained; ``run.json`` written."""
@@ -113,13 +107,9 @@ def _open(plan: AuditPlan) -> tuple[Store, Any]:
         old = load_run(out) if os.path.exists(run_path) else None
         if old is None or old.get("kind") != "audit":
             raise FaithmapError(f"{out} holds parts of another run; use another --out, or --overwrite")
-        diff = settings_diff(old.get("settings", {}), plan.settings)
-        if diff:
-            raise FaithmapError(f"{out} holds an audit with other settings ({', '.join(diff)}); use another --out, "
-                                f"or --overwrite to start afresh")
-        check_images(plan, sc.images)
-    run = {"faithmap": __version__, "kind": "audit", "created": (old or {}).get("created") or _now(),
-           "updated": _now(), "settings": plan.settings, "images": [r.name for r in plan.images]}
+        check_resume(out, old, plan, sc.images, "an audit")
+    run = {"faithmap": __version__, "kind": "audit", "created": (old or {}).get("created") or now(),
+           "updated": now(), "settings": plan.settings, "images": [r.name for r in plan.images]}
     write_atomic(run_path, json.dumps(run, indent=1).encode())
     return store, sc
 

@@ -147,7 +147,8 @@ def _refuse_legacy(out: str, overwrite: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 # the run (the output directory locked)
 # ----------------------------------------------------------------------------------------------
-def _now() -> str:
+def now() -> str:
+    """The local time to the second, as ``run.json`` records it."""
     return _dt.datetime.now().isoformat(timespec="seconds")
 
 
@@ -160,7 +161,7 @@ def _merge_run(old: dict | None, plan: Plan, bound: bool) -> dict:
     settings = dict(plan.settings, params={**(old.get("settings", {}).get("params") or {}), **plan.settings["params"]})
     return {
         "faithmap": __version__, "store": STORE_FORMAT,
-        "created": old.get("created") or _now(), "updated": _now(),
+        "created": old.get("created") or now(), "updated": now(),
         "settings": settings,
         "methods": union(old.get("methods"), plan.methods),
         "resolutions": [str(r) for r in union([int(x) for x in old.get("resolutions", [])], plan.resolutions)],
@@ -183,6 +184,16 @@ def _clear(out: str) -> None:
         elif (f in REPORT_FILES or f in ("run.json", "images.json", "curves.jsonl")
               or f.startswith(("results", "curves", "mean_curves_", "heatmap_grid_"))) and os.path.isfile(p):
             os.remove(p)
+
+
+def check_resume(out: str, old_run: dict, plan, seen: dict[str, list], what: str) -> None:
+    """Refuse to resume ``old_run`` (the ``run.json`` of ``out``, ``what`` it holds: "a run", "an audit")
+    with other settings than ``plan``'s, or on images that changed since its parts were computed."""
+    diff = settings_diff(old_run.get("settings", {}), plan.settings)
+    if diff:
+        raise FaithmapError(f"{out} holds {what} with other settings ({', '.join(diff)}); "
+                            f"use another --out, or --overwrite to start afresh")
+    check_images(plan, seen)
 
 
 def check_images(plan, seen: dict[str, list]) -> None:
@@ -220,11 +231,7 @@ def _open(plan: Plan, out: str) -> tuple[Store, Scan, dict]:
     if bound:
         if old_run is None:
             raise FaithmapError(f"{out} holds results without run.json; use another --out or --overwrite")
-        diff = settings_diff(old_run.get("settings", {}), plan.settings)
-        if diff:
-            raise FaithmapError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                                f"use another --out, or --overwrite to start afresh")
-        check_images(plan, sc.images)
+        check_resume(out, old_run, plan, sc.images, "a run")
     elif os.path.isdir(os.path.join(out, "parts")) or os.path.exists(os.path.join(out, "images.json")):
         _clear(out)  # left by a run that finished nothing: it binds nothing
         store = Store(out)
