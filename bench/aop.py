@@ -17,11 +17,9 @@ from __future__ import annotations
 import sys
 import time
 
-import faithmap
 from faithmap.errors import FaithmapError
-from faithmap.metrics import deletion_insertion
 
-from .common import Options, bench, dump, gather_images, load_model, machine, reference, table
+from .common import Options, bench, dump, explain_and_curves, gather_images, load_model, machine, reference, table
 
 ENTRIES: dict[str, tuple[str, str, dict]] = {  # key: (label, method, params)
     "gradcam": ("GradCAM", "gradcam", {}),
@@ -64,11 +62,7 @@ def bench_aop(opts: Options) -> int:
         per: dict[str, dict] = {}
         for k in keys:
             label, method, params = ENTRIES[k]
-            p = dict(params)
-            if opts.batch_size is not None:
-                p["batch_size"] = opts.batch_size
-            e = faithmap.explain(model, x, method, **p)
-            c = deletion_insertion(model, x, e.saliency, e.target, batch_size=opts.batch_size)
+            e, c = explain_and_curves(model, x, method, params, opts.batch_size)
             r = {"image": stem, "key": k, "method": label, "deletion": float(c.deletion_auc[0]),
                  "insertion": float(c.insertion_auc[0]), "overall": float(c.overall[0]), "seconds": e.seconds,
                  "images": e.counts["images"], "grad_images": e.counts["grad_images"]}

@@ -23,6 +23,7 @@ import faithmap
 from faithmap.core.io import write_json
 from faithmap.data import gather
 from faithmap.errors import FaithmapError
+from faithmap.metrics import deletion_insertion
 from faithmap.params import parse_params
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -166,6 +167,16 @@ def reference(name: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # timing and tables
 # ----------------------------------------------------------------------------------------------
+def explain_and_curves(model, x, method: str, params: dict[str, Any], batch_size: int | None):
+    """``(explanation, deletion/insertion curves)`` of ``method`` with ``params`` on ``x``, the run's
+    ``--batch-size`` (when given) applied to both."""
+    p = dict(params)
+    if batch_size is not None:
+        p["batch_size"] = batch_size
+    e = faithmap.explain(model, x, method, **p)
+    return e, deletion_insertion(model, x, e.saliency, e.target, batch_size=batch_size)
+
+
 def machine() -> str:
     """One line describing where the benchmark ran."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

@@ -30,12 +30,10 @@ import time
 import numpy as np
 import torch
 
-import faithmap
 from faithmap.errors import FaithmapError
 from faithmap.methods.xrai import Regions, base_attribution, felzenszwalb_regions, rank_regions
-from faithmap.metrics import deletion_insertion
 
-from .common import Options, bench, dump, gather_images, load_model, machine, reference, table
+from .common import Options, bench, dump, explain_and_curves, gather_images, load_model, machine, reference, table
 
 ENTRIES: dict[str, tuple[str, str, dict]] = {  # key: (label, method, params)
     "gradcam": ("GradCAM", "gradcam", {}),
@@ -191,11 +189,7 @@ def _table(model, images, options: Options, opts: dict, out: dict) -> list[dict]
         x = model.preprocess(arr)
         for k in keys:
             label, method, params = ENTRIES[k]
-            p = dict(params)
-            if options.batch_size is not None:
-                p["batch_size"] = options.batch_size
-            e = faithmap.explain(model, x, method, **p)
-            c = deletion_insertion(model, x, e.saliency, e.target, batch_size=options.batch_size)
+            e, c = explain_and_curves(model, x, method, params, options.batch_size)
             r = {"image": stem, "key": k, "method": label, "grid": "x".join(map(str, e.saliency.shape[-2:])),
                  "deletion": float(c.deletion_auc[0]), "insertion": float(c.insertion_auc[0]),
                  "overall": float(c.overall[0]), "seconds": e.seconds, "images": e.counts["images"],
